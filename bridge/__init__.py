@@ -1,0 +1,1 @@
+"""loops-bridge: verified provider webhooks in, Loops contacts and events out."""

@@ -1,0 +1,334 @@
+"""The ``loops-bridge`` command.
+
+    loops-bridge serve | worker | sandbox [--port 8025]
+    loops-bridge connections add --name N --api-key KEY | list
+    loops-bridge endpoints create ... | list | add-secret ID SECRET | remove-secret ID SECRET
+    loops-bridge deliveries list [--status S] | show ID
+    loops-bridge settings
+
+``--json`` prints one JSON value on stdout, for scripts. Any command creates the schema on a
+fresh database. A secret given as ``-`` is read from standard input, so it stays out of the
+shell history and the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, select
+
+import providers
+from bridge import db, registry
+from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
+from bridge.settings import DECLARED, Settings, SettingsError, load
+
+log = logging.getLogger("bridge")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loops-bridge", description="Stripe webhooks in, Loops contacts and events out."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the web app and the delivery worker")
+    serve.add_argument("--host", help="interface to listen on (default: BRIDGE_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: BRIDGE_PORT)")
+    commands.add_parser("worker", help="run only the delivery worker")
+    sandbox = commands.add_parser("sandbox", help="run a local stand-in for the Loops API")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8025)
+    sandbox.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        help="accept only this key (repeatable); by default any key is accepted",
+    )
+    sandbox.add_argument("--rate-limit", type=int, default=10, help="requests/second per key")
+    commands.add_parser("settings", help="list the settings and their current values")
+
+    connections = commands.add_parser("connections", help="Loops accounts (API keys)")
+    sub = connections.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = sub.add_parser("add", help="add a Loops account")
+    add.add_argument("--name", required=True, help="a name for this Loops account")
+    add.add_argument("--api-key", required=True, help="Loops API key, or - to read stdin")
+    _json_flag(add)
+    _json_flag(sub.add_parser("list", help="list Loops accounts (keys masked)"))
+
+    endpoints = commands.add_parser("endpoints", help="webhook endpoints")
+    sub = endpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = sub.add_parser("create", help="create an endpoint and print its URL")
+    create.add_argument("--name", required=True)
+    create.add_argument("--connection", required=True, help="name of the Loops account")
+    create.add_argument("--provider", default="stripe", choices=providers.names())
+    create.add_argument("--events", required=True, help="comma-separated event types")
+    create.add_argument("--user-group", help="userGroup given to contacts this creates")
+    create.add_argument("--loops-event", help="Loops event to send, e.g. successfulPayment")
+    create.add_argument(
+        "--no-sync-names", action="store_true", help="never send first and last names"
+    )
+    create.add_argument("--signing-secret", help="the provider's whsec_... secret, or -")
+    _json_flag(create)
+    _json_flag(sub.add_parser("list", help="list endpoints and their URLs"))
+    for action, text in (("add-secret", "add"), ("remove-secret", "remove")):
+        secret = sub.add_parser(action, help=f"{text} a signing secret (several may be active)")
+        secret.add_argument("id", help="endpoint id")
+        secret.add_argument("secret", help="the whsec_... secret, or - to read stdin")
+        _json_flag(secret)
+
+    deliveries = commands.add_parser("deliveries", help="the delivery log")
+    sub = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = sub.add_parser("list", help="newest first")
+    listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--endpoint", help="endpoint id")
+    listing.add_argument("--limit", type=int, default=50)
+    _json_flag(listing)
+    show = sub.add_parser("show", help="one delivery with every Loops call made for it")
+    show.add_argument("id", type=int)
+    _json_flag(show)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON value")
+
+
+def _secret_arg(value: str) -> str:
+    return sys.stdin.readline().strip() if value == "-" else value
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _when(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # each Loops call is logged by us
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load()
+        if args.command == "sandbox":
+            from bridge import sandbox
+
+            sandbox.serve(args.host, args.port, args.api_keys, args.rate_limit)
+            return 0
+        if args.command == "settings":
+            return _settings(settings)
+        engine = db.connect(settings.database_url)
+        return _COMMANDS[args.command](args, settings, engine)
+    except (registry.Invalid, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as exc:
+        where = make_url(load().database_url).render_as_string(hide_password=True)
+        print(
+            f"error: the database at {where} is not usable: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0]}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _settings(settings: Settings) -> int:
+    for item in DECLARED:
+        value = getattr(settings, item.env.removeprefix("BRIDGE_").lower())
+        if item.env == "BRIDGE_DATABASE_URL":
+            value = make_url(value).render_as_string(hide_password=True)
+        print(f"{item.env}={value}\n    {item.help}")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    import uvicorn
+
+    from bridge.app import create_app
+
+    host, port = args.host or settings.host, args.port or settings.port
+    log.info("webhook URLs: %s/webhooks/<endpoint id>", settings.public_url.rstrip("/"))
+    uvicorn.run(
+        create_app(settings, engine),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _worker(_: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    from bridge.delivery import Worker
+
+    async def run() -> None:
+        worker = Worker(engine, settings)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+        await worker.run()
+
+    asyncio.run(run())
+    return 0
+
+
+def _connections(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
+    if args.action == "add":
+        connection = registry.add_connection(engine, args.name, _secret_arg(args.api_key))
+        data = {
+            "id": connection.id,
+            "name": connection.name,
+            "api_key": registry.mask(connection.api_key),
+        }
+        _print(
+            args,
+            data,
+            f"Added Loops account {connection.name!r} (key {registry.mask(connection.api_key)}).",
+        )
+        return 0
+    rows = [
+        {"id": c.id, "name": c.name, "api_key": registry.mask(c.api_key)}
+        for c in registry.list_connections(engine)
+    ]
+    text = "\n".join(f"{r['name']}\tkey {r['api_key']}" for r in rows) or "No Loops accounts yet."
+    _print(args, rows, text)
+    return 0
+
+
+def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    if args.action == "create":
+        secret = _secret_arg(args.signing_secret) if args.signing_secret else None
+        endpoint_id = registry.create_endpoint(
+            engine,
+            name=args.name,
+            connection=args.connection,
+            provider=args.provider,
+            event_types=args.events.split(","),
+            user_group=args.user_group,
+            loops_event=args.loops_event,
+            sync_names=not args.no_sync_names,
+            signing_secret=secret,
+        )
+        view = next(v for v in registry.list_endpoints(engine) if v.id == endpoint_id)
+        _print(args, view.as_dict(settings.endpoint_url(endpoint_id)), _describe(view, settings))
+        return 0
+    if args.action in ("add-secret", "remove-secret"):
+        change = registry.add_secret if args.action == "add-secret" else registry.remove_secret
+        hint = change(engine, args.id, _secret_arg(args.secret))
+        verb = "Added" if args.action == "add-secret" else "Removed"
+        _print(args, {"id": args.id, "secret": hint}, f"{verb} signing secret {hint}.")
+        return 0
+    views = registry.list_endpoints(engine)
+    data = [v.as_dict(settings.endpoint_url(v.id)) for v in views]
+    text = "\n\n".join(_describe(v, settings) for v in views) or "No endpoints yet."
+    _print(args, data, text)
+    return 0
+
+
+def _describe(view: registry.EndpointView, settings: Settings) -> str:
+    secrets = ", ".join(view.secret_hints) or (
+        "none yet: waiting for the signing secret "
+        f"(loops-bridge endpoints add-secret {view.id} whsec_...)"
+    )
+    return "\n".join(
+        [
+            f"{view.name}  [{view.provider} → Loops account {view.connection}]",
+            f"  id:             {view.id}",
+            f"  URL:            {settings.endpoint_url(view.id)}",
+            f"  events:         {', '.join(view.event_types)}",
+            f"  user group:     {view.user_group or '-'}",
+            f"  Loops event:    {view.loops_event or '- (contacts only)'}",
+            f"  names synced:   {'yes' if view.sync_names else 'no'}",
+            f"  signing secret: {secrets}",
+        ]
+    )
+
+
+def _delivery_dict(d: Delivery, endpoint_name: str) -> dict:
+    return {
+        "id": d.id,
+        "endpoint_id": d.endpoint_id,
+        "endpoint": endpoint_name,
+        "event_id": d.event_id,
+        "event_type": d.event_type,
+        "email": d.email,
+        "status": d.status,
+        "reason": d.reason,
+        "attempts": d.attempts,
+        "received_at": d.received_at,
+        "finished_at": d.finished_at,
+        "next_attempt_at": d.next_attempt_at,
+    }
+
+
+def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
+    with Session(engine) as session:
+        names = dict(session.exec(select(Endpoint.id, Endpoint.name)).all())
+        if args.action == "show":
+            delivery = session.get(Delivery, args.id)
+            if delivery is None:
+                raise registry.Invalid(f"No delivery {args.id}; see loops-bridge deliveries list.")
+            calls = session.exec(
+                select(LoopsCall).where(LoopsCall.delivery_id == args.id).order_by(LoopsCall.id)
+            ).all()
+            data = _delivery_dict(delivery, names.get(delivery.endpoint_id, "?"))
+            data["loops_calls"] = [
+                {
+                    "method": c.method,
+                    "path": c.path,
+                    "request": c.request_body,
+                    "status_code": c.status_code,
+                    "response": c.response_body,
+                    "at": c.started_at,
+                    "duration_ms": round(c.duration_ms, 1),
+                }
+                for c in calls
+            ]
+            lines = [f"{k}: {v}" for k, v in data.items() if k != "loops_calls"]
+            for c in data["loops_calls"]:
+                lines.append(
+                    f"\n{_when(c['at'])}  {c['method']} {c['path']} -> "
+                    f"{c['status_code'] or 'no answer'} in {c['duration_ms']} ms"
+                    f"\n  sent:     {c['request']}\n  answered: {c['response']}"
+                )
+            _print(args, data, "\n".join(lines))
+            return 0
+        query = select(Delivery).order_by(Delivery.id.desc()).limit(args.limit)  # type: ignore[union-attr]
+        if args.status:
+            query = query.where(Delivery.status == args.status)
+        if args.endpoint:
+            query = query.where(Delivery.endpoint_id == args.endpoint)
+        rows = [_delivery_dict(d, names.get(d.endpoint_id, "?")) for d in session.exec(query)]
+    text = "\n".join(
+        f"{r['id']:>6}  {_when(r['received_at'])}  {r['status']:<9}  {r['event_type']:<24}  "
+        f"{r['email'] or '-':<28}  {r['reason'] or ''}"
+        for r in rows
+    )
+    _print(args, rows, text or "No deliveries yet.")
+    return 0
+
+
+_COMMANDS = {
+    "serve": _serve,
+    "worker": _worker,
+    "connections": _connections,
+    "endpoints": _endpoints,
+    "deliveries": _deliveries,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

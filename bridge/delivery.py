@@ -1,0 +1,321 @@
+"""Delivery: take queued deliveries to Loops, one contact at a time, at each account's pace.
+
+For one delivery, Loops must end up with the contact and, if the endpoint maps one, the
+event. The calls, fewest first:
+
+    contact unknown to the bridge in that account
+        POST /contacts/create  {email, source, userGroup, names}
+            200 -> known, names already set      409 -> known, names still to set
+    endpoint maps a Loops event
+        POST /events/send      {email, eventName, eventProperties, names still to set}
+                               Idempotency-Key: stable per endpoint + provider event
+    otherwise, names still to set
+        PUT /contacts/update   {email, names}
+
+Each step that succeeded is remembered (the contact table), so a retry resumes where the
+last attempt stopped and never re-creates a contact or re-fires a workflow. Every call is
+recorded with its answer. Outcomes (see :mod:`bridge.loops`): RETRY puts the delivery back in
+the queue with exponential backoff and jitter, GIVE_UP fails it with Loops' message.
+
+Retry schedule: 5 s (BRIDGE_RETRY_BASE_SECONDS), 10 s, 20 s, ... doubling up to 1 hour
+between tries, each +-20 % jitter, until the delivery is 3 days old (as long as Stripe
+itself retries); then it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import anyio.to_thread
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Engine
+
+import providers
+from bridge.loops import Answer, LoopsClient, Outcome
+from bridge.models import (
+    DELIVERED,
+    FAILED,
+    QUEUED,
+    Connection,
+    Contact,
+    Delivery,
+    Endpoint,
+    LoopsCall,
+)
+from bridge.pacing import Pacer
+from bridge.settings import Settings
+
+__all__ = ["Worker", "backoff", "idempotency_key"]
+
+log = logging.getLogger("bridge.delivery")
+
+MAX_AGE = 3 * 24 * 3600.0
+LONGEST_WAIT = 3600.0
+
+
+def backoff(attempt: int, first: float) -> float:
+    """Seconds to wait before try ``attempt + 1``, after ``attempt`` failed tries."""
+    return min(LONGEST_WAIT, first * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+def idempotency_key(endpoint_id: str, event_id: str) -> str:
+    """Stable per endpoint and provider event, within Loops' 100 characters."""
+    key = f"{endpoint_id}:{event_id}"
+    return key if len(key) <= 100 else hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    endpoint_id: str
+    event_id: str
+    email: str
+    first_name: str | None
+    last_name: str | None
+    properties: str
+    attempts: int
+    received_at: float
+    idempotency_key: str | None
+    connection_id: int
+    connection_name: str
+    api_key: str
+    provider: str
+    user_group: str | None
+    loops_event: str | None
+    sync_names: bool
+
+    @property
+    def contact_key(self) -> tuple[int, str]:
+        return self.connection_id, self.email.lower()
+
+    def names(self) -> dict[str, str]:
+        if not self.sync_names:
+            return {}
+        names = {"firstName": self.first_name, "lastName": self.last_name}
+        return {k: v for k, v in names.items() if v}  # a missing name never clears one
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    status: str
+    reason: str
+    next_attempt_at: float | None = None
+
+
+class Worker:
+    def __init__(self, engine: Engine, settings: Settings, *, poll_seconds: float = 1.0) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._poll_seconds = poll_seconds
+        self._client = LoopsClient(settings.loops_api_url)
+        self._pacers: dict[int, Pacer] = {}
+        self._busy_contacts: set[tuple[int, str]] = set()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        log.info("delivery worker started, sending to %s", self._settings.loops_api_url)
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                self._start_due(await anyio.to_thread.run_sync(self._due_jobs))
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+                except TimeoutError:
+                    pass
+            if self._tasks:
+                await asyncio.wait(list(self._tasks.values()))
+        finally:
+            await self._client.aclose()
+            log.info("delivery worker stopped")
+
+    def _start_due(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if len(self._tasks) >= self._settings.worker_concurrency:
+                return
+            if job.id in self._tasks or job.contact_key in self._busy_contacts:
+                continue  # one delivery per contact at a time, in arrival order
+            self._busy_contacts.add(job.contact_key)
+            task = asyncio.create_task(self._deliver(job), name=f"delivery-{job.id}")
+            self._tasks[job.id] = task
+
+    def _due_jobs(self) -> list[Job]:
+        query = (
+            select(
+                Delivery.id,
+                Delivery.endpoint_id,
+                Delivery.event_id,
+                Delivery.email,
+                Delivery.first_name,
+                Delivery.last_name,
+                Delivery.properties,
+                Delivery.attempts,
+                Delivery.received_at,
+                Delivery.idempotency_key,
+                Connection.id.label("connection_id"),
+                Connection.name.label("connection_name"),
+                Connection.api_key,
+                Endpoint.provider,
+                Endpoint.user_group,
+                Endpoint.loops_event,
+                Endpoint.sync_names,
+            )
+            .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
+            .join(Connection, Connection.id == Endpoint.connection_id)
+            .where(Delivery.status == QUEUED, Delivery.next_attempt_at <= time.time())
+            .order_by(Delivery.next_attempt_at, Delivery.id)
+            .limit(self._settings.worker_concurrency * 4)
+        )
+        with self._engine.connect() as conn:
+            return [Job(**row._mapping) for row in conn.execute(query)]
+
+    async def _deliver(self, job: Job) -> None:
+        try:
+            try:
+                settled = await self._attempt(job)
+            except Exception as exc:  # a bug must not lose the delivery: retry it later
+                log.exception("delivery %s: unexpected error", job.id)
+                settled = self._retry(job, f"internal error in the bridge: {exc}")
+            # Settle before letting go of the contact, so the next poll sees the new state.
+            await anyio.to_thread.run_sync(self._settle, job, settled)
+            log.info("delivery %s %s: %s", job.id, settled.status, settled.reason)
+        except Exception:
+            log.exception("delivery %s: could not record the outcome; it stays queued", job.id)
+        finally:
+            self._busy_contacts.discard(job.contact_key)
+            self._tasks.pop(job.id, None)
+            self._wake.set()
+
+    async def _attempt(self, job: Job) -> Settled:
+        done: list[str] = []
+        names = job.names()
+        if not await anyio.to_thread.run_sync(self._contact_known, job):
+            contact = {"email": job.email, "source": providers.get(job.provider).contact_source}
+            if job.user_group:
+                contact["userGroup"] = job.user_group
+            answer = await self._call(job, self._client.create_contact, contact | names)
+            if answer.outcome is Outcome.DONE:
+                names, done = {}, ["contact created"]
+            elif answer.outcome is Outcome.ALREADY:
+                done = ["contact already in Loops"]
+            else:
+                return self._failure(job, answer)
+            await anyio.to_thread.run_sync(self._remember_contact, job)
+        if job.loops_event:
+            event = {
+                "email": job.email,
+                "eventName": job.loops_event,
+                "eventProperties": _json_object(job.properties),
+                **names,
+            }
+            key = job.idempotency_key or idempotency_key(job.endpoint_id, job.event_id)
+            answer = await self._call(job, self._client.send_event, event, key)
+            if answer.outcome is Outcome.ALREADY:
+                done.append(f"event {job.loops_event} had already been sent (same idempotency key)")
+            elif answer.outcome is Outcome.DONE:
+                done.append(f"event {job.loops_event} sent")
+            else:
+                return self._failure(job, answer)
+        elif names:
+            answer = await self._call(
+                job, self._client.update_contact, {"email": job.email, **names}
+            )
+            if answer.outcome is not Outcome.DONE:
+                return self._failure(job, answer)
+            done.append("names updated")
+        return Settled(DELIVERED, "; ".join(done) or "contact already known, nothing to change")
+
+    async def _call(self, job: Job, method, *args) -> Answer:  # type: ignore[no-untyped-def]
+        pacer = self._pacers.setdefault(job.connection_id, Pacer(self._settings.loops_rate_limit))
+        await pacer.wait_turn()
+        answer: Answer = await method(job.api_key, *args)
+        if answer.status_code == 429 or answer.rate_remaining == 0:
+            pacer.hold(answer.retry_after or 1.0)
+        await anyio.to_thread.run_sync(self._record_call, job, answer)
+        return answer
+
+    def _failure(self, job: Job, answer: Answer) -> Settled:
+        if answer.outcome is Outcome.RETRY:
+            return self._retry(job, answer.message, answer.retry_after)
+        hint = ""
+        if answer.status_code in (401, 403):
+            hint = f" (check the API key of Loops account {job.connection_name!r})"
+        return Settled(FAILED, answer.message + hint)
+
+    def _retry(self, job: Job, message: str, at_least: float | None = None) -> Settled:
+        attempts = job.attempts + 1
+        if time.time() - job.received_at > MAX_AGE:
+            return Settled(FAILED, f"gave up after {attempts} tries over 3 days: {message}")
+        delay = max(backoff(attempts, self._settings.retry_base_seconds), at_least or 0.0)
+        reason = f"{message}; try {attempts} failed, next try in {delay:.0f} s"
+        return Settled(QUEUED, reason, time.time() + delay)
+
+    # -- storage ------------------------------------------------------------------------------
+
+    def _contact_known(self, job: Job) -> bool:
+        with self._engine.connect() as conn:
+            query = select(Contact.email).where(
+                Contact.connection_id == job.connection_id, Contact.email == job.contact_key[1]
+            )
+            return conn.execute(query).first() is not None
+
+    def _remember_contact(self, job: Job) -> None:
+        if self._contact_known(job):
+            return
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(Contact).values(
+                    connection_id=job.connection_id,
+                    email=job.contact_key[1],
+                    created_at=time.time(),
+                )
+            )
+
+    def _record_call(self, job: Job, answer: Answer) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(LoopsCall).values(
+                    delivery_id=job.id,
+                    method=answer.method,
+                    path=answer.path,
+                    request_body=answer.request_body,
+                    status_code=answer.status_code,
+                    response_body=answer.response_body or answer.message,
+                    started_at=answer.started_at,
+                    duration_ms=answer.duration_ms,
+                )
+            )
+
+    def _settle(self, job: Job, settled: Settled) -> None:
+        finished = time.time() if settled.status != QUEUED else None
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(Delivery)
+                .where(Delivery.id == job.id)
+                .values(
+                    status=settled.status,
+                    reason=settled.reason,
+                    attempts=job.attempts + 1,
+                    next_attempt_at=settled.next_attempt_at,
+                    finished_at=finished,
+                )
+            )
+
+
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    return value if isinstance(value, dict) else {}

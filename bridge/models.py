@@ -1,0 +1,114 @@
+"""The tables. One row type per thing a person would name.
+
+    Connection   a Loops account: a name and its API key
+    Endpoint     one webhook URL: which provider, which event types, what to do in Loops
+    Secret       a provider signing secret of an endpoint (several during secret rolling)
+    Delivery     one accepted provider event and its way to Loops
+    LoopsCall    every HTTP call made to Loops for a delivery: request, answer, time
+    Contact      a contact the bridge knows exists in a Loops account
+
+A delivery moves through few, explicit states::
+
+    received --(filtered out)--> ignored
+        \\--> queued --(Loops done)--> delivered
+                 \\--(Loops refuses: 400/401/403/404, or retries exhausted)--> failed
+                 \\--(429/5xx/timeout)--> queued again, later
+
+Times are unix seconds (float), the same on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+QUEUED, DELIVERED, IGNORED, FAILED = "queued", "delivered", "ignored", "failed"
+STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED)
+
+
+class Connection(SQLModel, table=True):
+    __tablename__ = "connections"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    api_key: str
+    created_at: float
+
+
+class Endpoint(SQLModel, table=True):
+    __tablename__ = "endpoints"
+
+    id: str = Field(primary_key=True)  # 128 random bits, url-safe: it is the webhook URL
+    name: str
+    connection_id: int = Field(foreign_key="connections.id", index=True)
+    provider: str
+    event_types: str  # comma-separated, in the provider's order
+    user_group: str | None = None  # userGroup for contacts this endpoint creates
+    loops_event: str | None = None  # eventName to send; None: contacts only
+    sync_names: bool = True
+    created_at: float
+
+    def accepted_types(self) -> list[str]:
+        return [t for t in self.event_types.split(",") if t]
+
+
+class Secret(SQLModel, table=True):
+    __tablename__ = "secrets"
+
+    id: int | None = Field(default=None, primary_key=True)
+    endpoint_id: str = Field(foreign_key="endpoints.id", index=True)
+    value: str
+    created_at: float
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", name="uq_delivery_event"),
+        Index("ix_delivery_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    endpoint_id: str = Field(foreign_key="endpoints.id")
+    event_id: str  # the provider's event id (Stripe evt_...)
+    event_type: str
+    occurred_at: int  # the provider's event time
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    properties: str = "{}"  # Loops event properties, JSON
+    payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary))  # raw body
+    status: str
+    reason: str | None = Field(default=None, sa_column=Column(Text))  # why it is in this state
+    attempts: int = 0
+    idempotency_key: str | None = None  # None: derived from endpoint and event ids
+    received_at: float
+    next_attempt_at: float | None = None
+    finished_at: float | None = None
+
+    def event_properties(self) -> dict:
+        return json.loads(self.properties)
+
+
+class LoopsCall(SQLModel, table=True):
+    __tablename__ = "loops_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="deliveries.id", index=True)
+    method: str
+    path: str
+    request_body: str = Field(sa_column=Column(Text))
+    status_code: int | None = None  # None: no answer (timeout, connection error)
+    response_body: str = Field(default="", sa_column=Column(Text))
+    started_at: float
+    duration_ms: float
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contacts"
+
+    connection_id: int = Field(foreign_key="connections.id", primary_key=True)
+    email: str = Field(primary_key=True)
+    created_at: float

@@ -1,0 +1,220 @@
+"""Loops accounts (connections) and endpoints: create, list, change.
+
+The CLI and the admin pages both go through these functions, so every rule (names unique,
+event types known to the provider, secrets never read back) is checked in one place.
+Errors are :class:`Invalid` with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+import providers
+from bridge.models import Connection, Endpoint, Secret
+
+_LOOPS_EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
+
+
+class Invalid(ValueError):
+    """Input a person must correct; the message says how."""
+
+
+def mask(secret: str) -> str:
+    """A hint that identifies a secret without revealing it: ``whsec_…c0ff``."""
+    prefix = secret.split("_", 1)[0] + "_" if "_" in secret[:8] else ""
+    return f"{prefix}…{secret[-4:]}" if len(secret) > 12 else "…"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """An endpoint as shown to people and scripts: never a secret, only hints."""
+
+    id: str
+    name: str
+    connection: str
+    provider: str
+    event_types: list[str]
+    user_group: str | None
+    loops_event: str | None
+    sync_names: bool
+    secret_hints: list[str]
+
+    def as_dict(self, url: str) -> dict:
+        return {
+            "id": self.id,
+            "url": url,
+            "name": self.name,
+            "connection": self.connection,
+            "provider": self.provider,
+            "event_types": self.event_types,
+            "user_group": self.user_group,
+            "loops_event": self.loops_event,
+            "sync_names": self.sync_names,
+            "signing_secrets": self.secret_hints,
+            "waiting_for_secret": not self.secret_hints,
+        }
+
+
+def add_connection(engine: Engine, name: str, api_key: str) -> Connection:
+    name, api_key = name.strip(), api_key.strip()
+    if not name:
+        raise Invalid("Give the Loops account a name, e.g. --name acme.")
+    if not api_key:
+        raise Invalid("The Loops API key is empty: copy it from Loops, Settings → API.")
+    with Session(engine) as session:
+        if session.exec(select(Connection).where(Connection.name == name)).first():
+            raise Invalid(f"A Loops account named {name!r} already exists; pick another name.")
+        connection = Connection(name=name, api_key=api_key, created_at=time.time())
+        session.add(connection)
+        session.commit()
+        session.refresh(connection)
+        return connection
+
+
+def list_connections(engine: Engine) -> list[Connection]:
+    with Session(engine) as session:
+        return list(session.exec(select(Connection).order_by(Connection.name)))
+
+
+def _connection_by_name(session: Session, name: str) -> Connection:
+    connection = session.exec(select(Connection).where(Connection.name == name)).first()
+    if connection is None:
+        known = ", ".join(c.name for c in session.exec(select(Connection))) or "none yet"
+        raise Invalid(
+            f"No Loops account named {name!r} (known: {known}). "
+            "Add it first: loops-bridge connections add --name NAME --api-key KEY"
+        )
+    return connection
+
+
+def _check_event_types(provider: providers.Provider, event_types: list[str]) -> str:
+    wanted = [t.strip() for t in event_types if t.strip()]
+    if not wanted:
+        raise Invalid(f"Pick at least one event type: {', '.join(provider.event_types)}.")
+    unknown = [t for t in wanted if t not in provider.event_types]
+    if unknown:
+        raise Invalid(
+            f"{provider.label} event type(s) not supported: {', '.join(unknown)}. "
+            f"Supported: {', '.join(provider.event_types)}."
+        )
+    return ",".join(t for t in provider.event_types if t in wanted)
+
+
+def _check_secret(value: str) -> str:
+    value = value.strip()
+    if not value.startswith("whsec_") or len(value) < 16:
+        raise Invalid(
+            "That does not look like a Stripe signing secret: it starts with whsec_. "
+            "In Stripe: Developers → Webhooks → your endpoint → Signing secret → Reveal."
+        )
+    return value
+
+
+def create_endpoint(
+    engine: Engine,
+    *,
+    name: str,
+    connection: str,
+    provider: str,
+    event_types: list[str],
+    user_group: str | None = None,
+    loops_event: str | None = None,
+    sync_names: bool = True,
+    signing_secret: str | None = None,
+) -> str:
+    """Create an endpoint and return its id (the last part of its webhook URL)."""
+    name = name.strip()
+    if not name:
+        raise Invalid("Give the endpoint a name, e.g. --name 'Stripe live'.")
+    try:
+        plugin = providers.get(provider)
+    except KeyError:
+        raise Invalid(
+            f"Unknown provider {provider!r}; available: {', '.join(providers.names())}."
+        ) from None
+    types = _check_event_types(plugin, event_types)
+    loops_event = (loops_event or "").strip() or None
+    if loops_event and not _LOOPS_EVENT_NAME.match(loops_event):
+        raise Invalid(
+            f"Loops event name {loops_event!r} is not valid: use letters, digits, - and _, "
+            "starting with a letter (e.g. successfulPayment)."
+        )
+    secret = _check_secret(signing_secret) if signing_secret else None
+    now = time.time()
+    with Session(engine) as session:
+        owner = _connection_by_name(session, connection)
+        endpoint = Endpoint(
+            id=secrets.token_urlsafe(16),
+            name=name,
+            connection_id=owner.id,  # type: ignore[arg-type]
+            provider=plugin.name,
+            event_types=types,
+            user_group=(user_group or "").strip() or None,
+            loops_event=loops_event,
+            sync_names=sync_names,
+            created_at=now,
+        )
+        session.add(endpoint)
+        if secret:
+            session.add(Secret(endpoint_id=endpoint.id, value=secret, created_at=now))
+        session.commit()
+        return endpoint.id
+
+
+def _endpoint(session: Session, endpoint_id: str) -> Endpoint:
+    endpoint = session.get(Endpoint, endpoint_id)
+    if endpoint is None:
+        raise Invalid(f"No endpoint with id {endpoint_id!r}; see loops-bridge endpoints list.")
+    return endpoint
+
+
+def add_secret(engine: Engine, endpoint_id: str, value: str) -> str:
+    value = _check_secret(value)
+    with Session(engine) as session:
+        _endpoint(session, endpoint_id)
+        existing = session.exec(select(Secret).where(Secret.endpoint_id == endpoint_id))
+        if any(s.value == value for s in existing):
+            raise Invalid(f"Endpoint {endpoint_id} already has the secret {mask(value)}.")
+        session.add(Secret(endpoint_id=endpoint_id, value=value, created_at=time.time()))
+        session.commit()
+    return mask(value)
+
+
+def remove_secret(engine: Engine, endpoint_id: str, value: str) -> str:
+    value = value.strip()
+    with Session(engine) as session:
+        _endpoint(session, endpoint_id)
+        for secret in session.exec(select(Secret).where(Secret.endpoint_id == endpoint_id)):
+            if secrets.compare_digest(secret.value, value):
+                session.delete(secret)
+                session.commit()
+                return mask(value)
+    raise Invalid(f"Endpoint {endpoint_id} has no secret {mask(value)}; nothing was removed.")
+
+
+def list_endpoints(engine: Engine) -> list[EndpointView]:
+    with Session(engine) as session:
+        names = {c.id: c.name for c in session.exec(select(Connection))}
+        hints: dict[str, list[str]] = {}
+        for secret in session.exec(select(Secret).order_by(Secret.id)):
+            hints.setdefault(secret.endpoint_id, []).append(mask(secret.value))
+        return [
+            EndpointView(
+                id=e.id,
+                name=e.name,
+                connection=names[e.connection_id],
+                provider=e.provider,
+                event_types=e.accepted_types(),
+                user_group=e.user_group,
+                loops_event=e.loops_event,
+                sync_names=e.sync_names,
+                secret_hints=hints.get(e.id, []),
+            )
+            for e in session.exec(select(Endpoint).order_by(Endpoint.created_at))
+        ]

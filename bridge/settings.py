@@ -1,0 +1,112 @@
+"""Settings, declared once.
+
+Every setting is a row in ``DECLARED``: its environment variable, default and help text. That
+one table feeds :class:`Settings`, ``loops-bridge settings`` and the README's settings table,
+so a new setting is added here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DECLARED", "Settings", "load"]
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    env: str
+    default: str
+    help: str
+    cast: Callable[[str], Any] = str
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+DECLARED: tuple[Declared, ...] = (
+    Declared(
+        "BRIDGE_DATABASE_URL",
+        "sqlite:///./data/bridge.db",
+        "Where the bridge keeps endpoints and deliveries. A SQLAlchemy URL: the default "
+        "is a SQLite file under ./data/; use postgresql+psycopg://user@host/db to share "
+        "one database between several bridge processes.",
+    ),
+    Declared(
+        "BRIDGE_LOOPS_API_URL",
+        "https://app.loops.so/api/v1",
+        "The Loops API base URL. Point it at `loops-bridge sandbox` "
+        "(http://127.0.0.1:8025/api/v1) to try the wiring without a real Loops account.",
+    ),
+    Declared(
+        "BRIDGE_PUBLIC_URL",
+        "http://127.0.0.1:8000",
+        "The address Stripe reaches the bridge on; endpoint URLs are built from it.",
+    ),
+    Declared("BRIDGE_HOST", "127.0.0.1", "Interface `serve` listens on (0.0.0.0 in Docker)."),
+    Declared("BRIDGE_PORT", "8000", "Port `serve` listens on.", _positive_int),
+    Declared(
+        "BRIDGE_MAX_BODY_BYTES",
+        "1048576",
+        "Largest webhook body accepted, in bytes; larger requests get 413.",
+        _positive_int,
+    ),
+    Declared(
+        "BRIDGE_LOOPS_RATE_LIMIT",
+        "10",
+        "Requests per second the bridge allows itself per Loops account (Loops' limit is 10).",
+        _positive_int,
+    ),
+    Declared(
+        "BRIDGE_RETRY_BASE_SECONDS",
+        "5",
+        "Wait before the first retry of a delivery Loops could not take; it doubles with each "
+        "try, up to an hour, until the delivery is 3 days old.",
+        float,
+    ),
+    Declared(
+        "BRIDGE_WORKER_CONCURRENCY",
+        "16",
+        "How many deliveries one worker process works on at once (across all accounts).",
+        _positive_int,
+    ),
+)
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    loops_api_url: str
+    public_url: str
+    host: str
+    port: int
+    max_body_bytes: int
+    loops_rate_limit: int
+    retry_base_seconds: float
+    worker_concurrency: int
+
+    def endpoint_url(self, endpoint_id: str) -> str:
+        return f"{self.public_url.rstrip('/')}/webhooks/{endpoint_id}"
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read every declared setting from the environment, failing with the variable's name."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for item in DECLARED:
+        raw = env.get(item.env, "").strip() or item.default
+        try:
+            values[item.env.removeprefix("BRIDGE_").lower()] = item.cast(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{item.env}={raw!r} is not valid: {exc}") from None
+    return Settings(**values)

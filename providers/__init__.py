@@ -1,0 +1,74 @@
+"""Providers: the plug-ins that turn a platform's signed webhook into a plain event.
+
+A provider is one module in this package exposing a module-level ``provider`` object that
+satisfies :class:`Provider`. The core looks providers up by name (``get("stripe")``) and never
+imports one directly, so adding Clerk or Supabase means adding one module here.
+
+The shape of the data a provider hands on::
+
+    raw request (bytes + headers)
+        -> Provider.verify()   raises Rejected(reason) on any bad signature / header
+        -> Provider.parse()    raises Rejected(reason) if the body is not an event it knows
+        -> Event               provider-neutral: ids, time, email, names, Loops properties
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["Event", "Provider", "Rejected", "get", "names"]
+
+# Every provider module lives in this package; the registry is just this list of names.
+_NAMES = ("stripe",)
+
+
+class Rejected(Exception):
+    """The request is not a valid webhook for this endpoint. ``str(exc)`` is shown to the
+    sender (and the admin) as the reason, so it must say what to fix and never echo a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One verified provider event, reduced to what the bridge needs.
+
+    ``properties`` are the Loops event properties: flat, camelCase keys, values that are
+    str, int, float or bool, each within Loops' 500-character limit.
+    """
+
+    id: str  # the provider's event id (Stripe: evt_...), the dedupe key per endpoint
+    type: str  # e.g. "invoice.paid"
+    occurred_at: int  # provider's event time, unix seconds (last-writer-wins on contact fields)
+    email: str | None  # None: Loops cannot take this event, so it is ignored
+    first_name: str | None = None
+    last_name: str | None = None
+    properties: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    name: str  # "stripe": used in URLs, the CLI and the database
+    label: str  # "Stripe": shown to people
+    contact_source: str  # Loops `source` for contacts this provider creates, "Stripe webhook"
+    event_types: Sequence[str]  # the event types an endpoint may accept, in display order
+
+    def verify(self, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> None:
+        """Raise Rejected unless ``body`` is signed by one of ``secrets``. Constant-time."""
+
+    def parse(self, body: bytes) -> Event:
+        """Read a verified body. Raise Rejected if it is not an event this provider knows."""
+
+    def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
+        """A realistic signed test request for ``event_type``: (body, headers)."""
+
+
+def names() -> tuple[str, ...]:
+    return _NAMES
+
+
+def get(name: str) -> Provider:
+    if name not in _NAMES:
+        raise KeyError(f"unknown provider {name!r}; known providers: {', '.join(_NAMES)}")
+    module = importlib.import_module(f"providers.{name}")
+    return module.provider  # type: ignore[no-any-return]

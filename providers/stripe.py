@@ -1,0 +1,628 @@
+"""Stripe: verify ``Stripe-Signature``, read a snapshot event into a plain :class:`Event`.
+
+Only event types whose object carries an email are offered. Subscription and quote events
+carry just a customer id, and resolving it would need a Stripe API key and a call out.
+
+Contact fields (the same for every event type):
+
+============================== ========================================================
+Event object                   email (trimmed, empty -> none) / name (split on the first
+                               space into first and last name, missing -> none)
+============================== ========================================================
+customer                       ``email`` / ``name``
+invoice                        ``customer_email`` / ``customer_name``
+checkout.session               ``customer_details.email``, else ``customer_email`` /
+                               ``customer_details.name``
+============================== ========================================================
+
+Loops event properties. Flat, camelCase; a property whose Stripe field is missing or null is
+left out; every string is cut to Loops' 500-character limit. Money is in major units using the
+currency's exponent (USD 70000 -> ``700.0``, JPY 500 -> ``500``, KWD 1234 -> ``1.234``), and
+``*Formatted`` is the same amount as text (``"700.00 USD"``). Times are ISO 8601 UTC strings
+(``"2026-11-27T13:00:00Z"``).
+
+========================= ============================ =======================================
+Property                  Event types                  Stripe field
+========================= ============================ =======================================
+stripeEventId             all                          ``id`` (evt_...)
+stripeEventType           all                          ``type``
+livemode                  all                          ``livemode`` (false: test mode)
+customerId                customer.*                   ``data.object.id`` (cus_...)
+invoiceId                 invoice.*                    ``id`` (in_...; upcoming_in_... on a preview)
+customerId                invoice.*                    ``customer``
+invoiceNumber             invoice.*                    ``number``
+hostedInvoiceUrl          invoice.*                    ``hosted_invoice_url``
+invoicePdf                invoice.*                    ``invoice_pdf``
+billingReason             invoice.*                    ``billing_reason``
+status                    invoice.*                    ``status``
+currency                  invoice.*                    ``currency``, upper-case (``"USD"``)
+amountDue                 invoice.*                    ``amount_due``
+amountDueFormatted        invoice.*                    ``amount_due`` as text
+amountPaid                invoice.*                    ``amount_paid``
+amountPaidFormatted       invoice.*                    ``amount_paid`` as text
+amountRemaining           invoice.*                    ``amount_remaining``
+total                     invoice.*                    ``total``
+subscriptionId            invoice.*                    ``parent.subscription_details.subscription``
+                                                       (API 2025-03-31.basil and later), else
+                                                       ``subscription`` (earlier versions)
+attemptCount              invoice.*                    ``attempt_count``
+nextPaymentAttempt        invoice.*                    ``next_payment_attempt``
+periodStart               invoice.*                    ``period_start``
+periodEnd                 invoice.*                    ``period_end``
+description               invoice.*                    ``lines.data[0].description``
+checkoutSessionId         checkout.session.*           ``id`` (cs_...)
+customerId                checkout.session.*           ``customer``
+mode                      checkout.session.*           ``mode`` (payment, subscription, setup)
+paymentStatus             checkout.session.*           ``payment_status`` (paid, unpaid, ...)
+currency                  checkout.session.*           ``currency``, upper-case
+amountTotal               checkout.session.*           ``amount_total``
+amountTotalFormatted      checkout.session.*           ``amount_total`` as text
+subscriptionId            checkout.session.*           ``subscription``
+========================= ============================ =======================================
+
+Verification uses the ``stripe`` library's own check (v1 HMAC-SHA256 over ``f"{t}.{body}"``,
+constant-time, 300 s replay tolerance), once per configured secret, so an endpoint keeps
+working while its secret is rolled: https://docs.stripe.com/webhooks#roll-endpoint-secrets
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from secrets import token_hex
+from typing import Any
+
+import stripe
+
+from providers import Event, Rejected
+
+__all__ = ["currency_exponent", "format_amount", "major_units", "provider"]
+
+TOLERANCE = stripe.Webhook.DEFAULT_TOLERANCE  # seconds; Stripe's documented default
+
+# The API version the samples are rendered in (invoice subscription under `parent`).
+SAMPLE_API_VERSION = "2025-03-31.basil"
+
+Properties = dict[str, str | int | float | bool]
+
+# --- Why a request is refused. Shown to the sender and the admin; never holds a secret. ---
+
+_NO_SECRET = (
+    "This endpoint has no signing secret yet: paste the endpoint's signing secret (whsec_...) "
+    "from Stripe into the bridge."
+)
+_NO_HEADER = (
+    "The request has no Stripe-Signature header, so it cannot be verified as coming from "
+    "Stripe. Send only Stripe webhooks to this URL, and check that no proxy drops the header."
+)
+_NOT_UTF8 = (
+    "The request body is not UTF-8 text, so it is not a Stripe event as Stripe sent it "
+    "(a proxy may have re-encoded or compressed it)."
+)
+_MALFORMED = (
+    "The Stripe-Signature header is malformed: expected 't=<unix time>,v1=<signature>'. "
+    "Send the header exactly as Stripe sent it."
+)
+_NO_V1 = (
+    "The Stripe-Signature header has no v1 signature (v0 and other schemes are ignored). "
+    "Stripe signs every webhook with v1; check that the request really comes from Stripe."
+)
+_NO_MATCH = (
+    "No signature in the Stripe-Signature header matches this endpoint's signing secret. "
+    "Paste the signing secret (whsec_...) of this very Stripe endpoint: test-mode and "
+    "live-mode secrets differ, and 'stripe listen' uses its own. A proxy that rewrites the "
+    "body (even its whitespace) also breaks the signature."
+)
+_STALE = (
+    f"The Stripe-Signature timestamp is more than {TOLERANCE} seconds old, so the request was "
+    "refused as a possible replay. If Stripe sent it just now, this server's clock is off: "
+    "sync it (NTP). Stripe signs every retry afresh, so real retries are never too old."
+)
+_THIN_EVENT = (
+    "This is a thin event (object 'v2.core.event'): it holds only a reference, not the "
+    "customer or invoice. In the Stripe event destination for this endpoint, choose snapshot "
+    "events (the classic payload style)."
+)
+
+# stripe.SignatureVerificationError messages (stripe 16.x, stripe/_webhook.py) -> our reason.
+_LIBRARY_REASONS = (
+    ("Unable to extract timestamp", _MALFORMED),
+    ("No signatures found with expected scheme", _NO_V1),
+    ("No signatures found matching", _NO_MATCH),
+    ("Timestamp outside the tolerance zone", _STALE),
+)
+
+
+def _reason(error: stripe.SignatureVerificationError) -> str:
+    message = error.user_message or ""
+    for prefix, reason in _LIBRARY_REASONS:
+        if message.startswith(prefix):
+            return reason
+    return f"The Stripe signature check failed: {message}"
+
+
+# --- Money: Stripe amounts are integers in the currency's minor unit. ---
+# https://docs.stripe.com/currencies#zero-decimal and #three-decimal
+
+_ZERO_DECIMAL = frozenset(
+    {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA"}
+    | {"PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+)
+_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+
+def currency_exponent(currency: str) -> int:
+    """Digits after the decimal point in Stripe amounts of ``currency`` (``"usd"`` -> 2)."""
+    code = currency.upper()
+    if code in _ZERO_DECIMAL:
+        return 0
+    if code in _THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def major_units(amount: int, currency: str) -> int | float:
+    """``70000, "usd"`` -> ``700.0``; ``500, "jpy"`` -> ``500`` (an int)."""
+    exponent = currency_exponent(currency)
+    return amount if exponent == 0 else amount / 10**exponent
+
+
+def format_amount(amount: int, currency: str) -> str:
+    """``70000, "usd"`` -> ``"700.00 USD"``; ``500, "jpy"`` -> ``"500 JPY"``. Exact, no floats."""
+    exponent = currency_exponent(currency)
+    code = currency.upper()
+    if exponent == 0:
+        return f"{amount} {code}"
+    whole, fraction = divmod(abs(amount), 10**exponent)
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{whole}.{fraction:0{exponent}d} {code}"
+
+
+# --- Reading fields defensively: old API versions lack fields, webhooks may expand ids. ---
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _id(value: Any) -> str | None:
+    """An id field that is either ``"sub_..."`` or the expanded object ``{"id": "sub_..."}``."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value.strip() or None
+
+
+def _split_name(full_name: Any) -> tuple[str | None, str | None]:
+    """``"Jenny Rosen"`` -> ``("Jenny", "Rosen")``. Missing stays None, so it never clears a
+    name in Loops."""
+    words = (_text(full_name) or "").split(maxsplit=1)
+    return (words[0] if words else None), (words[1] if len(words) > 1 else None)
+
+
+def _iso(timestamp: Any) -> str | None:
+    if not _is_int(timestamp):
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _currency(obj: dict[str, Any]) -> str | None:
+    code = _text(obj.get("currency"))
+    return code.upper() if code else None
+
+
+def _money(obj: dict[str, Any], field: str, currency: str | None) -> tuple[Any, Any]:
+    """(major units, formatted text) of ``obj[field]``, or (None, None) without a currency."""
+    amount = obj.get(field)
+    if currency is None or not _is_int(amount):
+        return None, None
+    return major_units(amount, currency), format_amount(amount, currency)
+
+
+def _loops_properties(values: dict[str, Any]) -> Properties:
+    """Keep what Loops accepts: drop None and non-scalar values, cut strings to 500 chars."""
+    properties: Properties = {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            properties[key] = value[:500]
+        elif isinstance(value, bool | int | float):
+            properties[key] = value
+    return properties
+
+
+# --- One reader per kind of event object: (email, full name, Loops properties). ---
+
+Reading = tuple[Any, Any, dict[str, Any]]
+
+
+def _read_customer(customer: dict[str, Any]) -> Reading:
+    return customer.get("email"), customer.get("name"), {"customerId": _id(customer.get("id"))}
+
+
+def _read_invoice(invoice: dict[str, Any]) -> Reading:
+    currency = _currency(invoice)
+    amount_due, amount_due_text = _money(invoice, "amount_due", currency)
+    amount_paid, amount_paid_text = _money(invoice, "amount_paid", currency)
+    subscription = _id(invoice.get("subscription")) or _id(
+        _dig(invoice, "parent", "subscription_details", "subscription")
+    )
+    lines = _dig(invoice, "lines", "data")
+    first_line = lines[0] if isinstance(lines, list) and lines else None
+    properties = {
+        "invoiceId": _id(invoice.get("id")),
+        "customerId": _id(invoice.get("customer")),
+        "invoiceNumber": invoice.get("number"),
+        "hostedInvoiceUrl": invoice.get("hosted_invoice_url"),
+        "invoicePdf": invoice.get("invoice_pdf"),
+        "billingReason": invoice.get("billing_reason"),
+        "status": invoice.get("status"),
+        "currency": currency,
+        "amountDue": amount_due,
+        "amountDueFormatted": amount_due_text,
+        "amountPaid": amount_paid,
+        "amountPaidFormatted": amount_paid_text,
+        "amountRemaining": _money(invoice, "amount_remaining", currency)[0],
+        "total": _money(invoice, "total", currency)[0],
+        "subscriptionId": subscription,
+        "attemptCount": invoice.get("attempt_count"),
+        "nextPaymentAttempt": _iso(invoice.get("next_payment_attempt")),
+        "periodStart": _iso(invoice.get("period_start")),
+        "periodEnd": _iso(invoice.get("period_end")),
+        "description": _dig(first_line, "description"),
+    }
+    return invoice.get("customer_email"), invoice.get("customer_name"), properties
+
+
+def _read_checkout_session(session: dict[str, Any]) -> Reading:
+    currency = _currency(session)
+    amount_total, amount_total_text = _money(session, "amount_total", currency)
+    email = _text(_dig(session, "customer_details", "email")) or session.get("customer_email")
+    properties = {
+        "checkoutSessionId": _id(session.get("id")),
+        "customerId": _id(session.get("customer")),
+        "mode": session.get("mode"),
+        "paymentStatus": session.get("payment_status"),
+        "currency": currency,
+        "amountTotal": amount_total,
+        "amountTotalFormatted": amount_total_text,
+        "subscriptionId": _id(session.get("subscription")),
+    }
+    return email, _dig(session, "customer_details", "name"), properties
+
+
+def _read_other(obj: dict[str, Any]) -> Reading:
+    return obj.get("email"), obj.get("name"), {}
+
+
+# Keyed by the object's own `object` field rather than the event type's prefix, so that
+# e.g. customer.subscription.updated (a subscription object) is not read as a customer.
+_READERS: dict[str, Callable[[dict[str, Any]], Reading]] = {
+    "customer": _read_customer,
+    "invoice": _read_invoice,
+    "checkout.session": _read_checkout_session,
+}
+
+
+# --- Samples: realistic snapshot events in the current shape, for "send a test event". ---
+
+_CUSTOMER_ID = "cus_NffrFeUfNV2Hib"
+_SUBSCRIPTION_ID = "sub_1MowQVLkdIwHu7ixeRlqHVzs"
+_INVOICE_ID = "in_1MtHbELkdIwHu7ixl4OzzPMv"
+_ACCOUNT = "acct_1MtHZpLkdIwHu7ix"
+_SAMPLE_NAME = "Jenny Rosen"
+_DAY = 86_400
+
+
+def _sample_customer(event_type: str, email: str, now: int) -> dict[str, Any]:
+    return {
+        "id": _CUSTOMER_ID,
+        "object": "customer",
+        "address": None,
+        "balance": 0,
+        "created": now,
+        "currency": "usd",
+        "default_source": None,
+        "delinquent": False,
+        "description": None,
+        "email": email,
+        "invoice_prefix": "0759376C",
+        "invoice_settings": {
+            "custom_fields": None,
+            "default_payment_method": None,
+            "footer": None,
+            "rendering_options": None,
+        },
+        "livemode": False,
+        "metadata": {},
+        "name": _SAMPLE_NAME,
+        "next_invoice_sequence": 2,
+        "phone": None,
+        "preferred_locales": ["en-US"],
+        "shipping": None,
+        "tax_exempt": "none",
+        "test_clock": None,
+    }
+
+
+def _sample_invoice(event_type: str, email: str, now: int) -> dict[str, Any]:
+    paid = event_type in ("invoice.paid", "invoice.payment_succeeded")
+    # invoice.upcoming carries a preview: id "upcoming_in_...", no number or links yet.
+    upcoming = event_type == "invoice.upcoming"
+    link = f"{_ACCOUNT}/test_YWNjdF8xTXRIWnBMa2RJd0h1N2l4LF9OZWZmcmVGZVVmTlYySGli0100"
+    return {
+        "id": f"upcoming_{_INVOICE_ID}" if upcoming else _INVOICE_ID,
+        "object": "invoice",
+        "account_country": "US",
+        "account_name": "Stripe Shop",
+        "amount_due": 2000,
+        "amount_overpaid": 0,
+        "amount_paid": 2000 if paid else 0,
+        "amount_remaining": 0 if paid else 2000,
+        "amount_shipping": 0,
+        "attempt_count": 0 if upcoming else 1,
+        "attempted": not upcoming,
+        "auto_advance": not paid,
+        "billing_reason": "upcoming" if upcoming else "subscription_cycle",
+        "collection_method": "charge_automatically",
+        "created": now,
+        "currency": "usd",
+        "customer": _CUSTOMER_ID,
+        "customer_email": email,
+        "customer_name": _SAMPLE_NAME,
+        "description": None,
+        "due_date": None,
+        "hosted_invoice_url": None if upcoming else f"https://invoice.stripe.com/i/{link}?s=ap",
+        "invoice_pdf": None if upcoming else f"https://pay.stripe.com/invoice/{link}/pdf?s=ap",
+        "lines": {
+            "object": "list",
+            "data": [
+                {
+                    "id": "il_1MtHbELkdIwHu7ixvK9Ae3Y8",
+                    "object": "line_item",
+                    "amount": 2000,
+                    "currency": "usd",
+                    "description": "1 × Pro (at $20.00 / month)",
+                    "livemode": False,
+                    "metadata": {},
+                    "parent": {
+                        "type": "subscription_item_details",
+                        "invoice_item_details": None,
+                        "subscription_item_details": {
+                            "invoice_item": None,
+                            "proration": False,
+                            "proration_details": {"credited_items": None},
+                            "subscription": _SUBSCRIPTION_ID,
+                            "subscription_item": "si_NffrDlQ9mS2eVv",
+                        },
+                    },
+                    "period": {"start": now, "end": now + 30 * _DAY},
+                    "pricing": {
+                        "type": "price_details",
+                        "price_details": {
+                            "price": "price_1MowQULkdIwHu7ixraBm864M",
+                            "product": "prod_NbmFjaSNv9xoqH",
+                        },
+                        "unit_amount_decimal": "2000",
+                    },
+                    "quantity": 1,
+                    "taxes": [],
+                }
+            ],
+            "has_more": False,
+            "total_count": 1,
+            "url": f"/v1/invoices/{_INVOICE_ID}/lines",
+        },
+        "livemode": False,
+        "metadata": {},
+        "next_payment_attempt": None if paid else now + 3 * _DAY,
+        "number": None if upcoming else "0759376C-0002",
+        "parent": {
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"metadata": {}, "subscription": _SUBSCRIPTION_ID},
+        },
+        "period_end": now,
+        "period_start": now - 30 * _DAY,
+        "status": "draft" if upcoming else "paid" if paid else "open",
+        "status_transitions": {
+            "finalized_at": None if upcoming else now,
+            "marked_uncollectible_at": None,
+            "paid_at": now if paid else None,
+            "voided_at": None,
+        },
+        "subtotal": 2000,
+        "total": 2000,
+        "webhooks_delivered_at": None,
+    }
+
+
+def _sample_checkout_session(event_type: str, email: str, now: int) -> dict[str, Any]:
+    failed = event_type == "checkout.session.async_payment_failed"
+    return {
+        "id": "cs_test_a1Ygh5yYJq0cZ5nGSvNmR5GCVPnYtpA2KrsWPMSmBmxCvkMmCFqUSddZb3",
+        "object": "checkout.session",
+        "amount_subtotal": 2000,
+        "amount_total": 2000,
+        "cancel_url": "https://example.com/cancel",
+        "created": now,
+        "currency": "usd",
+        "customer": _CUSTOMER_ID,
+        "customer_creation": "always",
+        "customer_details": {
+            "address": {
+                "city": None,
+                "country": "US",
+                "line1": None,
+                "line2": None,
+                "postal_code": "94103",
+                "state": None,
+            },
+            "email": email,
+            "name": _SAMPLE_NAME,
+            "phone": None,
+            "tax_exempt": "none",
+            "tax_ids": [],
+        },
+        "customer_email": None,
+        "expires_at": now + _DAY,
+        "invoice": _INVOICE_ID,
+        "livemode": False,
+        "metadata": {},
+        "mode": "subscription",
+        "payment_method_types": ["card"],
+        "payment_status": "unpaid" if failed else "paid",
+        "status": "complete",
+        "subscription": _SUBSCRIPTION_ID,
+        "success_url": "https://example.com/success",
+        "url": None,
+    }
+
+
+_SAMPLE_BUILDERS: dict[str, Callable[[str, str, int], dict[str, Any]]] = {
+    "customer": _sample_customer,
+    "invoice": _sample_invoice,
+    "checkout.session": _sample_checkout_session,
+}
+
+
+class StripeProvider:
+    name = "stripe"
+    label = "Stripe"
+    contact_source = "Stripe webhook"
+    event_types = (
+        "customer.created",
+        "customer.updated",
+        "invoice.paid",
+        "invoice.payment_failed",
+        "invoice.upcoming",
+        "invoice.payment_succeeded",
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.async_payment_failed",
+    )
+
+    def verify(self, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> None:
+        # Blank secrets cannot sign anything; the stripe library would refuse them anyway.
+        usable = [secret for secret in secrets if secret.strip()]
+        if not usable:
+            raise Rejected(_NO_SECRET)
+        header = headers.get("stripe-signature")
+        if not header:
+            raise Rejected(_NO_HEADER)
+        try:
+            payload = body.decode("utf-8")  # once, not once per secret inside the library
+        except UnicodeDecodeError:
+            raise Rejected(_NOT_UTF8) from None
+        for secret in usable:
+            try:
+                stripe.WebhookSignature.verify_header(payload, header, secret, TOLERANCE)
+            except stripe.SignatureVerificationError as error:
+                reason = _reason(error)
+                # Only "no match" depends on the secret; every other failure is the header's.
+                if reason != _NO_MATCH:
+                    raise Rejected(reason) from None
+            else:
+                return
+        raise Rejected(_NO_MATCH)
+
+    def parse(self, body: bytes) -> Event:
+        try:
+            event = json.loads(body)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            raise Rejected("The body is not JSON, so it is not a Stripe event.") from None
+        if not isinstance(event, dict):
+            raise Rejected("The body is JSON but not an object, so it is not a Stripe event.")
+        kind = event.get("object")
+        if kind == "v2.core.event":
+            raise Rejected(_THIN_EVENT)
+        # Events from 2012-era API versions have no "object" key at all.
+        if kind not in ("event", None):
+            raise Rejected(
+                f"The body is a Stripe {str(kind)[:50]!r} object, not an event. Send Stripe "
+                "webhook events (object 'event') to this URL."
+            )
+        event_id, event_type, created = event.get("id"), event.get("type"), event.get("created")
+        obj = _dig(event, "data", "object")
+        missing = [
+            name
+            for name, present in (
+                ("id", isinstance(event_id, str) and bool(event_id)),
+                ("type", isinstance(event_type, str) and bool(event_type)),
+                ("created", _is_int(created)),
+                ("data.object", isinstance(obj, dict)),
+            )
+            if not present
+        ]
+        if missing:
+            raise Rejected(f"The Stripe event has no valid {', '.join(missing)}.")
+
+        reader = _READERS.get(str(obj.get("object")), _read_other)
+        email, full_name, details = reader(obj)
+        first_name, last_name = _split_name(full_name)
+        livemode = event.get("livemode")
+        return Event(
+            id=event_id,
+            type=event_type,
+            occurred_at=created,
+            email=_text(email),
+            first_name=first_name,
+            last_name=last_name,
+            properties=_loops_properties(
+                {
+                    "stripeEventId": event_id,
+                    "stripeEventType": event_type,
+                    "livemode": livemode if isinstance(livemode, bool) else None,
+                    **details,
+                }
+            ),
+        )
+
+    def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
+        if event_type not in self.event_types:
+            raise ValueError(
+                f"Stripe has no sample for {event_type!r}; known: {', '.join(self.event_types)}"
+            )
+        now = int(time.time())
+        kind = event_type.rsplit(".", 1)[0]  # "invoice.payment_failed" -> "invoice"
+        data: dict[str, Any] = {"object": _SAMPLE_BUILDERS[kind](event_type, email, now)}
+        if event_type.endswith(".updated"):
+            data["previous_attributes"] = {"name": None}
+        event = {
+            "id": f"evt_{token_hex(12)}",
+            "object": "event",
+            "api_version": SAMPLE_API_VERSION,
+            "created": now,
+            "data": data,
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": event_type,
+        }
+        payload = json.dumps(event, indent=2)  # ASCII with \u escapes, as Stripe sends it
+        signature = stripe.WebhookSignature.generate_signature_header(payload, secret)
+        return payload.encode("utf-8"), {
+            "Stripe-Signature": signature,
+            "Content-Type": "application/json; charset=utf-8",
+            "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        }
+
+
+provider = StripeProvider()

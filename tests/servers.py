@@ -1,0 +1,123 @@
+"""Real servers on loopback for the tests: the bridge and the Loops sandbox, each started
+with the product's own command (``loops-bridge serve`` / ``loops-bridge sandbox``) as a
+separate process, and the ``loops-bridge`` CLI run the way a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent / "loops-bridge"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Process:
+    """A ``loops-bridge`` server process, stopped with SIGTERM like a container would be."""
+
+    def __init__(self, args: list[str], env: dict[str, str], url: str, ready_path: str) -> None:
+        self.url = url
+        self.log_path = Path(env["BRIDGE_TEST_LOG"])
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN), *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{args[0]} exited early:\n{self.log()}")
+            try:
+                return httpx.get(url + ready_path, timeout=1).status_code < 500
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, what=f"{args[0]} to listen on {url}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self._log.close()
+
+
+class Sandbox(Process):
+    def __init__(self, env: dict[str, str], *extra: str) -> None:
+        port = free_port()
+        super().__init__(
+            ["sandbox", "--port", str(port), *extra], env, f"http://127.0.0.1:{port}", "/"
+        )
+        self.api_url = f"{self.url}/api/v1"
+
+    def get(self, what: str, **params: str) -> Any:
+        return httpx.get(f"{self.url}/_sandbox/{what}", params=params, timeout=5).json()
+
+    def post(self, what: str, body: dict | None = None) -> Any:
+        return httpx.post(f"{self.url}/_sandbox/{what}", json=body, timeout=5)
+
+    def calls(self, path: str | None = None) -> list[dict]:
+        requests = self.get("requests")
+        return [r for r in requests if path is None or r["path"].endswith(path)]
+
+
+class Bridge(Process):
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__(["serve"], env, env["BRIDGE_PUBLIC_URL"], "/healthz")
+
+    def post(self, endpoint_id: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(f"{self.url}/webhooks/{endpoint_id}", content=body, headers=headers)
+
+
+def cli(env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True) -> Any:
+    """Run ``loops-bridge ARGS``; with ``--json`` return the parsed output."""
+    done = subprocess.run(
+        [str(BIN), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"loops-bridge {' '.join(args)} failed:\n{done.stderr}")
+    if "--json" in args and done.returncode == 0:
+        return json.loads(done.stdout)
+    return done
+
+
+def bridge_env(tmp: Path, **overrides: str) -> dict[str, str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "BRIDGE_DATABASE_URL": f"sqlite:///{tmp / 'bridge.db'}",
+        "BRIDGE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "BRIDGE_PORT": str(port),
+        "BRIDGE_LOOPS_API_URL": "http://127.0.0.1:9/api/v1",
+        "BRIDGE_RETRY_BASE_SECONDS": "0.2",
+        "BRIDGE_TEST_LOG": str(tmp / "server.log"),
+    }
+    env.update(overrides)
+    return env

@@ -1,0 +1,141 @@
+"""The ``loops-bridge`` command as a user runs it: a fresh database, JSON for scripts,
+clear errors, and secrets that never come back out."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from tests.servers import cli
+
+KEY = "loops_live_key_9f8e7d6c5b4a"
+SECRET = "whsec_cliTestSecretDDDDDDDDDDDDDDDD"
+
+
+def test_endpoint_url_and_id_for_scripts(env):
+    env["BRIDGE_PUBLIC_URL"] = "https://hooks.example.com"
+    cli(env, "connections", "add", "--name", "acme", "--api-key", KEY)
+    created = cli(
+        env,
+        "endpoints",
+        "create",
+        "--name",
+        "Stripe live",
+        "--connection",
+        "acme",
+        "--provider",
+        "stripe",
+        "--events",
+        "invoice.paid,customer.created",
+        "--user-group",
+        "customers",
+        "--loops-event",
+        "successfulPayment",
+        "--json",
+    )
+    assert created["url"] == f"https://hooks.example.com/webhooks/{created['id']}"
+    assert len(created["id"]) >= 22  # 128 random bits, url-safe
+    assert created["event_types"] == ["customer.created", "invoice.paid"]
+    assert created["waiting_for_secret"] is True
+    (listed,) = cli(env, "endpoints", "list", "--json")
+    assert listed["id"] == created["id"]
+
+
+def test_secrets_are_only_ever_shown_masked(env):
+    added = cli(env, "connections", "add", "--name", "acme", "--api-key", "-", "--json", stdin=KEY)
+    assert added["api_key"] == "loops_…5b4a"
+    created = cli(
+        env,
+        "endpoints",
+        "create",
+        "--name",
+        "x",
+        "--connection",
+        "acme",
+        "--events",
+        "invoice.paid",
+        "--signing-secret",
+        SECRET,
+        "--json",
+    )
+    second = "whsec_secondSecretEEEEEEEEEEEEEEEE"
+    cli(env, "endpoints", "add-secret", created["id"], second)
+    outputs = [
+        cli(env, "endpoints", "list").stdout,
+        cli(env, "connections", "list").stdout,
+        str(cli(env, "endpoints", "list", "--json")),
+    ]
+    for output in outputs:
+        assert KEY not in output and SECRET not in output and second not in output
+    (listed,) = cli(env, "endpoints", "list", "--json")
+    assert listed["signing_secrets"] == ["whsec_…DDDD", "whsec_…EEEE"]
+    cli(env, "endpoints", "remove-secret", created["id"], SECRET)
+    (listed,) = cli(env, "endpoints", "list", "--json")
+    assert listed["signing_secrets"] == ["whsec_…EEEE"]
+
+
+def test_mistakes_get_a_reason_and_change_nothing(env):
+    cli(env, "connections", "add", "--name", "acme", "--api-key", KEY)
+    done = cli(
+        env,
+        "endpoints",
+        "create",
+        "--name",
+        "x",
+        "--connection",
+        "acme",
+        "--events",
+        "invoice.paid,charge.refunded",
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "charge.refunded" in done.stderr and "Supported:" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = cli(
+        env,
+        "endpoints",
+        "create",
+        "--name",
+        "x",
+        "--connection",
+        "nobody",
+        "--events",
+        "invoice.paid",
+        check=False,
+    )
+    assert done.returncode == 2 and "No Loops account named 'nobody'" in done.stderr
+    done = cli(
+        env,
+        "endpoints",
+        "create",
+        "--name",
+        "x",
+        "--connection",
+        "acme",
+        "--events",
+        "invoice.paid",
+        "--signing-secret",
+        "sk_live_oops",
+        check=False,
+    )
+    assert done.returncode == 2 and "whsec_" in done.stderr and "sk_live_oops" not in done.stderr
+    assert cli(env, "endpoints", "list", "--json") == []
+    again = cli(env, "connections", "add", "--name", "acme", "--api-key", "k2", check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_any_command_creates_the_schema_on_a_fresh_database(env, tmp_path):
+    assert cli(env, "deliveries", "list", "--json") == []
+    tables = {
+        row[0]
+        for row in sqlite3.connect(tmp_path / "bridge.db").execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        )
+    }
+    assert {"connections", "endpoints", "secrets", "deliveries", "loops_calls"} <= tables
+
+
+def test_bad_setting_names_the_variable(env):
+    env["BRIDGE_MAX_BODY_BYTES"] = "lots"
+    done = cli(env, "endpoints", "list", check=False)
+    assert done.returncode == 2
+    assert "BRIDGE_MAX_BODY_BYTES='lots' is not valid" in done.stderr

@@ -16,9 +16,9 @@ checkout.session               ``customer_details.email``, else ``customer_email
 ============================== ========================================================
 
 Loops event properties. Flat, camelCase; a property whose Stripe field is missing or null is
-left out; every string is cut to Loops' 500-character limit. Money is in major units using the
-currency's exponent (USD 70000 -> ``700.0``, JPY 500 -> ``500``, KWD 1234 -> ``1.234``), and
-``*Formatted`` is the same amount as text (``"700.00 USD"``). Times are ISO 8601 UTC strings
+left out; every string is cut to fit Loops' 500-character limit (quotes counted). Money is
+in major units using the currency's exponent (USD 70000 -> ``700.0``, JPY 500 -> ``500``,
+KWD 1234 -> ``1.234``), and ``*Formatted`` is the same amount as text (``"700.00 USD"``). Times are ISO 8601 UTC strings
 (``"2026-11-27T13:00:00Z"``).
 
 ========================= ============================ =======================================
@@ -237,12 +237,17 @@ def _money(obj: dict[str, Any], field: str, currency: str | None) -> tuple[Any, 
     return major_units(amount, currency), format_amount(amount, currency)
 
 
+# Loops refuses any body value over 500 characters, its quotes counted
+# (https://loops.so/docs/api-reference/intro), so a string keeps at most 498.
+LOOPS_STRING_LIMIT = 498
+
+
 def _loops_properties(values: dict[str, Any]) -> Properties:
-    """Keep what Loops accepts: drop None and non-scalar values, cut strings to 500 chars."""
+    """Keep what Loops accepts: drop None and non-scalar values, cut long strings."""
     properties: Properties = {}
     for key, value in values.items():
         if isinstance(value, str):
-            properties[key] = value[:500]
+            properties[key] = value[:LOOPS_STRING_LIMIT]
         elif isinstance(value, bool | int | float):
             properties[key] = value
     return properties

@@ -1,0 +1,89 @@
+"""The web app in-process (httpx's ASGI transport) against a real SQLite database: the
+answers Stripe gets when something other than the signature is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+
+from bridge import db, registry
+from bridge.app import create_app
+from bridge.settings import load
+from tests.helpers import fixture_bytes, signed_headers
+
+SECRET = "whsec_appTestSecretFFFFFFFFFFFFFFFF"
+
+
+def post_all(
+    tmp_path: Path, bodies: list[bytes], break_storage: bool = False
+) -> list[httpx.Response]:
+    settings = load({"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"})
+    engine = db.connect(settings.database_url)
+    registry.add_connection(engine, "acme", "key")
+    endpoint = registry.create_endpoint(
+        engine,
+        name="e",
+        connection="acme",
+        provider="stripe",
+        event_types=["invoice.paid"],
+        signing_secret=SECRET,
+    )
+    if break_storage:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE loops_calls"))
+            conn.execute(text("DROP TABLE deliveries"))
+    app = create_app(settings, engine, run_worker=False)
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+            return [
+                await client.post(
+                    f"/webhooks/{endpoint}", content=b, headers=signed_headers(b, SECRET)
+                )
+                for b in bodies
+            ]
+
+    return asyncio.run(run())
+
+
+def test_storage_failure_answers_503_so_stripe_retries(tmp_path):
+    (response,) = post_all(
+        tmp_path, [fixture_bytes("captured-test-mode/invoice.paid.event.json")], True
+    )
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "reason": "storage unavailable; retry later",
+    }
+
+
+def test_signed_bodies_that_are_not_stripe_events_get_a_reason(tmp_path):
+    bodies = [
+        b"not json at all",
+        b"[1, 2, 3]",
+        fixture_bytes("stripe-python/thin-event.v2.core.event.json"),
+        "caf\xe9".encode("latin-1"),
+    ]
+    answers = post_all(tmp_path, bodies)
+    assert [a.status_code for a in answers] == [400, 400, 400, 400]
+    reasons = [a.json()["reason"] for a in answers]
+    assert "not JSON" in reasons[0]
+    assert "not an object" in reasons[1]
+    assert "snapshot" in reasons[2]
+    assert "UTF-8" in reasons[3]
+
+
+def test_healthz(tmp_path):
+    settings = load({"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'h.db'}"})
+    app = create_app(settings, db.connect(settings.database_url), run_worker=False)
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
+            return await client.get("/healthz")
+
+    assert asyncio.run(get()).json() == {"status": "ok"}

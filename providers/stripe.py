@@ -18,8 +18,8 @@ checkout.session               ``customer_details.email``, else ``customer_email
 Loops event properties. Flat, camelCase; a property whose Stripe field is missing or null is
 left out; every string is cut to fit Loops' 500-character limit (quotes counted). Money is
 in major units using the currency's exponent (USD 70000 -> ``700.0``, JPY 500 -> ``500``,
-KWD 1234 -> ``1.234``), and ``*Formatted`` is the same amount as text (``"700.00 USD"``). Times are ISO 8601 UTC strings
-(``"2026-11-27T13:00:00Z"``).
+KWD 1234 -> ``1.234``), and ``*Formatted`` is the same amount as text (``"700.00 USD"``).
+Times are ISO 8601 UTC strings (``"2026-11-27T13:00:00Z"``).
 
 ========================= ============================ =======================================
 Property                  Event types                  Stripe field

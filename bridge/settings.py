@@ -34,9 +34,8 @@ DECLARED: tuple[Declared, ...] = (
     Declared(
         "BRIDGE_DATABASE_URL",
         "sqlite:///./data/bridge.db",
-        "Where the bridge keeps endpoints and deliveries. A SQLAlchemy URL: the default "
-        "is a SQLite file under ./data/; use postgresql+psycopg://user@host/db to share "
-        "one database between several bridge processes.",
+        "Where the bridge keeps endpoints and deliveries, as a SQLAlchemy URL: a SQLite "
+        "file under ./data/ by default, or postgresql+psycopg://user@host/db.",
     ),
     Declared(
         "BRIDGE_LOOPS_API_URL",

@@ -1,0 +1,25 @@
+# loops-bridge: `docker run -p 8000:8000 -v loops-bridge-data:/data loops-bridge`
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    BRIDGE_DATABASE_URL=sqlite:////data/bridge.db \
+    BRIDGE_HOST=0.0.0.0 \
+    BRIDGE_PORT=8000
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY bridge ./bridge
+COPY providers ./providers
+RUN pip install '.[postgres]' \
+    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin bridge \
+    && mkdir -p /data && chown bridge:bridge /data
+
+USER bridge
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('BRIDGE_PORT', '8000')}/healthz\", timeout=4)"]
+CMD ["loops-bridge", "serve"]

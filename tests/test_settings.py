@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.settings import DECLARED, SettingsError, load
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("item", DECLARED, ids=lambda d: d.env)
+def test_readme_documents_every_setting_as_declared(item):
+    assert f"| `{item.env}` | `{item.default}` | {item.help} |" in README
+
+
+def test_defaults_are_the_documented_contract():
+    settings = load({})
+    assert settings.database_url == "sqlite:///./data/bridge.db"
+    assert settings.loops_api_url == "https://app.loops.so/api/v1"
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.endpoint_url("abc") == "http://127.0.0.1:8000/webhooks/abc"
+
+
+def test_public_url_with_trailing_slash_builds_clean_endpoint_urls():
+    settings = load({"BRIDGE_PUBLIC_URL": "https://hooks.example.com/"})
+    assert settings.endpoint_url("abc") == "https://hooks.example.com/webhooks/abc"
+
+
+def test_invalid_value_names_the_variable():
+    with pytest.raises(SettingsError, match="BRIDGE_PORT='0' is not valid"):
+        load({"BRIDGE_PORT": "0"})

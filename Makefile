@@ -18,7 +18,7 @@ run: $(VENV)/.run
 	$(VENV)/bin/loops-bridge serve
 
 test: $(VENV)/.test
-	$(VENV)/bin/ruff check bridge providers tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
 bench: $(VENV)/.test

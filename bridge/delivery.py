@@ -243,7 +243,7 @@ class Worker:
         pacer = self._pacers.setdefault(job.connection_id, Pacer(self._settings.loops_rate_limit))
         await pacer.wait_turn()
         answer: Answer = await method(job.api_key, *args)
-        if answer.status_code == 429 or answer.rate_remaining == 0:
+        if answer.status_code == 429:  # the whole account waits, not just this delivery
             pacer.hold(answer.retry_after or 1.0)
         await anyio.to_thread.run_sync(self._record_call, job, answer)
         return answer

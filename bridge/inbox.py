@@ -82,7 +82,10 @@ class Inbox:
         cached = self._routes.get(endpoint_id)
         if cached and cached[0] > now:
             return cached[1]
-        route = await anyio.to_thread.run_sync(self._load_route, endpoint_id)
+        try:
+            route = await anyio.to_thread.run_sync(self._load_route, endpoint_id)
+        except Exception as exc:
+            raise StorageUnavailable(str(exc)) from exc
         if len(self._routes) > 10_000:  # unknown ids must not grow the cache without bound
             self._routes.clear()
         self._routes[endpoint_id] = (now + self._route_ttl, route)

@@ -3,8 +3,9 @@
 Loops allows 10 requests per second per team and answers 429 beyond that
 (https://loops.so/docs/api-reference/intro#rate-limiting). Instead of a bucket that allows
 bursts, each account's calls are spaced evenly, a hair wider than 1/limit, so that no
-one-second window seen by Loops ever holds more than ``limit`` requests. A 429 (or a
-``x-ratelimit-remaining: 0``) pushes the account's next slot back for everyone at once.
+one-second window seen by Loops ever holds more than ``limit`` requests. A 429 pushes the
+account's next slot back for everyone at once. (``x-ratelimit-remaining: 0`` alone is no
+reason to wait: at full pace the tenth request of every window sees it.)
 """
 
 from __future__ import annotations

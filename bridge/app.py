@@ -17,9 +17,10 @@ import anyio.to_thread
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.routing import Mount, Route
 
 import providers
 from bridge.delivery import Worker
@@ -65,13 +66,12 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
                 body = await _read_body(request, settings.max_body_bytes)
             except _TooLarge:
                 reason = f"body larger than BRIDGE_MAX_BODY_BYTES ({settings.max_body_bytes})"
-                return _answer(413, "rejected", reason=reason)
+                return _refuse(request, endpoint_id, 413, reason)
             route.provider.verify(body, request.headers, route.secrets)
             event = route.provider.parse(body)
             receipt = await inbox.accept(route, event, body)
         except providers.Rejected as exc:
-            log.info("endpoint %s rejected a request: %s", endpoint_id, exc)
-            return _answer(400, "rejected", reason=str(exc))
+            return _refuse(request, endpoint_id, 400, str(exc))
         except StorageUnavailable:
             return _answer(503, "unavailable", reason="storage unavailable; retry later")
         except Exception:  # never a 500 with a stack trace: make the sender retry instead
@@ -83,6 +83,19 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
         if receipt.status == "duplicate":
             return _answer(200, "duplicate", id=receipt.delivery_id, reason=receipt.reason)
         return _answer(200, "queued", id=receipt.delivery_id)
+
+    def _refuse(request: Request, endpoint_id: str, code: int, reason: str) -> JSONResponse:
+        log.info("endpoint %s refused a request (%s): %s", endpoint_id, code, reason)
+        response = _answer(code, "rejected", reason=reason)
+        response.background = BackgroundTask(
+            anyio.to_thread.run_sync,
+            inbox.record_rejection,
+            endpoint_id,
+            code,
+            reason,
+            dict(request.headers),
+        )
+        return response
 
     async def healthz(_: Request) -> JSONResponse:
         def ping() -> None:
@@ -107,10 +120,14 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
                 worker.stop()
                 await task
 
+    from bridge.admin import create_admin
+
     return Starlette(
         routes=[
             Route("/webhooks/{endpoint_id}", receive_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/admin", lambda _: RedirectResponse("/admin/", 308)),
+            Mount("/admin", create_admin(settings, engine, inbox)),
         ],
         lifespan=lifespan,
     )

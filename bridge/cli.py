@@ -150,6 +150,8 @@ def _settings(settings: Settings) -> int:
         value = getattr(settings, item.env.removeprefix("BRIDGE_").lower())
         if item.env == "BRIDGE_DATABASE_URL":
             value = make_url(value).render_as_string(hide_password=True)
+        elif item.env == "BRIDGE_ADMIN_PASSWORD":
+            value = "(set, not shown)" if value else "(unset)"
         print(f"{item.env}={value}\n    {item.help}")
     return 0
 

@@ -80,7 +80,7 @@ class Job:
     last_name: str | None
     properties: str
     attempts: int
-    received_at: float
+    queued_at: float
     idempotency_key: str | None
     connection_id: int
     connection_name: str
@@ -164,7 +164,7 @@ class Worker:
                 Delivery.last_name,
                 Delivery.properties,
                 Delivery.attempts,
-                Delivery.received_at,
+                Delivery.queued_at,
                 Delivery.idempotency_key,
                 Connection.id.label("connection_id"),
                 Connection.name.label("connection_name"),
@@ -176,7 +176,11 @@ class Worker:
             )
             .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
             .join(Connection, Connection.id == Endpoint.connection_id)
-            .where(Delivery.status == QUEUED, Delivery.next_attempt_at <= time.time())
+            .where(
+                Delivery.status == QUEUED,
+                Delivery.next_attempt_at <= time.time(),
+                Endpoint.paused.is_(False),  # type: ignore[attr-defined]
+            )
             .order_by(Delivery.next_attempt_at, Delivery.id)
             .limit(self._settings.worker_concurrency * 4)
         )
@@ -258,7 +262,7 @@ class Worker:
 
     def _retry(self, job: Job, message: str, at_least: float | None = None) -> Settled:
         attempts = job.attempts + 1
-        if time.time() - job.received_at > MAX_AGE:
+        if time.time() - job.queued_at > MAX_AGE:
             return Settled(FAILED, f"gave up after {attempts} tries over 3 days: {message}")
         delay = max(backoff(attempts, self._settings.retry_base_seconds), at_least or 0.0)
         reason = f"{message}; try {attempts} failed, next try in {delay:.0f} s"

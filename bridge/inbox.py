@@ -15,16 +15,18 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import anyio.to_thread
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 import providers
-from bridge.models import IGNORED, QUEUED, Delivery, Endpoint, Secret
+from bridge.models import IGNORED, QUEUED, Delivery, Endpoint, Rejection, Secret
 
 __all__ = ["Inbox", "Receipt", "Route"]
 
@@ -131,6 +133,7 @@ class Inbox:
             "reason": reason,
             "attempts": 0,
             "received_at": now,
+            "queued_at": None if reason else now,
             "next_attempt_at": None if reason else now,
             "finished_at": now if reason else None,
         }
@@ -195,6 +198,60 @@ class Inbox:
         """Wait until everything handed to the inbox is written (on shutdown)."""
         if self._outstanding:
             await asyncio.gather(*self._outstanding, return_exceptions=True)
+
+    # -- refused requests ---------------------------------------------------------------------
+
+    def record_rejection(
+        self, endpoint_id: str, status_code: int, reason: str, headers: Mapping[str, str]
+    ) -> None:
+        """Keep the refused request's headers (secrets redacted, never the body), at most
+        ``REJECTIONS_KEPT`` per endpoint, for the admin's "why was this refused?"."""
+        row = Rejection(
+            endpoint_id=endpoint_id,
+            at=time.time(),
+            status_code=status_code,
+            reason=reason,
+            headers=json.dumps(redact(headers)),
+        )
+        newest = (
+            select(Rejection.id)
+            .where(Rejection.endpoint_id == endpoint_id)
+            .order_by(Rejection.id.desc())  # type: ignore[union-attr]
+            .limit(REJECTIONS_KEPT)
+        )
+        try:
+            with Session(self._engine) as session:
+                session.add(row)
+                session.flush()
+                session.exec(
+                    sql_delete(Rejection).where(
+                        Rejection.endpoint_id == endpoint_id,
+                        Rejection.id.not_in(newest.scalar_subquery()),  # type: ignore[union-attr]
+                    )
+                )
+                session.commit()
+        except Exception as exc:  # the log of refusals is a convenience; never fail for it
+            log.warning("could not record a refused request for endpoint %s: %s", endpoint_id, exc)
+
+
+REJECTIONS_KEPT = 50
+_SECRET_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
+
+
+def redact(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers as they can be shown: credentials hidden, signatures cut to their scheme."""
+    shown: dict[str, str] = {}
+    for name, value in list(headers.items())[:60]:
+        name = name.lower()
+        if name in _SECRET_HEADERS:
+            value = "[redacted]"
+        elif name.endswith("signature"):
+            value = ",".join(
+                part.split("=", 1)[0] + "=…" if "=" in part and not part.startswith("t=") else part
+                for part in value.split(",")
+            )
+        shown[name] = value if len(value) <= 300 else value[:300] + f"… ({len(value)} chars)"
+    return shown
 
 
 class StorageUnavailable(Exception):

@@ -6,6 +6,8 @@
     Delivery     one accepted provider event and its way to Loops
     LoopsCall    every HTTP call made to Loops for a delivery: request, answer, time
     Contact      a contact the bridge knows exists in a Loops account
+    Rejection    a refused webhook request (bad signature...), headers only, bounded per endpoint
+    AdminSession a signed-in admin browser
 
 A delivery moves through few, explicit states::
 
@@ -48,6 +50,7 @@ class Endpoint(SQLModel, table=True):
     user_group: str | None = None  # userGroup for contacts this endpoint creates
     loops_event: str | None = None  # eventName to send; None: contacts only
     sync_names: bool = True
+    paused: bool = False  # paused: webhooks are still accepted and kept, nothing goes to Loops
     created_at: float
 
     def accepted_types(self) -> list[str]:
@@ -85,6 +88,7 @@ class Delivery(SQLModel, table=True):
     attempts: int = 0
     idempotency_key: str | None = None  # None: derived from endpoint and event ids
     received_at: float
+    queued_at: float | None = None  # when it was last queued; tries stop 3 days after
     next_attempt_at: float | None = None
     finished_at: float | None = None
 
@@ -111,4 +115,31 @@ class Contact(SQLModel, table=True):
 
     connection_id: int = Field(foreign_key="connections.id", primary_key=True)
     email: str = Field(primary_key=True)
+    created_at: float
+
+
+class Rejection(SQLModel, table=True):
+    __tablename__ = "rejections"
+
+    id: int | None = Field(default=None, primary_key=True)
+    endpoint_id: str = Field(foreign_key="endpoints.id", index=True)
+    at: float
+    status_code: int
+    reason: str = Field(sa_column=Column(Text))
+    headers: str = Field(sa_column=Column(Text))  # JSON, secrets redacted; never the body
+
+
+class AdminSession(SQLModel, table=True):
+    __tablename__ = "admin_sessions"
+
+    token_hash: str = Field(primary_key=True)  # sha256 of the cookie value
+    created_at: float
+    expires_at: float
+
+
+class AdminPassword(SQLModel, table=True):
+    __tablename__ = "admin_password"
+
+    id: int = Field(default=1, primary_key=True)
+    hash: str  # scrypt, see bridge/admin/auth.py
     created_at: float

@@ -16,7 +16,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 import providers
-from bridge.models import Connection, Endpoint, Secret
+from bridge.models import (
+    DELIVERED,
+    FAILED,
+    QUEUED,
+    Connection,
+    Delivery,
+    Endpoint,
+    LoopsCall,
+    Rejection,
+    Secret,
+)
 
 _LOOPS_EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
 
@@ -43,6 +53,7 @@ class EndpointView:
     user_group: str | None
     loops_event: str | None
     sync_names: bool
+    paused: bool
     secret_hints: list[str]
 
     def as_dict(self, url: str) -> dict:
@@ -56,6 +67,7 @@ class EndpointView:
             "user_group": self.user_group,
             "loops_event": self.loops_event,
             "sync_names": self.sync_names,
+            "paused": self.paused,
             "signing_secrets": self.secret_hints,
             "waiting_for_secret": not self.secret_hints,
         }
@@ -116,6 +128,56 @@ def _check_secret(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointForm:
+    """What a person sets on an endpoint, checked by :func:`check` before anything is saved."""
+
+    name: str
+    connection: str  # the Loops account's name
+    provider: str
+    event_types: list[str]
+    user_group: str | None = None
+    loops_event: str | None = None
+    sync_names: bool = True
+
+    def problems(self) -> dict[str, str]:
+        """Field name -> what to fix; empty when the form can be saved."""
+        found: dict[str, str] = {}
+        if not self.name.strip():
+            found["name"] = "Give the endpoint a name, e.g. 'Stripe live'."
+        try:
+            plugin = providers.get(self.provider)
+        except KeyError:
+            found["provider"] = (
+                f"Unknown provider {self.provider!r}; available: {', '.join(providers.names())}."
+            )
+        else:
+            try:
+                _check_event_types(plugin, self.event_types)
+            except Invalid as exc:
+                found["event_types"] = str(exc)
+        event = (self.loops_event or "").strip()
+        if event and not _LOOPS_EVENT_NAME.match(event):
+            found["loops_event"] = (
+                f"Loops event name {event!r} is not valid: use letters, digits, - and _, "
+                "starting with a letter (e.g. successfulPayment)."
+            )
+        return found
+
+    def apply(self, session: Session, endpoint: Endpoint) -> None:
+        problems = self.problems()
+        if problems:
+            raise Invalid(" ".join(problems.values()))
+        plugin = providers.get(self.provider)
+        endpoint.name = self.name.strip()
+        endpoint.connection_id = _connection_by_name(session, self.connection).id  # type: ignore[assignment]
+        endpoint.provider = plugin.name
+        endpoint.event_types = _check_event_types(plugin, self.event_types)
+        endpoint.user_group = (self.user_group or "").strip() or None
+        endpoint.loops_event = (self.loops_event or "").strip() or None
+        endpoint.sync_names = self.sync_names
+
+
 def create_endpoint(
     engine: Engine,
     *,
@@ -129,42 +191,92 @@ def create_endpoint(
     signing_secret: str | None = None,
 ) -> str:
     """Create an endpoint and return its id (the last part of its webhook URL)."""
-    name = name.strip()
-    if not name:
-        raise Invalid("Give the endpoint a name, e.g. --name 'Stripe live'.")
-    try:
-        plugin = providers.get(provider)
-    except KeyError:
-        raise Invalid(
-            f"Unknown provider {provider!r}; available: {', '.join(providers.names())}."
-        ) from None
-    types = _check_event_types(plugin, event_types)
-    loops_event = (loops_event or "").strip() or None
-    if loops_event and not _LOOPS_EVENT_NAME.match(loops_event):
-        raise Invalid(
-            f"Loops event name {loops_event!r} is not valid: use letters, digits, - and _, "
-            "starting with a letter (e.g. successfulPayment)."
-        )
+    form = EndpointForm(
+        name, connection, provider, event_types, user_group, loops_event, sync_names
+    )
     secret = _check_secret(signing_secret) if signing_secret else None
     now = time.time()
     with Session(engine) as session:
-        owner = _connection_by_name(session, connection)
         endpoint = Endpoint(
             id=secrets.token_urlsafe(16),
-            name=name,
-            connection_id=owner.id,  # type: ignore[arg-type]
-            provider=plugin.name,
-            event_types=types,
-            user_group=(user_group or "").strip() or None,
-            loops_event=loops_event,
-            sync_names=sync_names,
+            name="",
+            connection_id=0,
+            provider=provider,
+            event_types="",
             created_at=now,
         )
+        form.apply(session, endpoint)
         session.add(endpoint)
         if secret:
             session.add(Secret(endpoint_id=endpoint.id, value=secret, created_at=now))
         session.commit()
         return endpoint.id
+
+
+def update_endpoint(engine: Engine, endpoint_id: str, form: EndpointForm) -> None:
+    with Session(engine) as session:
+        endpoint = _endpoint(session, endpoint_id)
+        form.apply(session, endpoint)
+        session.add(endpoint)
+        session.commit()
+
+
+def set_paused(engine: Engine, endpoint_id: str, paused: bool) -> None:
+    with Session(engine) as session:
+        endpoint = _endpoint(session, endpoint_id)
+        endpoint.paused = paused
+        session.add(endpoint)
+        session.commit()
+
+
+def delete_endpoint(engine: Engine, endpoint_id: str) -> None:
+    """Delete an endpoint with its secrets, rejections and delivery log."""
+    with Session(engine) as session:
+        endpoint = _endpoint(session, endpoint_id)
+        deliveries = select(Delivery.id).where(Delivery.endpoint_id == endpoint_id)
+        for model, column in (
+            (LoopsCall, LoopsCall.delivery_id.in_(deliveries)),  # type: ignore[attr-defined]
+            (Delivery, Delivery.endpoint_id == endpoint_id),
+            (Secret, Secret.endpoint_id == endpoint_id),
+            (Rejection, Rejection.endpoint_id == endpoint_id),
+        ):
+            for row in session.exec(select(model).where(column)):
+                session.delete(row)
+        session.delete(endpoint)
+        session.commit()
+
+
+def retry_delivery(engine: Engine, delivery_id: int) -> None:
+    """Queue a failed delivery again, now. Steps that already succeeded are not repeated."""
+    _requeue(engine, delivery_id, FAILED, new_key=False)
+
+
+def send_again(engine: Engine, delivery_id: int) -> None:
+    """Deliver a delivered event once more, with a new idempotency key: this fires the
+    Loops workflow again, so the admin asks for confirmation first."""
+    _requeue(engine, delivery_id, DELIVERED, new_key=True)
+
+
+def _requeue(engine: Engine, delivery_id: int, expected: str, *, new_key: bool) -> None:
+    with Session(engine) as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None:
+            raise Invalid(f"No delivery {delivery_id}.")
+        if delivery.status != expected:
+            raise Invalid(
+                f"Delivery {delivery_id} is {delivery.status}; only a {expected} delivery "
+                "can be sent this way."
+            )
+        now = time.time()
+        delivery.status, delivery.finished_at = QUEUED, None
+        delivery.queued_at = delivery.next_attempt_at = now  # a fresh 3 days of tries
+        delivery.reason = "sent again by an admin" if new_key else "retry requested by an admin"
+        if new_key:
+            delivery.idempotency_key = (
+                f"{delivery.endpoint_id}:{delivery.id}:{secrets.token_hex(8)}"
+            )
+        session.add(delivery)
+        session.commit()
 
 
 def _endpoint(session: Session, endpoint_id: str) -> Endpoint:
@@ -214,6 +326,7 @@ def list_endpoints(engine: Engine) -> list[EndpointView]:
                 user_group=e.user_group,
                 loops_event=e.loops_event,
                 sync_names=e.sync_names,
+                paused=e.paused,
                 secret_hints=hints.get(e.id, []),
             )
             for e in session.exec(select(Endpoint).order_by(Endpoint.created_at))

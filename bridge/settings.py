@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["DECLARED", "Settings", "load"]
@@ -57,6 +57,12 @@ DECLARED: tuple[Declared, ...] = (
         _positive_int,
     ),
     Declared(
+        "BRIDGE_ADMIN_PASSWORD",
+        "",
+        "Password of the admin web app at /admin. When unset, the first start generates "
+        "one, prints it once to the console and keeps only a slow hash of it.",
+    ),
+    Declared(
         "BRIDGE_LOOPS_RATE_LIMIT",
         "10",
         "Requests per second the bridge allows itself per Loops account (Loops' limit is 10).",
@@ -90,6 +96,7 @@ class Settings:
     host: str
     port: int
     max_body_bytes: int
+    admin_password: str = field(repr=False)
     loops_rate_limit: int
     retry_base_seconds: float
     worker_concurrency: int

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 BIN = Path(sys.executable).parent / "loops-bridge"
+ADMIN_PASSWORD = "correct horse battery staple"
 
 
 def free_port() -> int:
@@ -95,6 +96,15 @@ class Bridge(Process):
     def post(self, endpoint_id: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         return httpx.post(f"{self.url}/webhooks/{endpoint_id}", content=body, headers=headers)
 
+    def admin(self, password: str = "") -> httpx.Client:
+        """An HTTP client signed in to /admin (with ``BRIDGE_ADMIN_PASSWORD``)."""
+        client = httpx.Client(base_url=self.url, timeout=30)
+        signed_in = client.post(
+            "/admin/login", data={"password": password or ADMIN_PASSWORD, "next": "/admin/"}
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        return client
+
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True) -> Any:
     """Run ``loops-bridge ARGS``; with ``--json`` return the parsed output."""
@@ -117,6 +127,7 @@ def bridge_env(tmp: Path, **overrides: str) -> dict[str, str]:
         "BRIDGE_PORT": str(port),
         "BRIDGE_LOOPS_API_URL": "http://127.0.0.1:9/api/v1",
         "BRIDGE_RETRY_BASE_SECONDS": "0.2",
+        "BRIDGE_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "BRIDGE_TEST_LOG": str(tmp / "server.log"),
     }
     env.update(overrides)

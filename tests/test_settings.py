@@ -11,7 +11,8 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 @pytest.mark.parametrize("item", DECLARED, ids=lambda d: d.env)
 def test_readme_documents_every_setting_as_declared(item):
-    assert f"| `{item.env}` | `{item.default}` | {item.help} |" in README
+    default = f"`{item.default}`" if item.default else "(none)"
+    assert f"| `{item.env}` | {default} | {item.help} |" in README
 
 
 def test_defaults_are_the_documented_contract():

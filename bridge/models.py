@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, func
 from sqlmodel import Field, SQLModel
 
 QUEUED, DELIVERED, IGNORED, FAILED = "queued", "delivered", "ignored", "failed"
@@ -71,6 +71,12 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_delivery_event"),
         Index("ix_delivery_due", "status", "next_attempt_at"),
+        # The admin's delivery log, newest first (by id) within each filter, and its
+        # overview (per status, by time received). See bridge/admin/deliveries.py.
+        Index("ix_delivery_endpoint_id", "endpoint_id", "id"),
+        Index("ix_delivery_status_id", "status", "id"),
+        Index("ix_delivery_type_id", "event_type", "id"),
+        Index("ix_delivery_status_received", "status", "received_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -96,6 +102,14 @@ class Delivery(SQLModel, table=True):
         return json.loads(self.properties)
 
 
+# Email filter of the delivery log: exact but case-insensitive, newest first.
+Index(
+    "ix_delivery_email_id",
+    func.lower(Delivery.__table__.c.email),  # type: ignore[attr-defined]
+    Delivery.__table__.c.id,  # type: ignore[attr-defined]
+)
+
+
 class LoopsCall(SQLModel, table=True):
     __tablename__ = "loops_calls"
 
@@ -106,7 +120,7 @@ class LoopsCall(SQLModel, table=True):
     request_body: str = Field(sa_column=Column(Text))
     status_code: int | None = None  # None: no answer (timeout, connection error)
     response_body: str = Field(default="", sa_column=Column(Text))
-    started_at: float
+    started_at: float = Field(index=True)  # the overview's recent request rate
     duration_ms: float
 
 

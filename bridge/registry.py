@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, delete, select
 
 import providers
 from bridge.models import (
@@ -21,6 +21,7 @@ from bridge.models import (
     FAILED,
     QUEUED,
     Connection,
+    Contact,
     Delivery,
     Endpoint,
     LoopsCall,
@@ -33,6 +34,10 @@ _LOOPS_EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
 
 class Invalid(ValueError):
     """Input a person must correct; the message says how."""
+
+
+class NotFound(Invalid):
+    """No Loops account or endpoint with that id (the admin answers 404)."""
 
 
 def mask(secret: str) -> str:
@@ -73,15 +78,27 @@ class EndpointView:
         }
 
 
-def add_connection(engine: Engine, name: str, api_key: str) -> Connection:
+def connection_problems(engine: Engine, name: str, api_key: str) -> dict[str, str]:
+    """Field (``name``, ``api_key``) -> what to fix; empty when the account can be added."""
     name, api_key = name.strip(), api_key.strip()
+    found: dict[str, str] = {}
     if not name:
-        raise Invalid("Give the Loops account a name, e.g. --name acme.")
+        found["name"] = "Give the Loops account a name, e.g. acme."
+    else:
+        with Session(engine) as session:
+            if session.exec(select(Connection).where(Connection.name == name)).first():
+                found["name"] = f"A Loops account named {name!r} already exists; pick another name."
     if not api_key:
-        raise Invalid("The Loops API key is empty: copy it from Loops, Settings → API.")
+        found["api_key"] = "The Loops API key is empty: copy it from Loops, Settings → API."
+    return found
+
+
+def add_connection(engine: Engine, name: str, api_key: str) -> Connection:
+    problems = connection_problems(engine, name, api_key)
+    if problems:
+        raise Invalid(" ".join(problems.values()))
+    name, api_key = name.strip(), api_key.strip()
     with Session(engine) as session:
-        if session.exec(select(Connection).where(Connection.name == name)).first():
-            raise Invalid(f"A Loops account named {name!r} already exists; pick another name.")
         connection = Connection(name=name, api_key=api_key, created_at=time.time())
         session.add(connection)
         session.commit()
@@ -92,6 +109,56 @@ def add_connection(engine: Engine, name: str, api_key: str) -> Connection:
 def list_connections(engine: Engine) -> list[Connection]:
     with Session(engine) as session:
         return list(session.exec(select(Connection).order_by(Connection.name)))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionView:
+    """A Loops account as shown to people: its key only as a hint."""
+
+    id: int
+    name: str
+    key_hint: str
+    endpoints: list[str]  # names of the endpoints that deliver to it
+
+
+def connection_views(engine: Engine) -> list[ConnectionView]:
+    with Session(engine) as session:
+        users: dict[int, list[str]] = {}
+        for endpoint in session.exec(select(Endpoint).order_by(Endpoint.name)):
+            users.setdefault(endpoint.connection_id, []).append(endpoint.name)
+        return [
+            ConnectionView(c.id, c.name, mask(c.api_key), users.get(c.id, []))  # type: ignore[arg-type]
+            for c in session.exec(select(Connection).order_by(Connection.name))
+        ]
+
+
+def get_connection(engine: Engine, connection_id: int) -> Connection:
+    with Session(engine) as session:
+        connection = session.get(Connection, connection_id)
+        if connection is None:
+            raise NotFound(f"No Loops account with id {connection_id}.")
+        return connection
+
+
+def delete_connection(engine: Engine, connection_id: int) -> str:
+    """Delete a Loops account no endpoint uses, with what the bridge knows of its contacts.
+    Returns its name."""
+    with Session(engine) as session:
+        connection = session.get(Connection, connection_id)
+        if connection is None:
+            raise NotFound(f"No Loops account with id {connection_id}.")
+        name = connection.name
+        users = session.exec(select(Endpoint.name).where(Endpoint.connection_id == connection_id))
+        in_use = sorted(users)
+        if in_use:
+            raise Invalid(
+                f"Loops account {name!r} is used by endpoint(s) {', '.join(in_use)}: move them "
+                "to another Loops account or delete them first."
+            )
+        session.exec(delete(Contact).where(Contact.connection_id == connection_id))  # type: ignore[call-overload]
+        session.delete(connection)
+        session.commit()
+        return name
 
 
 def _connection_by_name(session: Session, name: str) -> Connection:
@@ -176,6 +243,21 @@ class EndpointForm:
         endpoint.user_group = (self.user_group or "").strip() or None
         endpoint.loops_event = (self.loops_event or "").strip() or None
         endpoint.sync_names = self.sync_names
+
+
+def endpoint_problems(engine: Engine, form: EndpointForm) -> dict[str, str]:
+    """:meth:`EndpointForm.problems`, plus whether its Loops account exists."""
+    found = form.problems()
+    with Session(engine) as session:
+        try:
+            _connection_by_name(session, form.connection)
+        except Invalid:
+            found["connection"] = (
+                "Pick one of the Loops accounts, or add the account first."
+                if form.connection
+                else "Pick the Loops account this endpoint delivers to."
+            )
+    return found
 
 
 def create_endpoint(
@@ -282,7 +364,7 @@ def _requeue(engine: Engine, delivery_id: int, expected: str, *, new_key: bool) 
 def _endpoint(session: Session, endpoint_id: str) -> Endpoint:
     endpoint = session.get(Endpoint, endpoint_id)
     if endpoint is None:
-        raise Invalid(f"No endpoint with id {endpoint_id!r}; see loops-bridge endpoints list.")
+        raise NotFound(f"No endpoint with id {endpoint_id!r}; see loops-bridge endpoints list.")
     return endpoint
 
 
@@ -310,24 +392,62 @@ def remove_secret(engine: Engine, endpoint_id: str, value: str) -> str:
     raise Invalid(f"Endpoint {endpoint_id} has no secret {mask(value)}; nothing was removed.")
 
 
+def endpoint_secrets(engine: Engine, endpoint_id: str) -> list[tuple[int, str]]:
+    """(id, hint) of each signing secret, oldest first. The id names a secret for removal
+    without ever sending the secret back to the browser."""
+    with Session(engine) as session:
+        _endpoint(session, endpoint_id)
+        rows = session.exec(
+            select(Secret).where(Secret.endpoint_id == endpoint_id).order_by(Secret.id)
+        )
+        return [(s.id, mask(s.value)) for s in rows]  # type: ignore[misc]
+
+
+def remove_secret_by_id(engine: Engine, endpoint_id: str, secret_id: int) -> str:
+    with Session(engine) as session:
+        _endpoint(session, endpoint_id)
+        secret = session.get(Secret, secret_id)
+        if secret is None or secret.endpoint_id != endpoint_id:
+            raise NotFound(
+                f"Endpoint {endpoint_id} has no secret {secret_id}; nothing was removed."
+            )
+        hint = mask(secret.value)
+        session.delete(secret)
+        session.commit()
+        return hint
+
+
 def list_endpoints(engine: Engine) -> list[EndpointView]:
     with Session(engine) as session:
-        names = {c.id: c.name for c in session.exec(select(Connection))}
-        hints: dict[str, list[str]] = {}
-        for secret in session.exec(select(Secret).order_by(Secret.id)):
-            hints.setdefault(secret.endpoint_id, []).append(mask(secret.value))
-        return [
-            EndpointView(
-                id=e.id,
-                name=e.name,
-                connection=names[e.connection_id],
-                provider=e.provider,
-                event_types=e.accepted_types(),
-                user_group=e.user_group,
-                loops_event=e.loops_event,
-                sync_names=e.sync_names,
-                paused=e.paused,
-                secret_hints=hints.get(e.id, []),
-            )
-            for e in session.exec(select(Endpoint).order_by(Endpoint.created_at))
-        ]
+        return _views(session, list(session.exec(select(Endpoint).order_by(Endpoint.created_at))))
+
+
+def endpoint_view(engine: Engine, endpoint_id: str) -> EndpointView:
+    """One endpoint as shown to people; :class:`NotFound` for an unknown id."""
+    with Session(engine) as session:
+        return _views(session, [_endpoint(session, endpoint_id)])[0]
+
+
+def _views(session: Session, endpoints: list[Endpoint]) -> list[EndpointView]:
+    names = {c.id: c.name for c in session.exec(select(Connection))}
+    hints: dict[str, list[str]] = {}
+    ids = [e.id for e in endpoints]
+    for secret in session.exec(
+        select(Secret).where(Secret.endpoint_id.in_(ids)).order_by(Secret.id)  # type: ignore[attr-defined]
+    ):
+        hints.setdefault(secret.endpoint_id, []).append(mask(secret.value))
+    return [
+        EndpointView(
+            id=e.id,
+            name=e.name,
+            connection=names[e.connection_id],
+            provider=e.provider,
+            event_types=e.accepted_types(),
+            user_group=e.user_group,
+            loops_event=e.loops_event,
+            sync_names=e.sync_names,
+            paused=e.paused,
+            secret_hints=hints.get(e.id, []),
+        )
+        for e in endpoints
+    ]

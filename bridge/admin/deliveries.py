@@ -1,11 +1,619 @@
-"""Admin pages: deliveries."""
+"""Admin pages: the delivery log, one delivery with every Loops call made for it, an
+endpoint's refused requests, and a test event sent through the bridge's own webhook URL.
+
+    GET  /deliveries                    newest first; ?endpoint= &status= &event_type= &email=
+    GET  /deliveries/{id}               the event, what the bridge decided, every Loops call
+    POST /deliveries/{id}/retry         a failed delivery: queue it again, now
+    POST /deliveries/{id}/send-again    a delivered one: again, with a new idempotency key
+    GET  /endpoints/{id}/rejections     the endpoint's most recent refused requests
+    GET  /endpoints/{id}/test           pick an event type and an email address...
+    POST /endpoints/{id}/test           ...and send it as Stripe would
+
+The log pages with keysets, not offsets (https://use-the-index-luke.com/no-offset):
+``?before=<id>`` shows the next older page, ``?after=<id>`` the next newer one. A page is a
+range scan down one index that ends in ``id`` (see the indexes on
+:class:`~bridge.models.Delivery`), reading at most ``PAGE_SIZE + 1`` rows, or at most
+``SCAN_LIMIT`` index entries when filters are combined (see :class:`_Walk`), plus one such
+walk of a single row towards the other direction. Nothing counts the table or skips rows, so
+a page costs the same with a million deliveries as with a hundred.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
 
+import httpx
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.engine import Connection as Db
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+from sqlmodel import select as select_models
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+import providers
+from bridge import registry
 from bridge.admin import Admin
+from bridge.inbox import REJECTIONS_KEPT
+from bridge.models import (
+    QUEUED,
+    STATUSES,
+    Connection,
+    Delivery,
+    Endpoint,
+    LoopsCall,
+    Rejection,
+    Secret,
+)
+
+__all__ = ["PAGE_SIZE", "Filters", "Page", "list_deliveries"]
+
+PAGE_SIZE = 50
+SCAN_LIMIT = 5_000  # index entries a page reads at most when several filters are combined
+SELF_CALL_TIMEOUT = 10.0  # seconds for the test event's trip through the public URL
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")  # what Loops takes, roughly
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """The list's filters, as read from the query string; empty means "any"."""
+
+    endpoint: str = ""
+    status: str = ""
+    event_type: str = ""
+    email: str = ""
+
+    @classmethod
+    def read(cls, params: Mapping[str, str]) -> Filters:
+        status = params.get("status", "").strip()
+        return cls(
+            endpoint=params.get("endpoint", "").strip(),
+            status=status if status in STATUSES else "",
+            event_type=params.get("event_type", "").strip(),
+            email=params.get("email", "").strip(),
+        )
+
+    @property
+    def active(self) -> bool:
+        return any((self.endpoint, self.status, self.event_type, self.email))
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """One condition per filter given, the usually rarest first."""
+        found: list[ColumnElement[bool]] = []
+        if self.email:
+            # lower() on both sides, by the database: the index is on lower(email).
+            found.append(func.lower(col(Delivery.email)) == func.lower(self.email))
+        if self.event_type:
+            found.append(col(Delivery.event_type) == self.event_type)
+        if self.endpoint:
+            found.append(col(Delivery.endpoint_id) == self.endpoint)
+        if self.status:
+            found.append(col(Delivery.status) == self.status)
+        return found
+
+    def url(self, **page: int) -> str:
+        """The list's URL with these filters (and ``before=`` or ``after=``)."""
+        params: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("endpoint", self.endpoint),
+                ("status", self.status),
+                ("event_type", self.event_type),
+                ("email", self.email),
+            )
+            if value
+        }
+        query = urlencode(params | page)
+        return "/admin/deliveries" + (f"?{query}" if query else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: int
+    received_at: float
+    status: str
+    event_type: str
+    email: str | None
+    endpoint_id: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[Row]
+    newer: int | None  # ?after= of the "Newer" link; None: nothing newer
+    older: int | None  # ?before= of the "Older" link; None: nothing older
+    partial: bool = False  # the search stopped at SCAN_LIMIT entries before the page filled
+
+
+_ID = col(Delivery.id)
+_ROW = (
+    _ID,
+    col(Delivery.received_at),
+    col(Delivery.status),
+    col(Delivery.event_type),
+    col(Delivery.email),
+    col(Delivery.endpoint_id),
+    col(Delivery.reason),
+)
+
+
+def list_deliveries(
+    engine: Engine,
+    filters: Filters,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    size: int = PAGE_SIZE,
+) -> Page:
+    """One page of the log, newest first: the ``size`` deliveries just older than ``before``,
+    or just newer than ``after``, or the newest ones."""
+    backwards = after is not None  # towards newer deliveries: walk up, show reversed
+    bound: ColumnElement[bool] | None = None
+    if after is not None:
+        bound = _ID > after
+    elif before is not None:
+        bound = _ID < before
+    with engine.connect() as conn:
+        walk = _Walk(conn, filters.conditions())
+        found, stopped = walk(bound, backwards, size + 1)
+        rows = found[:size]
+        further = rows[-1].id if len(found) > size else stopped
+        if backwards:
+            rows.reverse()
+        # Whether there is anything the other way: one more bounded walk from this page's edge.
+        if after is not None:
+            edge = rows[-1].id if rows else after + 1
+            back, back_stopped = walk(_ID < edge, False, 1)
+            older = edge if back or back_stopped else None
+            return Page(rows, further, older, partial=stopped is not None)
+        if before is None:
+            return Page(rows, None, further, partial=stopped is not None)
+        edge = rows[0].id if rows else before - 1
+        ahead, ahead_stopped = walk(_ID > edge, True, 1)
+        newer = edge if ahead or ahead_stopped else None
+        return Page(rows, newer, further, partial=stopped is not None)
+
+
+class _Walk:
+    """Reads matching deliveries in id order from one index, never more than ``SCAN_LIMIT``
+    entries of it per call.
+
+    With one filter (or none) its index, which ends in ``id``, answers alone: the walk stops
+    after ``size`` rows. With several, a single-column index cannot: walking the status index
+    for "failed" rows of one rare endpoint could read a million entries to find none. So the
+    walk follows the index of the rarest filter (the fewest rows, counted up to
+    ``SCAN_LIMIT``) through a window of at most ``SCAN_LIMIT`` entries and checks the other
+    filters on those rows; a page that the window could not fill says where it stopped, and
+    the next page goes on from there. Pages may then hold fewer rows, never cost more.
+    """
+
+    def __init__(self, conn: Db, conditions: list[ColumnElement[bool]]) -> None:
+        self._conn = conn
+        self._driving: list[ColumnElement[bool]] = []
+        self._others: list[ColumnElement[bool]] = []
+        if len(conditions) > 1:
+            rarest = min(conditions, key=self._count_up_to_limit)  # first one wins a tie
+            self._driving = [rarest]
+            self._others = [c for c in conditions if c is not rarest]
+        else:
+            self._driving = conditions
+
+    def _count_up_to_limit(self, condition: ColumnElement[bool]) -> int:
+        window = select(_ID).where(condition).limit(SCAN_LIMIT).subquery()
+        counted: int = self._conn.execute(select(func.count()).select_from(window)).scalar_one()
+        return counted
+
+    def __call__(
+        self, bound: ColumnElement[bool] | None, upwards: bool, size: int
+    ) -> tuple[list[Row], int | None]:
+        """Up to ``size`` rows within ``bound``, nearest first; and the id the walk stopped
+        at, when its window ran out before ``size`` rows matched."""
+        order = _ID.asc() if upwards else _ID.desc()
+        within = [*self._driving, *([bound] if bound is not None else [])]
+        if not self._others:
+            query = select(*_ROW).where(*within).order_by(order).limit(size)
+            return [Row(**row._asdict()) for row in self._conn.execute(query)], None
+        window = select(_ID).where(*within).order_by(order).limit(SCAN_LIMIT).subquery()
+        query = (
+            select(*_ROW)
+            .join(window, window.c.id == _ID)
+            .where(*self._others)
+            .order_by(order)
+            .limit(size)
+        )
+        rows = [Row(**row._asdict()) for row in self._conn.execute(query)]
+        if len(rows) == size:
+            return rows, None
+        last = func.max(window.c.id) if upwards else func.min(window.c.id)
+        read, stopped = self._conn.execute(select(func.count(), last)).one()
+        return rows, stopped if read == SCAN_LIMIT else None
+
+
+def _endpoint_names(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(col(Endpoint.id), col(Endpoint.name)).order_by(Endpoint.name))
+        return {row.id: row.name for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class Detail:
+    delivery: Delivery
+    provider: str  # its label: "Stripe"
+    endpoint_name: str | None
+    endpoint_paused: bool
+    connection_name: str | None
+    calls: list[LoopsCall]
+
+
+def _detail(engine: Engine, delivery_id: int) -> Detail | None:
+    with Session(engine) as session:
+        delivery = session.get(Delivery, delivery_id)
+        if delivery is None:
+            return None
+        endpoint = session.get(Endpoint, delivery.endpoint_id)
+        connection = session.get(Connection, endpoint.connection_id) if endpoint else None
+        calls = session.exec(
+            select_models(LoopsCall)
+            .where(LoopsCall.delivery_id == delivery_id)
+            .order_by(col(LoopsCall.id))
+        )
+        return Detail(
+            delivery=delivery,
+            provider=providers.get(endpoint.provider).label if endpoint else "provider",
+            endpoint_name=endpoint.name if endpoint else None,
+            endpoint_paused=bool(endpoint and endpoint.paused),
+            connection_name=connection.name if connection else None,
+            calls=list(calls),
+        )
+
+
+def _exists(engine: Engine, delivery_id: int) -> bool:
+    with engine.connect() as conn:
+        query = select(_ID).where(_ID == delivery_id)
+        return conn.execute(query).first() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    at: float
+    status_code: int
+    reason: str
+    headers: dict[str, str]
+
+
+def _rejections(engine: Engine, endpoint_id: str) -> list[Refusal]:
+    query = (
+        select_models(Rejection)
+        .where(Rejection.endpoint_id == endpoint_id)
+        .order_by(col(Rejection.id).desc())
+        .limit(REJECTIONS_KEPT)
+    )
+    with Session(engine) as session:
+        return [
+            Refusal(row.at, row.status_code, row.reason, _json_object(row.headers))
+            for row in session.exec(query)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An endpoint as the test-event form needs it. Never holds the secret itself."""
+
+    id: str
+    name: str
+    provider: str
+    event_types: list[str]
+    connection_name: str
+    has_secret: bool
+
+
+def _target(engine: Engine, endpoint_id: str) -> Target | None:
+    with Session(engine) as session:
+        endpoint = session.get(Endpoint, endpoint_id)
+        if endpoint is None:
+            return None
+        connection = session.get(Connection, endpoint.connection_id)
+        secret = session.exec(
+            select_models(Secret.id).where(Secret.endpoint_id == endpoint_id)
+        ).first()
+        return Target(
+            id=endpoint.id,
+            name=endpoint.name,
+            provider=endpoint.provider,
+            event_types=endpoint.accepted_types(),
+            connection_name=connection.name if connection else "?",
+            has_secret=secret is not None,
+        )
+
+
+def _first_secret(engine: Engine, endpoint_id: str) -> str | None:
+    query = (
+        select_models(Secret.value)
+        .where(Secret.endpoint_id == endpoint_id)
+        .order_by(col(Secret.id))
+        .limit(1)
+    )
+    with Session(engine) as session:
+        return session.exec(query).first()
+
+
+# --- showing ------------------------------------------------------------------------------
+
+
+def when(epoch: float | None, zone: bool = True) -> str:
+    """A stored time as people read it: UTC, to the second, on one line."""
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d\u00a0%H:%M:%S", time.gmtime(epoch)) + (" UTC" if zone else "")
+
+
+def ago(epoch: float, now: float | None = None) -> str:
+    """``"3 s ago"``, ``"in 12 s"``, ``"2 h ago"``."""
+    seconds = (time.time() if now is None else now) - epoch
+    size = abs(seconds)
+    if size < 120:
+        text = f"{size:.0f} s"
+    elif size < 7200:
+        text = f"{size / 60:.0f} min"
+    elif size < 172_800:
+        text = f"{size / 3600:.0f} h"
+    else:
+        text = f"{size / 86400:.0f} days"
+    return f"{text} ago" if seconds >= 0 else f"in {text}"
+
+
+def pretty(raw: bytes | str | None) -> str:
+    """JSON indented for reading; anything else as the text it is."""
+    if raw is None:
+        return ""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def _json_object(text: str) -> dict[str, str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _email_problem(email: str) -> str | None:
+    if not email:
+        return "Enter the email address the test contact gets in Loops, e.g. you@example.com."
+    if len(email) > 254 or not _EMAIL.fullmatch(email):
+        return (
+            f"{email[:80]!r} is not an email address: it needs a name, an @ and a domain, "
+            "like you@example.com."
+        )
+    return None
+
+
+# --- the pages ----------------------------------------------------------------------------
 
 
 def routes(admin: Admin) -> list[BaseRoute]:
-    return []
+    engine = admin.engine
+    known_types = sorted({t for name in providers.names() for t in providers.get(name).event_types})
+
+    def not_found(request: Request, message: str) -> Response:
+        return admin.render(request, "error.html", 404, title="Not found", message=message)
+
+    async def index(request: Request) -> Response:
+        filters = Filters.read(request.query_params)
+        before = _int(request.query_params.get("before"))
+        after = _int(request.query_params.get("after"))
+        page = await admin.run(lambda: list_deliveries(engine, filters, before=before, after=after))
+        names = await admin.run(_endpoint_names, engine)
+        return admin.render(
+            request,
+            "deliveries/list.html",
+            title="Deliveries",
+            page=page,
+            filters=filters,
+            paged=before is not None or after is not None,
+            scan_limit=SCAN_LIMIT,
+            endpoints=names,
+            statuses=STATUSES,
+            event_types=known_types,
+            when=when,
+        )
+
+    async def show(request: Request) -> Response:
+        delivery_id = _int(request.path_params["delivery_id"])
+        detail = await admin.run(_detail, engine, delivery_id) if delivery_id else None
+        if detail is None:
+            return not_found(request, f"There is no delivery {request.path_params['delivery_id']}.")
+        delivery = detail.delivery
+        return admin.render(
+            request,
+            "deliveries/show.html",
+            title=f"Delivery {delivery.id}",
+            d=delivery,
+            detail=detail,
+            queued=delivery.status == QUEUED,
+            payload=pretty(delivery.payload),
+            properties=pretty(delivery.properties),
+            pretty=pretty,
+            when=when,
+            ago=ago,
+            now=time.time(),
+        )
+
+    def requeue(
+        change: Callable[[Engine, int], None], done: str
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def action(request: Request) -> Response:
+            delivery_id = _int(request.path_params["delivery_id"])
+            if not delivery_id or not await admin.run(_exists, engine, delivery_id):
+                return not_found(
+                    request, f"There is no delivery {request.path_params['delivery_id']}."
+                )
+            try:
+                await admin.run(change, engine, delivery_id)
+            except registry.Invalid as exc:
+                done_here = str(exc)
+            else:
+                done_here = done
+            return admin.redirect(f"/admin/deliveries/{delivery_id}", done_here)
+
+        return action
+
+    async def rejections(request: Request) -> Response:
+        endpoint_id = request.path_params["endpoint_id"]
+        target = await admin.run(_target, engine, endpoint_id)
+        if target is None:
+            return not_found(request, "There is no endpoint with that id.")
+        refusals = await admin.run(_rejections, engine, endpoint_id)
+        return admin.render(
+            request,
+            "deliveries/rejections.html",
+            title=f"Rejected requests · {target.name}",
+            endpoint=target,
+            refusals=refusals,
+            kept=REJECTIONS_KEPT,
+            when=when,
+            ago=ago,
+        )
+
+    def test_form(
+        request: Request,
+        target: Target,
+        status_code: int = 200,
+        *,
+        event_type: str = "",
+        email: str = "",
+        errors: dict[str, str] | None = None,
+        problem: str | None = None,
+        delivery_id: int | None = None,
+        refused: bool = False,
+    ) -> Response:
+        return admin.render(
+            request,
+            "deliveries/test_event.html",
+            status_code,
+            title=f"Send a test event · {target.name}",
+            endpoint=target,
+            url=admin.settings.endpoint_url(target.id),
+            label=providers.get(target.provider).label,
+            event_type=event_type or (target.event_types[0] if target.event_types else ""),
+            email=email,
+            errors=errors or {},
+            problem=problem,
+            delivery_id=delivery_id,
+            refused=refused,
+        )
+
+    async def test_page(request: Request) -> Response:
+        target = await admin.run(_target, engine, request.path_params["endpoint_id"])
+        if target is None:
+            return not_found(request, "There is no endpoint with that id.")
+        return test_form(request, target)
+
+    async def send_test(request: Request) -> Response:
+        target = await admin.run(_target, engine, request.path_params["endpoint_id"])
+        if target is None:
+            return not_found(request, "There is no endpoint with that id.")
+        form = await request.form()
+        event_type, email = str(form.get("event_type", "")), str(form.get("email", "")).strip()
+
+        def again(status_code: int, **shown: Any) -> Response:
+            """The form once more, with what was typed and what went wrong."""
+            return test_form(
+                request, target, status_code, event_type=event_type, email=email, **shown
+            )
+
+        errors: dict[str, str] = {}
+        if event_type not in target.event_types:
+            errors["event_type"] = "Pick one of the event types this endpoint accepts."
+        if problem := _email_problem(email):
+            errors["email"] = problem
+        secret = await admin.run(_first_secret, engine, target.id)
+        if secret is None:
+            errors["secret"] = "This endpoint has no signing secret yet: add one first."
+        if errors or secret is None:
+            return again(400, errors=errors)
+        body, headers = providers.get(target.provider).sample(event_type, email, secret)
+        url = admin.settings.endpoint_url(target.id)
+        try:
+            async with httpx.AsyncClient(timeout=SELF_CALL_TIMEOUT) as client:
+                response = await client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return again(
+                502,
+                problem=f"The bridge could not reach its own webhook URL {url} "
+                f"({type(exc).__name__}: {exc or 'no details'}). BRIDGE_PUBLIC_URL must be an "
+                "address where this bridge can be reached, by Stripe and by the bridge itself.",
+            )
+        try:
+            answer = response.json()
+            status, reason, delivery_id = answer["status"], answer.get("reason"), answer.get("id")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return again(
+                502,
+                problem=f"{url} answered {response.status_code}, but not the way this bridge "
+                "answers: BRIDGE_PUBLIC_URL must reach this bridge, not another server or a "
+                "proxy's page.",
+            )
+        if status in ("queued", "duplicate") and isinstance(delivery_id, int):
+            return admin.redirect(
+                f"/admin/deliveries/{delivery_id}",
+                f"Test {event_type} event for {email} sent through {url}: {status}.",
+            )
+        if status == "ignored":
+            return again(
+                200,
+                problem=f"The webhook took the test event but ignored it: {reason}",
+                delivery_id=delivery_id,
+            )
+        return again(
+            502,
+            problem=f"The webhook answered {response.status_code} {status}: {reason}",
+            refused=status == "rejected",
+        )
+
+    return [
+        Route("/deliveries", index, methods=["GET"]),
+        Route("/deliveries/{delivery_id}", show, methods=["GET"]),
+        Route(
+            "/deliveries/{delivery_id}/retry",
+            requeue(
+                registry.retry_delivery,
+                "Queued again: the worker picks it up within about a second.",
+            ),
+            methods=["POST"],
+        ),
+        Route(
+            "/deliveries/{delivery_id}/send-again",
+            requeue(
+                registry.send_again,
+                "Queued to be sent again with a new idempotency key: Loops runs the workflow "
+                "again.",
+            ),
+            methods=["POST"],
+        ),
+        Route("/endpoints/{endpoint_id}/rejections", rejections, methods=["GET"]),
+        Route("/endpoints/{endpoint_id}/test", test_page, methods=["GET"]),
+        Route("/endpoints/{endpoint_id}/test", send_test, methods=["POST"]),
+    ]

@@ -1,11 +1,142 @@
-"""Admin pages: overview."""
+"""Admin pages: the overview at ``/admin/``. Is the bridge keeping up, and is any Loops
+account near its rate limit?
+
+    GET  /    counts per status of the last 24 hours, the queue, each Loops account's pace
+
+Every number is one bounded, indexed query. A count stops at ``COUNT_CAP`` (shown as
+"100,000+"), so the page costs the same however busy the day was. The pace of an account is
+read from the Loops calls of the last minute: their number over 60 s, and the most calls in
+any one-second window, against ``BRIDGE_LOOPS_RATE_LIMIT`` (Loops allows 10 per second:
+https://loops.so/docs/api-reference/intro#rate-limiting).
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy.engine import Connection as Db
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from bridge.admin import Admin
+from bridge.admin.deliveries import ago, when
+from bridge.models import QUEUED, STATUSES, Connection, Delivery, Endpoint, LoopsCall
+
+__all__ = ["COUNT_CAP", "Overview", "read_overview"]
+
+DAY = 24 * 3600.0
+MINUTE = 60.0
+COUNT_CAP = 100_000
+_CALLS_READ = 60 * 100  # a minute of calls at ten times Loops' limit; more is not a pace
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """One Loops account's calls in the last minute."""
+
+    name: str
+    calls: int
+    busiest: int  # most calls in any one-second window of that minute
+
+    @property
+    def per_second(self) -> float:
+        return self.calls / MINUTE
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    counts: dict[str, int]  # status -> received in the last 24 h, at most COUNT_CAP + 1
+    queued: int  # queued now, at most COUNT_CAP + 1
+    oldest_queued: tuple[int, float] | None  # (delivery id, received_at)
+    paces: list[Pace]
+    endpoints: int
+    connections: int
+
+
+def _capped_count(db: Db, condition: ColumnElement[bool]) -> int:
+    """How many deliveries match ``condition``, reading at most ``COUNT_CAP + 1`` of them."""
+    capped = select(col(Delivery.id)).where(condition).limit(COUNT_CAP + 1).subquery()
+    counted: int = db.execute(select(func.count()).select_from(capped)).scalar_one()
+    return counted
+
+
+def busiest_second(times: list[float]) -> int:
+    """Most of the (sorted) ``times`` inside any window of one second."""
+    most, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def read_overview(engine: Engine, now: float | None = None) -> Overview:
+    now = time.time() if now is None else now
+    status, received_at = col(Delivery.status), col(Delivery.received_at)
+    with engine.connect() as db:
+        counts = {
+            name: _capped_count(db, and_(status == name, received_at >= now - DAY))
+            for name in STATUSES
+        }
+        queued = _capped_count(db, status == QUEUED)
+        oldest = db.execute(
+            select(col(Delivery.id), received_at)
+            .where(status == QUEUED)
+            .order_by(received_at)
+            .limit(1)
+        ).first()
+        accounts = select(col(Connection.id), col(Connection.name)).order_by(Connection.name)
+        names: dict[int, str] = {row.id: row.name for row in db.execute(accounts)}
+        times: dict[int, list[float]] = {connection_id: [] for connection_id in names}
+        started_at = col(LoopsCall.started_at)
+        calls = db.execute(
+            select(col(Endpoint.connection_id), started_at)
+            .join(Delivery, col(Delivery.id) == col(LoopsCall.delivery_id))
+            .join(Endpoint, col(Endpoint.id) == col(Delivery.endpoint_id))
+            .where(started_at >= now - MINUTE)
+            .order_by(started_at)
+            .limit(_CALLS_READ)
+        )
+        for connection_id, at in calls:
+            if connection_id in times:  # not an account added since the names were read
+                times[connection_id].append(at)
+        endpoints: int = db.execute(select(func.count()).select_from(Endpoint)).scalar_one()
+    return Overview(
+        counts=counts,
+        queued=queued,
+        oldest_queued=(oldest.id, oldest.received_at) if oldest else None,
+        paces=[
+            Pace(name, len(times[cid]), busiest_second(times[cid])) for cid, name in names.items()
+        ],
+        endpoints=endpoints,
+        connections=len(names),
+    )
+
+
+def count(number: int) -> str:
+    """``1234`` -> ``"1,234"``; past the cap, ``"100,000+"``."""
+    return f"{COUNT_CAP:,}+" if number > COUNT_CAP else f"{number:,}"
 
 
 def routes(admin: Admin) -> list[BaseRoute]:
-    return []
+    async def overview(request: Request) -> Response:
+        now = time.time()
+        seen = await admin.run(read_overview, admin.engine, now)
+        return admin.render(
+            request,
+            "overview.html",
+            title="Overview",
+            o=seen,
+            statuses=STATUSES,
+            limit=admin.settings.loops_rate_limit,
+            count=count,
+            when=when,
+            ago=lambda epoch: ago(epoch, now),
+        )
+
+    return [Route("/", overview, methods=["GET"])]

@@ -1,0 +1,82 @@
+-- wrk script for bench/ingest.py: sends distinct, Stripe-signed invoice.paid events.
+--
+-- bench/ingest.py writes, into $BENCH_DIR, the body split around its event number
+-- (head, mid, tail: body = head .. n .. mid .. n .. tail, n = "%07d") and one
+-- Stripe-Signature header per event (sigs, line n + 1). Request k of this run is event
+-- ($BENCH_OFFSET + k) mod #sigs. Answers are counted by status and, for a 2xx, by the
+-- "status" of the JSON body; the delivery ids of "queued"/"duplicate" answers are kept.
+-- done() writes everything as JSON to $BENCH_RESULT.
+
+local threads = {}
+
+function setup(thread)
+  threads[#threads + 1] = thread
+end
+
+local function slurp(name)
+  local file = assert(io.open(os.getenv("BENCH_DIR") .. "/" .. name, "rb"))
+  local data = file:read("*a")
+  file:close()
+  return data
+end
+
+function init(_)
+  head, mid, tail = slurp("head"), slurp("mid"), slurp("tail")
+  sigs = {}
+  for line in io.lines(os.getenv("BENCH_DIR") .. "/sigs") do
+    sigs[#sigs + 1] = line
+  end
+  start = tonumber(os.getenv("BENCH_OFFSET"))
+  sent, counts, acked = 0, {}, {}
+  prefix = "POST " .. wrk.path .. " HTTP/1.1\r\nHost: " .. wrk.headers["Host"]
+    .. "\r\nContent-Type: application/json; charset=utf-8"
+    .. "\r\nUser-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)"
+    .. "\r\nStripe-Signature: "
+end
+
+function request()
+  local i = (start + sent) % #sigs
+  sent = sent + 1
+  local n = string.format("%07d", i)
+  local body = head .. n .. mid .. n .. tail
+  return prefix .. sigs[i + 1] .. "\r\nContent-Length: " .. #body .. "\r\n\r\n" .. body
+end
+
+function response(status, _, body)
+  local key = tostring(status)
+  if status >= 200 and status < 300 then
+    local answer = string.match(body, '"status":"(%a+)"') or "?"
+    key = key .. " " .. answer
+    if answer == "queued" or answer == "duplicate" then
+      acked[#acked + 1] = tonumber(string.match(body, '"id":(%d+)'))
+    end
+  end
+  counts[key] = (counts[key] or 0) + 1
+end
+
+function done(summary, latency, _)
+  local sent, counts, ids = 0, {}, {}
+  for _, thread in ipairs(threads) do
+    sent = sent + thread:get("sent")
+    for key, count in pairs(thread:get("counts")) do
+      counts[key] = (counts[key] or 0) + count
+    end
+    for _, id in ipairs(thread:get("acked")) do
+      ids[#ids + 1] = tostring(id)
+    end
+  end
+  local answers = {}
+  for key, count in pairs(counts) do
+    answers[#answers + 1] = string.format('"%s": %d', key, count)
+  end
+  local e = summary.errors
+  local out = assert(io.open(os.getenv("BENCH_RESULT"), "w"))
+  out:write(string.format(
+    '{"duration_us": %d, "requests": %d, "sent": %d, "p50_us": %d, "p99_us": %d, '
+      .. '"socket_errors": %d, "answers": {%s}, "acked": [%s]}\n',
+    summary.duration, summary.requests, sent,
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout,
+    table.concat(answers, ", "), table.concat(ids, ",")))
+  out:close()
+end

@@ -1,0 +1,495 @@
+"""The admin's delivery pages, as an admin uses them: a signed-in client against
+``loops-bridge serve`` and the Loops sandbox, each a real process on loopback, with accounts
+and endpoints made by the ``loops-bridge`` CLI. Webhooks are Stripe events built and signed
+by the provider's own sample maker, POSTed to the public webhook URL.
+
+The keyset pagination is also checked in-process against every filter combination, with a
+tiny page and search window so that every edge case is reached."""
+
+from __future__ import annotations
+
+import html
+import itertools
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import providers
+from bridge import db, registry
+from bridge.admin import deliveries
+from bridge.admin.deliveries import Filters, list_deliveries, pretty
+from bridge.admin.overview import busiest_second
+from bridge.models import STATUSES, Delivery
+from tests.helpers import signed_headers
+from tests.servers import ADMIN_PASSWORD, Bridge, Process, Sandbox, cli, free_port, wait_until
+
+SECRET = "whsec_adminDeliveriesSecretAAAAAAAA"
+STRIPE = providers.get("stripe")
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(bridge: Bridge) -> Iterator[httpx.Client]:
+    """An HTTP client signed in to the bridge's /admin."""
+    signed_in = bridge.admin()
+    yield signed_in
+    signed_in.close()
+
+
+def make_endpoint(env: dict, name: str = "Stripe test", **options: str) -> str:
+    if not cli(env, "connections", "list", "--json"):
+        cli(env, "connections", "add", "--name", "acme", "--api-key", "loops_key_acme_1234")
+    args = ["--connection", "acme", "--events", options.pop("events", "invoice.paid")]
+    for flag, value in options.items():
+        args += [f"--{flag.replace('_', '-')}", value]
+    return cli(env, "endpoints", "create", "--name", name, *args, "--json")["id"]
+
+
+def send(bridge: Bridge, endpoint: str, event_type: str, email: str) -> dict:
+    """A Stripe event of ``event_type`` for ``email``, signed with SECRET, POSTed as Stripe
+    would; the bridge's JSON answer."""
+    body, headers = STRIPE.sample(event_type, email, SECRET)
+    response = bridge.post(endpoint, body, headers)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def page(client: httpx.Client, url: str, status: int = 200) -> str:
+    response = client.get(url)
+    assert response.status_code == status, (url, response.status_code, response.text[:500])
+    assert "Traceback" not in response.text
+    return response.text
+
+
+def status_of(client: httpx.Client, delivery_id: int) -> str:
+    text = page(client, f"/admin/deliveries/{delivery_id}")
+    return re.search(r'<h1>Delivery \d+ <span class="status status-(\w+)"', text)[1]  # type: ignore[index]
+
+
+def wait_for_status(client: httpx.Client, delivery_id: int, status: str) -> str:
+    wait_until(
+        lambda: status_of(client, delivery_id) == status,
+        what=f"delivery {delivery_id} to be {status}",
+    )
+    return page(client, f"/admin/deliveries/{delivery_id}")
+
+
+def listed(client: httpx.Client, url: str) -> tuple[list[int], str | None, str | None]:
+    """The delivery ids on a list page, newest first, and its Older and Newer links."""
+    text = page(client, url)
+    ids = [int(i) for i in re.findall(r'<td><a href="/admin/deliveries/(\d+)">', text)]
+    older = re.search(r'rel="next" href="([^"]+)"', text)
+    newer = re.search(r'rel="prev" href="([^"]+)"', text)
+    return (
+        ids,
+        html.unescape(older[1]) if older else None,
+        html.unescape(newer[1]) if newer else None,
+    )
+
+
+def post(client: httpx.Client, url: str, **form: str) -> httpx.Response:
+    return client.post(url, data=form)
+
+
+# --- test event, delivery page, Loops calls ---------------------------------------------------
+
+
+def test_test_event_reaches_loops_and_its_page_shows_every_call(env, sandbox, bridge, client):
+    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
+    form = page(client, f"/admin/endpoints/{endpoint}/test")
+    assert '<option value="invoice.paid" selected>' in form
+    assert env["BRIDGE_PUBLIC_URL"] + f"/webhooks/{endpoint}" in form
+
+    url = f"/admin/endpoints/{endpoint}/test"
+    sent = post(client, url, event_type="invoice.paid", email="jo@example.com")
+    assert sent.status_code == 303, sent.text
+    location = sent.headers["location"]
+    delivery_id = int(re.fullmatch(r"/admin/deliveries/(\d+)", location)[1])  # type: ignore[index]
+    first_look = page(client, location)
+    assert (
+        f"Test invoice.paid event for jo@example.com sent through {env['BRIDGE_PUBLIC_URL']}"
+        in (first_look)
+    )
+
+    shown = html.unescape(wait_for_status(client, delivery_id, "delivered"))
+    assert 'http-equiv="refresh"' not in shown
+    assert "POST /contacts/create → 200 in" in shown
+    assert "POST /events/send → 200 in" in shown
+    assert '"eventName": "successfulPayment"' in shown  # the request body, pretty
+    assert '"success": true' in shown  # Loops' answer
+    assert '"type": "invoice.paid"' in shown  # the Stripe event
+    assert "contact created; event successfulPayment sent" in shown  # what was decided
+
+    (contact,) = sandbox.get("contacts")
+    assert contact["email"] == "jo@example.com"
+    (event,) = sandbox.get("events")
+    assert (event["email"], event["eventName"]) == ("jo@example.com", "successfulPayment")
+    assert event["eventProperties"]["stripeEventType"] == "invoice.paid"
+
+
+def test_test_event_form_checks_its_fields(env, sandbox, bridge, client):
+    endpoint = make_endpoint(env, events="invoice.paid,customer.created", signing_secret=SECRET)
+    url = f"/admin/endpoints/{endpoint}/test"
+    bad_email = post(client, url, event_type="invoice.paid", email="jo@example")
+    assert bad_email.status_code == 400
+    assert 'id="email" name="email" type="email" value="jo@example"' in bad_email.text
+    assert 'aria-invalid="true" aria-describedby="email-error"' in bad_email.text
+    assert "is not an email address" in bad_email.text
+    not_accepted = post(
+        client, url, event_type="checkout.session.completed", email="jo@example.com"
+    )
+    assert not_accepted.status_code == 400
+    assert "Pick one of the event types this endpoint accepts" in not_accepted.text
+    assert sandbox.get("requests") == [] and cli(env, "deliveries", "list", "--json") == []
+
+    waiting = make_endpoint(env, name="No secret yet")
+    text = page(client, f"/admin/endpoints/{waiting}/test")
+    assert "This endpoint has no signing secret yet" in text
+    assert f'action="/admin/endpoints/{waiting}/test"' not in text
+    refused = post(
+        client,
+        f"/admin/endpoints/{waiting}/test",
+        event_type="invoice.paid",
+        email="jo@example.com",
+    )
+    assert refused.status_code == 400 and "no signing secret yet" in refused.text
+
+
+def test_test_event_says_when_the_public_url_does_not_reach_the_bridge(tmp_path: Path, env):
+    port, elsewhere = free_port(), free_port()
+    env.update(BRIDGE_PORT=str(port), BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{elsewhere}")
+    endpoint = make_endpoint(env, signing_secret=SECRET)
+    server = Process(["serve"], env, f"http://127.0.0.1:{port}", "/healthz")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            post(client, "/admin/login", password=ADMIN_PASSWORD, next="/admin/")
+            answer = post(
+                client,
+                f"/admin/endpoints/{endpoint}/test",
+                event_type="invoice.paid",
+                email="jo@example.com",
+            )
+        assert answer.status_code == 502
+        assert (
+            f"could not reach its own webhook URL http://127.0.0.1:{elsewhere}/webhooks/"
+            in answer.text
+        )
+        assert (
+            "BRIDGE_PUBLIC_URL must be an address where this bridge can be reached" in answer.text
+        )
+        assert "ConnectError" in answer.text
+        assert 'value="jo@example.com"' in answer.text  # the form keeps what was typed
+    finally:
+        server.stop()
+
+
+# --- the list: filters and pages ------------------------------------------------------------
+
+
+def test_filters_return_only_matching_deliveries(env, sandbox: Sandbox, bridge: Bridge, client):
+    a = make_endpoint(
+        env, name="Shop A", events="customer.created,invoice.paid", signing_secret=SECRET
+    )
+    b = make_endpoint(env, name="Shop B", events="customer.created", signing_secret=SECRET)
+    a1 = send(bridge, a, "customer.created", "Ann@Example.com")["id"]
+    a2 = send(bridge, a, "invoice.paid", "ann@example.com")["id"]
+    a3 = send(bridge, a, "checkout.session.completed", "carol@example.com")["id"]
+    wait_for_status(client, a1, "delivered")
+    wait_for_status(client, a2, "delivered")
+    sandbox.post("faults", {"status": 400, "count": 1}).raise_for_status()
+    b1 = send(bridge, b, "customer.created", "bob@example.com")["id"]
+    wait_for_status(client, b1, "failed")
+    b2 = send(bridge, b, "invoice.paid", "bob@example.com")["id"]
+
+    def ids(**query: str) -> set[int]:
+        shown, older, newer = listed(client, Filters(**query).url())
+        assert older is None and newer is None
+        return set(shown)
+
+    assert ids() == {a1, a2, a3, b1, b2}
+    assert ids(status="failed") == {b1}
+    assert ids(status="ignored") == {a3, b2}
+    assert ids(status="delivered") == {a1, a2}
+    assert ids(status="queued") == set()
+    assert ids(event_type="invoice.paid") == {a2, b2}
+    assert ids(email="ANN@example.COM") == {a1, a2}
+    assert ids(endpoint=b) == {b1, b2}
+    assert ids(endpoint=a, status="delivered") == {a1, a2}
+    assert ids(endpoint=b, event_type="invoice.paid", email="bob@example.com") == {b2}
+
+    text = page(client, f"/admin/deliveries?status=failed&endpoint={b}")
+    assert '<span class="status status-failed">failed</span>' in text
+    assert "Shop B" in text and "Loops answered 400" in text
+    assert f'<option value="{b}" selected>Shop B</option>' in text
+    assert '<option value="failed" selected>failed</option>' in text
+    # Nonsense in the query string is ignored, never an error.
+    assert set(listed(client, "/admin/deliveries?status=nope&before=x&after=")[0]) == ids()
+
+
+def test_keyset_pages_show_every_delivery_exactly_once(
+    env, sandbox: Sandbox, bridge: Bridge, client
+):
+    endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
+    sent = {"customer.updated": [], "invoice.paid": []}  # both ignored: no Loops traffic
+    with httpx.Client(base_url=bridge.url) as poster:
+        for n in range(130):
+            event_type = "invoice.paid" if n % 19 == 0 else "customer.updated"
+            body, headers = STRIPE.sample(event_type, f"c{n}@example.com", SECRET)
+            answer = poster.post(f"/webhooks/{endpoint}", content=body, headers=headers)
+            sent[event_type].append(answer.json()["id"])
+
+    for query, expected in (
+        ("/admin/deliveries", sent["customer.updated"] + sent["invoice.paid"]),
+        ("/admin/deliveries?event_type=customer.updated", sent["customer.updated"]),
+    ):
+        pages, url, last = [], query, query
+        while url:
+            last = url
+            shown, url, _ = listed(client, url)
+            pages.append(shown)
+            assert url is None or query.partition("?")[2] in url  # the filter is kept
+        seen = [i for shown in pages for i in shown]
+        assert seen == sorted(expected, reverse=True)  # each once, newest first
+        assert [len(p) for p in pages] == [50, 50, len(expected) - 100]
+        # And back with "Newer", from the oldest page to the newest: the same pages.
+        back, url = [], last
+        while url:
+            shown, _, url = listed(client, url)
+            back.insert(0, shown)
+        assert back == pages
+
+
+@pytest.mark.parametrize("size,scan", [(7, 20), (3, 1_000), (10, 4)])
+def test_keyset_pages_under_every_filter_combination(tmp_path, monkeypatch, size, scan):
+    """In-process, small enough to check by brute force: every combination of filters, read
+    Older from the newest page and Newer back from the oldest, with a search window small
+    enough that combined filters yield partial pages."""
+    monkeypatch.setattr(deliveries, "SCAN_LIMIT", scan)
+    engine = db.connect(f"sqlite:///{tmp_path / 'keyset.db'}")
+    registry.add_connection(engine, "acme", "loops_key_acme_1234")
+    endpoints = [
+        registry.create_endpoint(
+            engine, name=f"e{n}", connection="acme", provider="stripe", event_types=["invoice.paid"]
+        )
+        for n in range(3)
+    ]
+    rng = random.Random(size * scan)
+    types, emails = ["invoice.paid", "customer.created", "x.rare"], ["a@x.io", "B@x.io", None]
+    rows = [
+        {
+            "endpoint_id": rng.choices(endpoints, [80, 18, 2])[0],
+            "event_id": f"evt_{n}",
+            "event_type": rng.choices(types, [70, 28, 2])[0],
+            "occurred_at": n,
+            "email": rng.choice(emails),
+            "status": rng.choices(STATUSES, [5, 80, 10, 5])[0],
+            "received_at": float(n),
+        }
+        for n in range(160)
+    ]
+    with engine.begin() as conn:
+        conn.execute(Delivery.__table__.insert(), rows)  # type: ignore[attr-defined]
+    stored = list(range(1, len(rows) + 1))
+    choices = {
+        "endpoint": [None, *endpoints],
+        "status": [None, *STATUSES],
+        "event_type": [None, *types],
+        "email": [None, "b@X.IO", "nobody@x.io"],
+    }
+    for values in itertools.product(*choices.values()):
+        given = {k: v for k, v in zip(choices, values, strict=True) if v is not None}
+        filters = Filters(**given)
+
+        def matches(i: int, given: dict = given) -> bool:
+            row = rows[i - 1]
+            return all(
+                (row["endpoint_id"] if k == "endpoint" else row[k] or "").lower() == v.lower()
+                for k, v in given.items()
+            )
+
+        expected = [i for i in reversed(stored) if matches(i)]
+        pages, older = [], None
+        first = list_deliveries(engine, filters, size=size)
+        assert first.newer is None
+        current = first
+        while True:
+            assert len(current.rows) <= size
+            pages.append([r.id for r in current.rows])
+            if current.older is None:
+                break
+            older = current.older
+            current = list_deliveries(engine, filters, before=older, size=size)
+        assert [i for p in pages for i in p] == expected, given
+        # Newer, from the last page back to the first, shows the same pages.
+        back = [pages[-1]]
+        while current.newer is not None:
+            current = list_deliveries(engine, filters, after=current.newer, size=size)
+            back.insert(0, [r.id for r in current.rows])
+        assert [i for p in back for i in p] == expected, given
+    engine.dispose()
+
+
+# --- actions on a delivery --------------------------------------------------------------------
+
+
+def test_failed_delivery_retried_after_the_cause_is_gone(
+    env, sandbox: Sandbox, bridge: Bridge, client
+):
+    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
+    sandbox.post("faults", {"status": 400, "count": 1}).raise_for_status()  # Loops refuses once
+    delivery_id = send(bridge, endpoint, "invoice.paid", "retry@example.com")["id"]
+    failed = wait_for_status(client, delivery_id, "failed")
+    assert "Loops answered 400" in failed
+    assert f'action="/admin/deliveries/{delivery_id}/retry"' in failed and "Retry now" in failed
+    assert "send-again" not in failed
+
+    retried = post(client, f"/admin/deliveries/{delivery_id}/retry")
+    assert retried.status_code == 303
+    assert retried.headers["location"] == f"/admin/deliveries/{delivery_id}"
+    delivered = wait_for_status(client, delivery_id, "delivered")
+    # The refused try, then the retry.
+    assert "POST /contacts/create → 400" in delivered
+    assert "POST /contacts/create → 200" in delivered
+    assert len(sandbox.get("events")) == 1
+
+    # Retrying what is not failed explains itself instead of doing anything.
+    again = post(client, f"/admin/deliveries/{delivery_id}/retry")
+    assert again.status_code == 303
+    assert "only a failed delivery" in page(client, again.headers["location"])
+
+
+def test_send_again_fires_the_loops_event_with_a_new_key(
+    env, sandbox: Sandbox, bridge: Bridge, client
+):
+    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
+    delivery_id = send(bridge, endpoint, "invoice.paid", "twice@example.com")["id"]
+    shown = wait_for_status(client, delivery_id, "delivered")
+    assert f'action="/admin/deliveries/{delivery_id}/send-again"' in shown
+    assert 'data-confirm="Send this event to Loops again? It goes with a new idempotency key' in (
+        shown
+    )
+    assert "Retry now" not in shown
+
+    answer = post(client, f"/admin/deliveries/{delivery_id}/send-again")
+    assert answer.status_code == 303
+    notice = "Queued to be sent again with a new idempotency key"
+    assert notice in page(client, answer.headers["location"])
+    wait_until(lambda: len(sandbox.get("events")) == 2, what="the event to be sent again")
+    first, second = sandbox.get("events")
+    assert first["idempotencyKey"] != second["idempotencyKey"]
+    assert first["eventName"] == second["eventName"] == "successfulPayment"
+    shown = wait_for_status(client, delivery_id, "delivered")
+    assert shown.count("POST /events/send → 200") == 2
+    assert "(new, from “Send again”)" in shown
+
+
+# --- rejected requests ----------------------------------------------------------------------
+
+
+def test_bad_signature_is_listed_without_signature_or_body(env, sandbox, bridge: Bridge, client):
+    endpoint = make_endpoint(env, signing_secret=SECRET)
+    assert "No refused requests for this endpoint" in page(
+        client, f"/admin/endpoints/{endpoint}/rejections"
+    )
+    body, _ = STRIPE.sample("invoice.paid", "hidden-body@example.com", SECRET)
+    headers = signed_headers(body, "whsec_someOtherSecretBBBBBBBBBBBB")
+    assert bridge.post(endpoint, body, headers).status_code == 400
+    signature = headers["Stripe-Signature"].split("v1=")[1]
+
+    def listed_refusal() -> str | None:
+        text = page(client, f"/admin/endpoints/{endpoint}/rejections")
+        return text if "<td>400</td>" in text else None
+
+    text = wait_until(listed_refusal, what="the refusal to be listed")
+    assert "No signature in the Stripe-Signature header matches" in text
+    assert "stripe-signature: t=" in text and "v1=…" in text
+    assert signature not in text and SECRET not in text and "whsec_someOther" not in text
+    assert "hidden-body@example.com" not in text and "evt_" not in text
+    # What the page explains above the table.
+    assert "No signature … matches" in text
+    assert "Test-mode and live-mode" in text and "proxy" in text
+
+
+def test_unknown_ids_are_404_pages(env, sandbox, bridge: Bridge, client):
+    for method, url in (
+        ("GET", "/admin/deliveries/999999"),
+        ("GET", "/admin/deliveries/not-a-number"),
+        ("POST", "/admin/deliveries/999999/retry"),
+        ("POST", "/admin/deliveries/abc/send-again"),
+        ("GET", "/admin/endpoints/nope/rejections"),
+        ("GET", "/admin/endpoints/nope/test"),
+        ("POST", "/admin/endpoints/nope/test"),
+    ):
+        answer = client.request(method, url)
+        assert answer.status_code == 404, (method, url)
+        assert "Back to the overview" in answer.text and "Traceback" not in answer.text
+
+
+# --- overview -------------------------------------------------------------------------------
+
+
+def overview_numbers(client: httpx.Client) -> dict[str, str]:
+    text = page(client, "/admin/")
+    numbers = dict(re.findall(r'<strong id="([\w-]+)">(?:<a[^>]*>)?([^<]+)<', text))
+    row = re.search(
+        r'<tr id="pace-1">.*?<td class="calls">(\d+)</td>.*?<td class="busiest">(\d+)', text, re.S
+    )
+    if row:
+        numbers |= {"calls": row[1], "busiest": row[2]}
+    return numbers
+
+
+def test_overview_counts_what_was_sent(env, sandbox: Sandbox, bridge: Bridge, client):
+    start = page(client, "/admin/")
+    assert "Getting started" in start and 'href="/admin/accounts"' in start
+    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
+    assert "Getting started" not in page(client, "/admin/")
+
+    delivered = [
+        send(bridge, endpoint, "invoice.paid", f"d{n}@example.com")["id"] for n in range(2)
+    ]
+    for delivery_id in delivered:
+        wait_for_status(client, delivery_id, "delivered")
+    send(bridge, endpoint, "customer.created", "ignored@example.com")
+    sandbox.post("faults", {"status": 400, "count": 1}).raise_for_status()
+    wait_for_status(client, send(bridge, endpoint, "invoice.paid", "f@example.com")["id"], "failed")
+
+    sandbox.post("faults", {"status": 503}).raise_for_status()  # until cleared: stays queued
+    queued = send(bridge, endpoint, "invoice.paid", "q@example.com")["id"]
+    numbers = overview_numbers(client)
+    assert numbers["queue-depth"] == "1" and numbers["count-queued"] == "1"
+    assert f'href="/admin/deliveries/{queued}">' in page(client, "/admin/")  # oldest queued
+    assert 'http-equiv="refresh" content="2"' in page(client, f"/admin/deliveries/{queued}")
+
+    httpx.delete(f"{sandbox.url}/_sandbox/faults").raise_for_status()
+    wait_for_status(client, queued, "delivered")
+    numbers = overview_numbers(client)
+    assert {k: numbers[k] for k in ("count-delivered", "count-ignored", "count-failed")} == {
+        "count-delivered": "3",
+        "count-ignored": "1",
+        "count-failed": "1",
+    }
+    assert numbers["count-queued"] == "0" and numbers["queue-depth"] == "0"
+    assert numbers["oldest-queued"] == "none"
+    # Every Loops call was made within the last minute, at most 10 in any second.
+    assert int(numbers["calls"]) == len(sandbox.calls())
+    assert 1 <= int(numbers["busiest"]) <= 10
+
+
+def test_busiest_second_slides_rather_than_counting_clock_seconds():
+    # No clock second (0-1, 1-2, 2-3) holds more than two calls; 0.9 to 1.6 holds three.
+    assert busiest_second([0.5, 0.9, 1.4, 1.6, 2.6]) == 3
+    assert busiest_second([0.0, 1.0, 2.0]) == 1  # exactly a second apart: never together
+    assert busiest_second([]) == 0
+
+
+def test_payloads_are_shown_as_indented_json_or_as_the_text_they_are():
+    assert pretty(b'{"id":"evt_1","data":[1]}') == '{\n  "id": "evt_1",\n  "data": [\n    1\n  ]\n}'
+    assert pretty(b"not json \xff") == "not json \ufffd"
+    assert pretty(None) == ""

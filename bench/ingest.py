@@ -106,7 +106,7 @@ def free_port() -> int:
 class Processes(contextlib.ExitStack):
     """Servers started for the run; each is stopped (SIGTERM, then SIGKILL) on the way out."""
 
-    def start(self, name: str, cmd: list[str], env: dict, work: Path, ready_url: str) -> None:
+    def start(self, name: str, cmd: list[str], env: dict, work: Path, ready_url: str) -> int:
         log = self.enter_context((work / f"{name}.log").open("ab"))
         proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -118,7 +118,7 @@ class Processes(contextlib.ExitStack):
                 sys.exit(f"error: {name} exited early; see {work / name}.log")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(ready_url, timeout=1).status_code < 500:
-                    return
+                    return proc.pid
             if time.monotonic() > deadline:
                 sys.exit(f"error: {name} did not come up in 30 s; see {work / name}.log")
             time.sleep(0.1)
@@ -153,21 +153,48 @@ def run_wrk(
     return json.loads(result.read_text())
 
 
-def measure(wrk: str, args: argparse.Namespace, url: str, work: Path) -> tuple[dict, dict]:
-    """Warm-up, then the measured run on the events after the warm-up's."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_share(seconds: float = 1.0) -> float:
+    """How busy the machine's CPUs are (0..1), over a short sample."""
+
+    def sample() -> tuple[int, int]:
+        ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def measure(
+    wrk: str, args: argparse.Namespace, url: str, work: Path, pid: int
+) -> tuple[dict, dict]:
+    """Warm-up, then the measured run on the events after the warm-up's; the server's CPU
+    time during the measured run goes in ``cpu_s``."""
     warm = run_wrk(wrk, args, url, work, args.warmup, 0)
-    return warm, run_wrk(wrk, args, url, work, args.seconds, warm["sent"])
+    before = cpu_seconds(pid)
+    run = run_wrk(wrk, args, url, work, args.seconds, warm["sent"])
+    run["cpu_s"] = cpu_seconds(pid) - before
+    return warm, run
 
 
-def row(name: str, run: dict) -> tuple[str, float, int]:
+def row(name: str, run: dict) -> tuple[float, int]:
     ok = sum(n for key, n in run["answers"].items() if key.startswith("2"))
-    rate = ok / (run["duration_us"] / 1e6)
-    bad = run["requests"] - ok
+    seconds = run["duration_us"] / 1e6
+    rate, bad = ok / seconds, run["requests"] - ok
+    per_request = run["cpu_s"] / max(run["requests"], 1) * 1e6
     print(
-        f"{name:<8}{rate:>10.0f}{run['p50_us'] / 1000:>10.1f}{run['p99_us'] / 1000:>10.1f}"
-        f"{bad:>9}{run['socket_errors']:>15}   {json.dumps(run['answers'])}"
+        f"{name:<8}{rate:>8.0f}{run['p50_us'] / 1000:>8.1f}{run['p99_us'] / 1000:>8.1f}"
+        f"{bad:>9}{run['socket_errors']:>10}{run['cpu_s'] / seconds:>8.2f}{per_request:>11.0f}"
+        f" {json.dumps(run['answers'])}"
     )
-    return name, rate, bad
+    return rate, bad
 
 
 def main() -> int:
@@ -175,6 +202,7 @@ def main() -> int:
     wrk = ensure_wrk()
     if not FIXTURE.exists():
         sys.exit(f"error: the Stripe fixture is missing: {FIXTURE}")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
@@ -216,16 +244,19 @@ def bench(wrk: str, args: argparse.Namespace, work: Path) -> int:
         flush=True,
     )
 
+    busy = busy_share()
+    if busy > 0.15:
+        print(f"warning: the machine is already {busy:.0%} busy; the numbers will be noisy")
     write_requests(work, args.events)
     with Processes() as procs:
-        procs.start(
+        pid = procs.start(
             "bare",
             [sys.executable, str(HERE / "bare_app.py"), "--port", str(bare_port)],
             env,
             work,
             f"http://127.0.0.1:{bare_port}/",
         )
-        _, bare = measure(wrk, args, f"http://127.0.0.1:{bare_port}{path}", work)
+        _, bare = measure(wrk, args, f"http://127.0.0.1:{bare_port}{path}", work, pid)
 
     write_requests(work, args.events)  # fresh signature timestamps, same bodies
     with Processes() as procs:
@@ -236,19 +267,20 @@ def bench(wrk: str, args: argparse.Namespace, work: Path) -> int:
             work,
             f"http://127.0.0.1:{sandbox_port}/",
         )
-        procs.start(
+        pid = procs.start(
             "bridge", [str(BIN), "serve"], env, work, f"http://127.0.0.1:{bridge_port}/healthz"
         )
-        warm, bridge = measure(wrk, args, f"http://127.0.0.1:{bridge_port}{path}", work)
+        url = f"http://127.0.0.1:{bridge_port}{path}"
+        warm, bridge = measure(wrk, args, url, work, pid)
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
             stored = {i for (i,) in db.execute("SELECT id FROM deliveries")}
 
     print(
-        f"\n{'target':<8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}"
-        f"{'socket errors':>15}   answers"
+        f"\n{'target':<8}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'non-2xx':>9}{'sock err':>10}"
+        f"{'cores':>8}{'CPU us/req':>11} answers"
     )
-    _, bare_rate, _ = row("bare", bare)
-    _, bridge_rate, bridge_bad = row("bridge", bridge)
+    bare_rate, _ = row("bare", bare)
+    bridge_rate, bridge_bad = row("bridge", bridge)
     ratio = bridge_rate / bare_rate
     verdict = "PASS" if ratio >= BAR else "FAIL"
     print(f"\nbridge/bare = {ratio:.2f}  ->  {verdict} (bar {BAR})")
@@ -276,7 +308,9 @@ def bench(wrk: str, args: argparse.Namespace, work: Path) -> int:
         return 3
     print("  every acknowledged delivery is in the database")
     if bridge_bad:
-        print(f"  note: the bridge gave {bridge_bad} non-2xx answers; see the bridge log")
+        tail = (work / "bridge.log").read_text(errors="replace").splitlines()[-15:]
+        print(f"  note: the bridge gave {bridge_bad} non-2xx answers; its log ends with:")
+        print("\n".join(f"    {line}" for line in tail))
     return 0 if verdict == "PASS" else 1
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import random
 import time
@@ -56,6 +55,7 @@ __all__ = ["Worker", "backoff", "idempotency_key"]
 log = logging.getLogger("bridge.delivery")
 
 MAX_AGE = 3 * 24 * 3600.0
+_LOOK_AGAIN_AFTER = 0.05
 LONGEST_WAIT = 3600.0
 
 
@@ -76,9 +76,7 @@ class Job:
     endpoint_id: str
     event_id: str
     email: str
-    first_name: str | None
-    last_name: str | None
-    properties: str
+    payload: bytes
     attempts: int
     queued_at: float
     idempotency_key: str | None
@@ -94,10 +92,10 @@ class Job:
     def contact_key(self) -> tuple[int, str]:
         return self.connection_id, self.email.lower()
 
-    def names(self) -> dict[str, str]:
+    def names(self, details: providers.Details) -> dict[str, str]:
         if not self.sync_names:
             return {}
-        names = {"firstName": self.first_name, "lastName": self.last_name}
+        names = {"firstName": details.first_name, "lastName": details.last_name}
         return {k: v for k, v in names.items() if v}  # a missing name never clears one
 
 
@@ -132,11 +130,15 @@ class Worker:
         try:
             while not self._stopping:
                 self._wake.clear()
-                self._start_due(await anyio.to_thread.run_sync(self._due_jobs))
+                if len(self._tasks) < self._settings.worker_concurrency:
+                    self._start_due(await anyio.to_thread.run_sync(self._due_jobs))
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
                 except TimeoutError:
                     pass
+                # A burst of webhooks wakes the worker thousands of times a second; look at
+                # the queue at most 20 times a second all the same.
+                await asyncio.sleep(_LOOK_AGAIN_AFTER)
             if self._tasks:
                 await asyncio.wait(list(self._tasks.values()))
         finally:
@@ -160,9 +162,7 @@ class Worker:
                 Delivery.endpoint_id,
                 Delivery.event_id,
                 Delivery.email,
-                Delivery.first_name,
-                Delivery.last_name,
-                Delivery.properties,
+                Delivery.payload,
                 Delivery.attempts,
                 Delivery.queued_at,
                 Delivery.idempotency_key,
@@ -206,9 +206,11 @@ class Worker:
 
     async def _attempt(self, job: Job) -> Settled:
         done: list[str] = []
-        names = job.names()
+        provider = providers.get(job.provider)
+        details = provider.details(job.payload)
+        names = job.names(details)
         if not await anyio.to_thread.run_sync(self._contact_known, job):
-            contact = {"email": job.email, "source": providers.get(job.provider).contact_source}
+            contact = {"email": job.email, "source": provider.contact_source}
             if job.user_group:
                 contact["userGroup"] = job.user_group
             answer = await self._call(job, self._client.create_contact, contact | names)
@@ -223,7 +225,7 @@ class Worker:
             event = {
                 "email": job.email,
                 "eventName": job.loops_event,
-                "eventProperties": _json_object(job.properties),
+                "eventProperties": details.properties,
                 **names,
             }
             key = job.idempotency_key or idempotency_key(job.endpoint_id, job.event_id)
@@ -318,8 +320,3 @@ class Worker:
                     finished_at=finished,
                 )
             )
-
-
-def _json_object(text: str) -> dict:
-    value = json.loads(text)
-    return value if isinstance(value, dict) else {}

@@ -21,8 +21,6 @@ Times are unix seconds (float), the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import json
-
 from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, func
 from sqlmodel import Field, SQLModel
 
@@ -85,9 +83,6 @@ class Delivery(SQLModel, table=True):
     event_type: str
     occurred_at: int  # the provider's event time
     email: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    properties: str = "{}"  # Loops event properties, JSON
     payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary))  # raw body
     status: str
     reason: str | None = Field(default=None, sa_column=Column(Text))  # why it is in this state
@@ -97,9 +92,6 @@ class Delivery(SQLModel, table=True):
     queued_at: float | None = None  # when it was last queued; tries stop 3 days after
     next_attempt_at: float | None = None
     finished_at: float | None = None
-
-    def event_properties(self) -> dict:
-        return json.loads(self.properties)
 
 
 # Email filter of the delivery log: exact but case-insensitive, newest first.

@@ -9,7 +9,11 @@ The shape of the data a provider hands on::
     raw request (bytes + headers)
         -> Provider.verify()   raises Rejected(reason) on any bad signature / header
         -> Provider.parse()    raises Rejected(reason) if the body is not an event it knows
-        -> Event               provider-neutral: ids, time, email, names, Loops properties
+        -> Event               provider-neutral: id, type, time, email; stored with the body
+    later, when the delivery is made, from the stored body:
+        -> Provider.details()  names and Loops event properties
+
+The split keeps the ingest path lean: it reads only what it needs to dedupe and filter.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Event", "Provider", "Rejected", "get", "names"]
+__all__ = ["Details", "Event", "Provider", "Rejected", "get", "names"]
 
 # Every provider module lives in this package; the registry is just this list of names.
 _NAMES = ("stripe",)
@@ -32,16 +36,23 @@ class Rejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One verified provider event, reduced to what the bridge needs.
-
-    ``properties`` are the Loops event properties: flat, camelCase keys, values that are
-    str, int, float or bool, each within Loops' 500-character limit.
-    """
+    """One verified provider event: what the inbox needs to dedupe, filter and store it."""
 
     id: str  # the provider's event id (Stripe: evt_...), the dedupe key per endpoint
     type: str  # e.g. "invoice.paid"
     occurred_at: int  # provider's event time, unix seconds (last-writer-wins on contact fields)
     email: str | None  # None: Loops cannot take this event, so it is ignored
+
+
+@dataclass(frozen=True, slots=True)
+class Details:
+    """What a stored event tells Loops, read when it is delivered.
+
+    Names are None when the event has none, so a missing name never clears one in Loops.
+    ``properties`` are the Loops event properties: flat, camelCase keys, values that are
+    str, int, float or bool, each within Loops' 500-character limit.
+    """
+
     first_name: str | None = None
     last_name: str | None = None
     properties: dict[str, str | int | float | bool] = field(default_factory=dict)
@@ -57,7 +68,11 @@ class Provider(Protocol):
         """Raise Rejected unless ``body`` is signed by one of ``secrets``. Constant-time."""
 
     def parse(self, body: bytes) -> Event:
-        """Read a verified body. Raise Rejected if it is not an event this provider knows."""
+        """Read a verified body. Raise Rejected if it is not an event this provider knows.
+        This is on the ingest path: read only what :class:`Event` holds."""
+
+    def details(self, body: bytes) -> Details:
+        """Names and Loops properties of a body that :meth:`parse` accepted."""
 
     def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
         """A realistic signed test request for ``event_type``: (body, headers)."""

@@ -74,9 +74,10 @@ from datetime import UTC, datetime
 from secrets import token_hex
 from typing import Any
 
+import orjson
 import stripe
 
-from providers import Event, Rejected
+from providers import Details, Event, Rejected
 
 __all__ = ["currency_exponent", "format_amount", "major_units", "provider"]
 
@@ -253,13 +254,58 @@ def _loops_properties(values: dict[str, Any]) -> Properties:
     return properties
 
 
-# --- One reader per kind of event object: (email, full name, Loops properties). ---
+# --- The email, the one thing the ingest path needs, by kind of event object. ---
 
-Reading = tuple[Any, Any, dict[str, Any]]
+
+def _email(obj: dict[str, Any]) -> str | None:
+    kind = obj.get("object")
+    if kind == "invoice":
+        return _text(obj.get("customer_email"))
+    if kind == "checkout.session":
+        return _text(_dig(obj, "customer_details", "email")) or _text(obj.get("customer_email"))
+    return _text(obj.get("email"))
+
+
+def _load(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The event and its ``data.object``, or Rejected saying why this is not an event."""
+    try:
+        event = orjson.loads(body)  # a third of json.loads' time: this is the hot path
+    except orjson.JSONDecodeError:  # also raised for bytes that are not UTF-8
+        raise Rejected("The body is not JSON, so it is not a Stripe event.") from None
+    if not isinstance(event, dict):
+        raise Rejected("The body is JSON but not an object, so it is not a Stripe event.")
+    kind = event.get("object")
+    if kind == "v2.core.event":
+        raise Rejected(_THIN_EVENT)
+    # Events from 2012-era API versions have no "object" key at all.
+    if kind not in ("event", None):
+        raise Rejected(
+            f"The body is a Stripe {str(kind)[:50]!r} object, not an event. Send Stripe "
+            "webhook events (object 'event') to this URL."
+        )
+    obj = _dig(event, "data", "object")
+    missing = [
+        name
+        for name, present in (
+            ("id", isinstance(event.get("id"), str) and bool(event.get("id"))),
+            ("type", isinstance(event.get("type"), str) and bool(event.get("type"))),
+            ("created", _is_int(event.get("created"))),
+            ("data.object", isinstance(obj, dict)),
+        )
+        if not present
+    ]
+    if missing:
+        raise Rejected(f"The Stripe event has no valid {', '.join(missing)}.")
+    return event, obj
+
+
+# --- One reader per kind of event object, for delivery: (full name, Loops properties). ---
+
+Reading = tuple[Any, dict[str, Any]]
 
 
 def _read_customer(customer: dict[str, Any]) -> Reading:
-    return customer.get("email"), customer.get("name"), {"customerId": _id(customer.get("id"))}
+    return customer.get("name"), {"customerId": _id(customer.get("id"))}
 
 
 def _read_invoice(invoice: dict[str, Any]) -> Reading:
@@ -293,13 +339,12 @@ def _read_invoice(invoice: dict[str, Any]) -> Reading:
         "periodEnd": _iso(invoice.get("period_end")),
         "description": _dig(first_line, "description"),
     }
-    return invoice.get("customer_email"), invoice.get("customer_name"), properties
+    return invoice.get("customer_name"), properties
 
 
 def _read_checkout_session(session: dict[str, Any]) -> Reading:
     currency = _currency(session)
     amount_total, amount_total_text = _money(session, "amount_total", currency)
-    email = _text(_dig(session, "customer_details", "email")) or session.get("customer_email")
     properties = {
         "checkoutSessionId": _id(session.get("id")),
         "customerId": _id(session.get("customer")),
@@ -310,11 +355,11 @@ def _read_checkout_session(session: dict[str, Any]) -> Reading:
         "amountTotalFormatted": amount_total_text,
         "subscriptionId": _id(session.get("subscription")),
     }
-    return email, _dig(session, "customer_details", "name"), properties
+    return _dig(session, "customer_details", "name"), properties
 
 
 def _read_other(obj: dict[str, Any]) -> Reading:
-    return obj.get("email"), obj.get("name"), {}
+    return obj.get("name"), {}
 
 
 # Keyed by the object's own `object` field rather than the event type's prefix, so that
@@ -549,53 +594,25 @@ class StripeProvider:
         raise Rejected(_NO_MATCH)
 
     def parse(self, body: bytes) -> Event:
-        try:
-            event = json.loads(body)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError
-            raise Rejected("The body is not JSON, so it is not a Stripe event.") from None
-        if not isinstance(event, dict):
-            raise Rejected("The body is JSON but not an object, so it is not a Stripe event.")
-        kind = event.get("object")
-        if kind == "v2.core.event":
-            raise Rejected(_THIN_EVENT)
-        # Events from 2012-era API versions have no "object" key at all.
-        if kind not in ("event", None):
-            raise Rejected(
-                f"The body is a Stripe {str(kind)[:50]!r} object, not an event. Send Stripe "
-                "webhook events (object 'event') to this URL."
-            )
-        event_id, event_type, created = event.get("id"), event.get("type"), event.get("created")
-        obj = _dig(event, "data", "object")
-        missing = [
-            name
-            for name, present in (
-                ("id", isinstance(event_id, str) and bool(event_id)),
-                ("type", isinstance(event_type, str) and bool(event_type)),
-                ("created", _is_int(created)),
-                ("data.object", isinstance(obj, dict)),
-            )
-            if not present
-        ]
-        if missing:
-            raise Rejected(f"The Stripe event has no valid {', '.join(missing)}.")
+        event, obj = _load(body)
+        return Event(
+            id=event["id"], type=event["type"], occurred_at=event["created"], email=_email(obj)
+        )
 
-        reader = _READERS.get(str(obj.get("object")), _read_other)
-        email, full_name, details = reader(obj)
+    def details(self, body: bytes) -> Details:
+        event, obj = _load(body)
+        full_name, properties = _READERS.get(str(obj.get("object")), _read_other)(obj)
         first_name, last_name = _split_name(full_name)
         livemode = event.get("livemode")
-        return Event(
-            id=event_id,
-            type=event_type,
-            occurred_at=created,
-            email=_text(email),
+        return Details(
             first_name=first_name,
             last_name=last_name,
             properties=_loops_properties(
                 {
-                    "stripeEventId": event_id,
-                    "stripeEventType": event_type,
+                    "stripeEventId": event["id"],
+                    "stripeEventType": event["type"],
                     "livemode": livemode if isinstance(livemode, bool) else None,
-                    **details,
+                    **properties,
                 }
             ),
         )

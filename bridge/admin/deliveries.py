@@ -254,6 +254,7 @@ class Detail:
     endpoint_paused: bool
     connection_name: str | None
     calls: list[LoopsCall]
+    details: providers.Details | None  # names and Loops properties read from the payload
 
 
 def _detail(engine: Engine, delivery_id: int) -> Detail | None:
@@ -275,7 +276,17 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
             endpoint_paused=bool(endpoint and endpoint.paused),
             connection_name=connection.name if connection else None,
             calls=list(calls),
+            details=_read_details(endpoint, delivery.payload),
         )
+
+
+def _read_details(endpoint: Endpoint | None, payload: bytes | None) -> providers.Details | None:
+    if endpoint is None or not payload:
+        return None
+    try:
+        return providers.get(endpoint.provider).details(payload)
+    except providers.Rejected:
+        return None
 
 
 def _exists(engine: Engine, delivery_id: int) -> bool:
@@ -454,7 +465,7 @@ def routes(admin: Admin) -> list[BaseRoute]:
             detail=detail,
             queued=delivery.status == QUEUED,
             payload=pretty(delivery.payload),
-            properties=pretty(delivery.properties),
+            properties=json.dumps(detail.details.properties, indent=2) if detail.details else None,
             pretty=pretty,
             when=when,
             ago=ago,

@@ -3,9 +3,9 @@
 -- bench/ingest.py writes, into $BENCH_DIR, the body split around its event number
 -- (head, mid, tail: body = head .. n .. mid .. n .. tail, n = "%07d") and one
 -- Stripe-Signature header per event (sigs, line n + 1). Request k of this run is event
--- ($BENCH_OFFSET + k) mod #sigs. Answers are counted by status and, for a 2xx, by the
--- "status" of the JSON body; the delivery ids of "queued"/"duplicate" answers are kept.
--- done() writes everything as JSON to $BENCH_RESULT.
+-- ($BENCH_OFFSET + k) mod #sigs, so run wrk with one thread (-t1). Answers are counted by
+-- status and, for a 2xx, by the "status" of the JSON body; the delivery ids of
+-- "queued"/"duplicate" answers are kept. done() writes everything as JSON to $BENCH_RESULT.
 
 local threads = {}
 

@@ -7,6 +7,8 @@ loaded by ``wrk`` (one thread) from another process: a warm-up, then the measure
 
 The bar: the bridge answers at least half the bare app's rate of 2xx answers, and every
 webhook it acknowledged (a 200 "queued"/"duplicate" with a delivery id) is in its database.
+The table shows the CPU the server, wrk and all other processes used during each measured
+run: on a shared machine, "others" above ~0.2 cores means the numbers are disturbed.
 Exit status: 0 pass, 1 below the bar, 2 setup problem, 3 an acknowledged webhook is missing.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--connections 64]
@@ -20,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 
@@ -42,12 +46,17 @@ BAR = 0.5
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Needs wrk (installed with apt-get when missing and running as root).",
     )
-    parser.add_argument("--seconds", type=int, default=10, help="measured run per target")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up per target, seconds")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument(
+        "--seconds", type=int, default=10, help="measured run per target (default 10)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="warm-up per target, seconds (default 2)"
+    )
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument(
         "--events",
         type=int,
@@ -65,6 +74,12 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def fail(message: str) -> NoReturn:
+    """A setup problem: say so and exit with status 2 (cleanup still runs)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if not found and os.geteuid() == 0 and shutil.which("apt-get"):
@@ -75,7 +90,7 @@ def ensure_wrk() -> str:
             subprocess.run(install, capture_output=True, timeout=300)
         found = shutil.which("wrk")
     if not found:
-        sys.exit("error: wrk is not installed; run `sudo apt-get install wrk` and try again")
+        fail("wrk is not installed; run `sudo apt-get install wrk` and try again")
     return found
 
 
@@ -115,12 +130,12 @@ class Processes(contextlib.ExitStack):
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                sys.exit(f"error: {name} exited early; see {work / name}.log")
+                fail(f"{name} exited early; see {work / name}.log")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(ready_url, timeout=1).status_code < 500:
                     return proc.pid
             if time.monotonic() > deadline:
-                sys.exit(f"error: {name} did not come up in 30 s; see {work / name}.log")
+                fail(f"{name} did not come up in 30 s; see {work / name}.log")
             time.sleep(0.1)
 
 
@@ -149,38 +164,42 @@ def run_wrk(
     cmd += ["-s", str(HERE / "ingest.lua"), url]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0 or not result.exists():
-        sys.exit(f"error: wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        fail(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return json.loads(result.read_text())
+
+
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def busy_share(seconds: float = 1.0) -> float:
-    """How busy the machine's CPUs are (0..1), over a short sample."""
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all CPUs), from /proc/stat."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICK  # minus idle and iowait
 
-    def sample() -> tuple[int, int]:
-        ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
 
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+def children_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children: wrk
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(
     wrk: str, args: argparse.Namespace, url: str, work: Path, pid: int
 ) -> tuple[dict, dict]:
-    """Warm-up, then the measured run on the events after the warm-up's; the server's CPU
-    time during the measured run goes in ``cpu_s``."""
+    """Warm-up, then the measured run on the events after the warm-up's. CPU time used during
+    the measured run goes in ``cpu``: by the server, by wrk, and by everything else."""
     warm = run_wrk(wrk, args, url, work, args.warmup, 0)
-    before = cpu_seconds(pid)
+    before = cpu_seconds(pid), children_seconds(), busy_seconds()
     run = run_wrk(wrk, args, url, work, args.seconds, warm["sent"])
-    run["cpu_s"] = cpu_seconds(pid) - before
+    server = cpu_seconds(pid) - before[0]
+    load = children_seconds() - before[1]
+    machine = busy_seconds() - before[2]
+    run["cpu"] = {"server": server, "wrk": load, "others": max(machine - server - load, 0.0)}
     return warm, run
 
 
@@ -188,11 +207,12 @@ def row(name: str, run: dict) -> tuple[float, int]:
     ok = sum(n for key, n in run["answers"].items() if key.startswith("2"))
     seconds = run["duration_us"] / 1e6
     rate, bad = ok / seconds, run["requests"] - ok
-    per_request = run["cpu_s"] / max(run["requests"], 1) * 1e6
+    server, load, others = (run["cpu"][k] / seconds for k in ("server", "wrk", "others"))
+    per_request = run["cpu"]["server"] / max(run["requests"], 1) * 1e6
     print(
         f"{name:<8}{rate:>8.0f}{run['p50_us'] / 1000:>8.1f}{run['p99_us'] / 1000:>8.1f}"
-        f"{bad:>9}{run['socket_errors']:>10}{run['cpu_s'] / seconds:>8.2f}{per_request:>11.0f}"
-        f" {json.dumps(run['answers'])}"
+        f"{bad:>9}{run['socket_errors']:>10}{per_request:>9.0f}{server:>8.2f}{load:>6.2f}"
+        f"{others:>8.2f}   {json.dumps(run['answers'])}"
     )
     return rate, bad
 
@@ -201,7 +221,7 @@ def main() -> int:
     args = parse_args()
     wrk = ensure_wrk()
     if not FIXTURE.exists():
-        sys.exit(f"error: the Stripe fixture is missing: {FIXTURE}")
+        fail(f"the Stripe fixture is missing: {FIXTURE}")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -231,7 +251,7 @@ def bench(wrk: str, args: argparse.Namespace, work: Path) -> int:
             [str(BIN), *argv], env=env, capture_output=True, text=True, timeout=60
         )
         if done.returncode != 0:
-            sys.exit(f"error: loops-bridge {argv[0]} {argv[1]} failed:\n{done.stderr}")
+            fail(f"loops-bridge {argv[0]} {argv[1]} failed:\n{done.stderr}")
         return done.stdout
 
     cli("connections", "add", "--name", "bench", "--api-key", "k")
@@ -244,9 +264,10 @@ def bench(wrk: str, args: argparse.Namespace, work: Path) -> int:
         flush=True,
     )
 
-    busy = busy_share()
-    if busy > 0.15:
-        print(f"warning: the machine is already {busy:.0%} busy; the numbers will be noisy")
+    before = busy_seconds()
+    time.sleep(1)
+    if (busy := busy_seconds() - before) > 0.3:
+        print(f"warning: other processes already keep {busy:.1f} cores busy; expect noise")
     write_requests(work, args.events)
     with Processes() as procs:
         pid = procs.start(
@@ -277,13 +298,19 @@ def bench(wrk: str, args: argparse.Namespace, work: Path) -> int:
 
     print(
         f"\n{'target':<8}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'non-2xx':>9}{'sock err':>10}"
-        f"{'cores':>8}{'CPU us/req':>11} answers"
+        f"{'us/req':>9}{'server':>8}{'wrk':>6}{'others':>8}   answers"
     )
     bare_rate, _ = row("bare", bare)
     bridge_rate, bridge_bad = row("bridge", bridge)
+    print("(us/req: server CPU per request; server/wrk/others: CPU cores each used meanwhile)")
     ratio = bridge_rate / bare_rate
     verdict = "PASS" if ratio >= BAR else "FAIL"
+    cost = [run["cpu"]["server"] / max(run["requests"], 1) for run in (bridge, bare)]
     print(f"\nbridge/bare = {ratio:.2f}  ->  {verdict} (bar {BAR})")
+    print(
+        f"server CPU per request, bridge/bare = {cost[0] / cost[1]:.1f}x "
+        "(each server tops out near one core, so the rate ratio tracks its inverse)"
+    )
 
     acked = warm["acked"] + bridge["acked"]
     two_xx = sum(n for run in (warm, bridge) for k, n in run["answers"].items() if k[0] == "2")

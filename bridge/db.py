@@ -22,9 +22,13 @@ def connect(url: str) -> Engine:
     """An engine for ``url`` with the schema in place (created on a fresh database)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        pool: dict = {}
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            pool = {"pool_size": 20, "max_overflow": 20}  # kept open: each costs its pragmas
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)

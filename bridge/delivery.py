@@ -29,9 +29,10 @@ import hashlib
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio.to_thread
+import sqlalchemy as sa
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
@@ -97,6 +98,14 @@ class Job:
             return {}
         names = {"firstName": details.first_name, "lastName": details.last_name}
         return {k: v for k, v in names.items() if v}  # a missing name never clears one
+
+
+@dataclass(slots=True)
+class Progress:
+    """What one attempt did so far, written with its outcome."""
+
+    calls: list[Answer] = field(default_factory=list)
+    contact_known: bool = False  # Loops has the contact now (created, or 409)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,14 +197,15 @@ class Worker:
             return [Job(**row._mapping) for row in conn.execute(query)]
 
     async def _deliver(self, job: Job) -> None:
+        progress = Progress()
         try:
             try:
-                settled = await self._attempt(job)
+                settled = await self._attempt(job, progress)
             except Exception as exc:  # a bug must not lose the delivery: retry it later
                 log.exception("delivery %s: unexpected error", job.id)
                 settled = self._retry(job, f"internal error in the bridge: {exc}")
             # Settle before letting go of the contact, so the next poll sees the new state.
-            await anyio.to_thread.run_sync(self._settle, job, settled)
+            await anyio.to_thread.run_sync(self._settle, job, settled, progress)
             log.info("delivery %s %s: %s", job.id, settled.status, settled.reason)
         except Exception:
             log.exception("delivery %s: could not record the outcome; it stays queued", job.id)
@@ -204,7 +214,7 @@ class Worker:
             self._tasks.pop(job.id, None)
             self._wake.set()
 
-    async def _attempt(self, job: Job) -> Settled:
+    async def _attempt(self, job: Job, progress: Progress) -> Settled:
         done: list[str] = []
         provider = providers.get(job.provider)
         details = provider.details(job.payload)
@@ -213,14 +223,14 @@ class Worker:
             contact = {"email": job.email, "source": provider.contact_source}
             if job.user_group:
                 contact["userGroup"] = job.user_group
-            answer = await self._call(job, self._client.create_contact, contact | names)
+            answer = await self._call(job, progress, self._client.create_contact, contact | names)
             if answer.outcome is Outcome.DONE:
                 names, done = {}, ["contact created"]
             elif answer.outcome is Outcome.ALREADY:
                 done = ["contact already in Loops"]
             else:
                 return self._failure(job, answer)
-            await anyio.to_thread.run_sync(self._remember_contact, job)
+            progress.contact_known = True
         if job.loops_event:
             event = {
                 "email": job.email,
@@ -229,7 +239,7 @@ class Worker:
                 **names,
             }
             key = job.idempotency_key or idempotency_key(job.endpoint_id, job.event_id)
-            answer = await self._call(job, self._client.send_event, event, key)
+            answer = await self._call(job, progress, self._client.send_event, event, key)
             if answer.outcome is Outcome.ALREADY:
                 done.append(f"event {job.loops_event} had already been sent (same idempotency key)")
             elif answer.outcome is Outcome.DONE:
@@ -237,21 +247,20 @@ class Worker:
             else:
                 return self._failure(job, answer)
         elif names:
-            answer = await self._call(
-                job, self._client.update_contact, {"email": job.email, **names}
-            )
+            contact = {"email": job.email, **names}
+            answer = await self._call(job, progress, self._client.update_contact, contact)
             if answer.outcome is not Outcome.DONE:
                 return self._failure(job, answer)
             done.append("names updated")
         return Settled(DELIVERED, "; ".join(done) or "contact already known, nothing to change")
 
-    async def _call(self, job: Job, method, *args) -> Answer:  # type: ignore[no-untyped-def]
+    async def _call(self, job: Job, progress: Progress, method, *args) -> Answer:  # type: ignore[no-untyped-def]
         pacer = self._pacers.setdefault(job.connection_id, Pacer(self._settings.loops_rate_limit))
         await pacer.wait_turn()
         answer: Answer = await method(job.api_key, *args)
         if answer.status_code == 429:  # the whole account waits, not just this delivery
             pacer.hold(answer.retry_after or 1.0)
-        await anyio.to_thread.run_sync(self._record_call, job, answer)
+        progress.calls.append(answer)
         return answer
 
     def _failure(self, job: Job, answer: Answer) -> Settled:
@@ -272,43 +281,46 @@ class Worker:
 
     # -- storage ------------------------------------------------------------------------------
 
-    def _contact_known(self, job: Job) -> bool:
-        with self._engine.connect() as conn:
-            query = select(Contact.email).where(
-                Contact.connection_id == job.connection_id, Contact.email == job.contact_key[1]
-            )
+    def _contact_known(self, job: Job, conn: sa.Connection | None = None) -> bool:
+        query = select(Contact.email).where(
+            Contact.connection_id == job.connection_id, Contact.email == job.contact_key[1]
+        )
+        if conn is not None:
             return conn.execute(query).first() is not None
+        with self._engine.connect() as own:
+            return own.execute(query).first() is not None
 
-    def _remember_contact(self, job: Job) -> None:
-        if self._contact_known(job):
-            return
-        with self._engine.begin() as conn:
-            conn.execute(
-                insert(Contact).values(
-                    connection_id=job.connection_id,
-                    email=job.contact_key[1],
-                    created_at=time.time(),
-                )
-            )
-
-    def _record_call(self, job: Job, answer: Answer) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                insert(LoopsCall).values(
-                    delivery_id=job.id,
-                    method=answer.method,
-                    path=answer.path,
-                    request_body=answer.request_body,
-                    status_code=answer.status_code,
-                    response_body=answer.response_body or answer.message,
-                    started_at=answer.started_at,
-                    duration_ms=answer.duration_ms,
-                )
-            )
-
-    def _settle(self, job: Job, settled: Settled) -> None:
+    def _settle(self, job: Job, settled: Settled, progress: Progress) -> None:
+        """Record the attempt in one transaction: its Loops calls, the contact now known to
+        exist, and the delivery's new state. (One write per delivery keeps the database's
+        single write lock free for the inbox.)"""
         finished = time.time() if settled.status != QUEUED else None
         with self._engine.begin() as conn:
+            if progress.calls:
+                conn.execute(
+                    insert(LoopsCall),
+                    [
+                        {
+                            "delivery_id": job.id,
+                            "method": a.method,
+                            "path": a.path,
+                            "request_body": a.request_body,
+                            "status_code": a.status_code,
+                            "response_body": a.response_body or a.message,
+                            "started_at": a.started_at,
+                            "duration_ms": a.duration_ms,
+                        }
+                        for a in progress.calls
+                    ],
+                )
+            if progress.contact_known and not self._contact_known(job, conn):
+                conn.execute(
+                    insert(Contact).values(
+                        connection_id=job.connection_id,
+                        email=job.contact_key[1],
+                        created_at=time.time(),
+                    )
+                )
             conn.execute(
                 update(Delivery)
                 .where(Delivery.id == job.id)

@@ -62,6 +62,7 @@ class Inbox:
         self._engine = engine
         self._route_ttl = route_ttl
         self._routes: dict[str, tuple[float, Route | None]] = {}
+        self._loading: dict[str, asyncio.Future[Route | None]] = {}
         self._on_queued = on_queued
         # The hot write goes straight to the driver: SQLAlchemy's per-statement work costs
         # more than SQLite's own insert here (see bench/ingest.py).
@@ -80,13 +81,19 @@ class Inbox:
         cached = self._routes.get(endpoint_id)
         if cached and cached[0] > now:
             return cached[1]
+        # One read per endpoint however many requests are waiting for it.
+        loading = self._loading.get(endpoint_id)
+        if loading is None:
+            loading = asyncio.ensure_future(anyio.to_thread.run_sync(self._load_route, endpoint_id))
+            self._loading[endpoint_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(endpoint_id, None))
         try:
-            route = await anyio.to_thread.run_sync(self._load_route, endpoint_id)
+            route = await asyncio.shield(loading)
         except Exception as exc:
             raise StorageUnavailable(str(exc)) from exc
         if len(self._routes) > 10_000:  # unknown ids must not grow the cache without bound
             self._routes.clear()
-        self._routes[endpoint_id] = (now + self._route_ttl, route)
+        self._routes[endpoint_id] = (time.monotonic() + self._route_ttl, route)
         return route
 
     def forget(self, endpoint_id: str) -> None:

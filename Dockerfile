@@ -13,7 +13,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 COPY providers ./providers
-RUN pip install '.[postgres]' \
+COPY templates ./templates
+# Editable, so the admin finds templates/ next to the code, as in a checkout.
+RUN pip install -e '.[postgres]' \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin bridge \
     && mkdir -p /data && chown bridge:bridge /data
 

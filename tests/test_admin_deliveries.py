@@ -21,7 +21,8 @@ import pytest
 import providers
 from bridge import db, registry
 from bridge.admin import deliveries
-from bridge.admin.deliveries import Filters, list_deliveries, pretty
+from bridge.admin.deliveries import Filters, list_deliveries
+from bridge.admin.formats import pretty
 from bridge.admin.overview import busiest_second
 from bridge.models import STATUSES, Delivery
 from tests.helpers import signed_headers

@@ -1,6 +1,7 @@
 """The admin web app at ``/admin``: server-rendered pages from ``templates/`` (Jinja).
 
-One module per page family (``accounts``, ``endpoints``, ``deliveries``, ``overview``), each
+One module per page family (``accounts``, ``endpoints``, ``deliveries``, ``diagnostics``,
+``overview``), each
 exposing ``routes(admin) -> list[BaseRoute]``; this module builds the app around them:
 sign-in, the session check, cross-site protection and security headers for every page,
 and the static files (CSS and a little JavaScript, nothing from the internet).
@@ -33,7 +34,7 @@ from bridge.settings import Settings
 __all__ = ["Admin", "create_admin"]
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
-PAGE_MODULES = ("overview", "accounts", "endpoints", "deliveries")
+PAGE_MODULES = ("overview", "accounts", "endpoints", "deliveries", "diagnostics")
 _OPEN_PATHS = ("/login", "/static/")
 _NOTICE = "loops_bridge_notice"
 SECURITY_HEADERS = {

@@ -1,13 +1,9 @@
-"""Admin pages: the delivery log, one delivery with every Loops call made for it, an
-endpoint's refused requests, and a test event sent through the bridge's own webhook URL.
+"""Admin pages: the delivery log, and one delivery with every Loops call made for it.
 
     GET  /deliveries                    newest first; ?endpoint= &status= &event_type= &email=
     GET  /deliveries/{id}               the event, what the bridge decided, every Loops call
     POST /deliveries/{id}/retry         a failed delivery: queue it again, now
     POST /deliveries/{id}/send-again    a delivered one: again, with a new idempotency key
-    GET  /endpoints/{id}/rejections     the endpoint's most recent refused requests
-    GET  /endpoints/{id}/test           pick an event type and an email address...
-    POST /endpoints/{id}/test           ...and send it as Stripe would
 
 The log pages with keysets, not offsets (https://use-the-index-luke.com/no-offset):
 ``?before=<id>`` shows the next older page, ``?after=<id>`` the next newer one. A page is a
@@ -21,14 +17,12 @@ a page costs the same with a million deliveries as with a hundred.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.engine import Connection as Db
 from sqlalchemy.engine import Engine
@@ -41,7 +35,7 @@ from starlette.routing import BaseRoute, Route
 import providers
 from bridge import registry
 from bridge.admin import Admin
-from bridge.inbox import REJECTIONS_KEPT
+from bridge.admin.formats import ago, int_or_none, pretty, when
 from bridge.models import (
     QUEUED,
     STATUSES,
@@ -49,16 +43,12 @@ from bridge.models import (
     Delivery,
     Endpoint,
     LoopsCall,
-    Rejection,
-    Secret,
 )
 
 __all__ = ["PAGE_SIZE", "Filters", "Page", "list_deliveries"]
 
 PAGE_SIZE = 50
 SCAN_LIMIT = 5_000  # index entries a page reads at most when several filters are combined
-SELF_CALL_TIMEOUT = 10.0  # seconds for the test event's trip through the public URL
-_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")  # what Loops takes, roughly
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -295,132 +285,6 @@ def _exists(engine: Engine, delivery_id: int) -> bool:
         return conn.execute(query).first() is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    at: float
-    status_code: int
-    reason: str
-    headers: dict[str, str]
-
-
-def _rejections(engine: Engine, endpoint_id: str) -> list[Refusal]:
-    query = (
-        select_models(Rejection)
-        .where(Rejection.endpoint_id == endpoint_id)
-        .order_by(col(Rejection.id).desc())
-        .limit(REJECTIONS_KEPT)
-    )
-    with Session(engine) as session:
-        return [
-            Refusal(row.at, row.status_code, row.reason, _json_object(row.headers))
-            for row in session.exec(query)
-        ]
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """An endpoint as the test-event form needs it. Never holds the secret itself."""
-
-    id: str
-    name: str
-    provider: str
-    event_types: list[str]
-    connection_name: str
-    has_secret: bool
-
-
-def _target(engine: Engine, endpoint_id: str) -> Target | None:
-    with Session(engine) as session:
-        endpoint = session.get(Endpoint, endpoint_id)
-        if endpoint is None:
-            return None
-        connection = session.get(Connection, endpoint.connection_id)
-        secret = session.exec(
-            select_models(Secret.id).where(Secret.endpoint_id == endpoint_id)
-        ).first()
-        return Target(
-            id=endpoint.id,
-            name=endpoint.name,
-            provider=endpoint.provider,
-            event_types=endpoint.accepted_types(),
-            connection_name=connection.name if connection else "?",
-            has_secret=secret is not None,
-        )
-
-
-def _first_secret(engine: Engine, endpoint_id: str) -> str | None:
-    query = (
-        select_models(Secret.value)
-        .where(Secret.endpoint_id == endpoint_id)
-        .order_by(col(Secret.id))
-        .limit(1)
-    )
-    with Session(engine) as session:
-        return session.exec(query).first()
-
-
-# --- showing ------------------------------------------------------------------------------
-
-
-def when(epoch: float | None, zone: bool = True) -> str:
-    """A stored time as people read it: UTC, to the second, on one line."""
-    if epoch is None:
-        return "-"
-    return time.strftime("%Y-%m-%d\u00a0%H:%M:%S", time.gmtime(epoch)) + (" UTC" if zone else "")
-
-
-def ago(epoch: float, now: float | None = None) -> str:
-    """``"3 s ago"``, ``"in 12 s"``, ``"2 h ago"``."""
-    seconds = (time.time() if now is None else now) - epoch
-    size = abs(seconds)
-    if size < 120:
-        text = f"{size:.0f} s"
-    elif size < 7200:
-        text = f"{size / 60:.0f} min"
-    elif size < 172_800:
-        text = f"{size / 3600:.0f} h"
-    else:
-        text = f"{size / 86400:.0f} days"
-    return f"{text} ago" if seconds >= 0 else f"in {text}"
-
-
-def pretty(raw: bytes | str | None) -> str:
-    """JSON indented for reading; anything else as the text it is."""
-    if raw is None:
-        return ""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except ValueError:
-        return text
-
-
-def _json_object(text: str) -> dict[str, str]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _email_problem(email: str) -> str | None:
-    if not email:
-        return "Enter the email address the test contact gets in Loops, e.g. you@example.com."
-    if len(email) > 254 or not _EMAIL.fullmatch(email):
-        return (
-            f"{email[:80]!r} is not an email address: it needs a name, an @ and a domain, "
-            "like you@example.com."
-        )
-    return None
-
-
 # --- the pages ----------------------------------------------------------------------------
 
 
@@ -433,8 +297,8 @@ def routes(admin: Admin) -> list[BaseRoute]:
 
     async def index(request: Request) -> Response:
         filters = Filters.read(request.query_params)
-        before = _int(request.query_params.get("before"))
-        after = _int(request.query_params.get("after"))
+        before = int_or_none(request.query_params.get("before"))
+        after = int_or_none(request.query_params.get("after"))
         page = await admin.run(lambda: list_deliveries(engine, filters, before=before, after=after))
         names = await admin.run(_endpoint_names, engine)
         return admin.render(
@@ -452,7 +316,7 @@ def routes(admin: Admin) -> list[BaseRoute]:
         )
 
     async def show(request: Request) -> Response:
-        delivery_id = _int(request.path_params["delivery_id"])
+        delivery_id = int_or_none(request.path_params["delivery_id"])
         detail = await admin.run(_detail, engine, delivery_id) if delivery_id else None
         if detail is None:
             return not_found(request, f"There is no delivery {request.path_params['delivery_id']}.")
@@ -476,7 +340,7 @@ def routes(admin: Admin) -> list[BaseRoute]:
         change: Callable[[Engine, int], None], done: str
     ) -> Callable[[Request], Awaitable[Response]]:
         async def action(request: Request) -> Response:
-            delivery_id = _int(request.path_params["delivery_id"])
+            delivery_id = int_or_none(request.path_params["delivery_id"])
             if not delivery_id or not await admin.run(_exists, engine, delivery_id):
                 return not_found(
                     request, f"There is no delivery {request.path_params['delivery_id']}."
@@ -490,119 +354,6 @@ def routes(admin: Admin) -> list[BaseRoute]:
             return admin.redirect(f"/admin/deliveries/{delivery_id}", done_here)
 
         return action
-
-    async def rejections(request: Request) -> Response:
-        endpoint_id = request.path_params["endpoint_id"]
-        target = await admin.run(_target, engine, endpoint_id)
-        if target is None:
-            return not_found(request, "There is no endpoint with that id.")
-        refusals = await admin.run(_rejections, engine, endpoint_id)
-        return admin.render(
-            request,
-            "deliveries/rejections.html",
-            title=f"Rejected requests · {target.name}",
-            endpoint=target,
-            refusals=refusals,
-            kept=REJECTIONS_KEPT,
-            when=when,
-            ago=ago,
-        )
-
-    def test_form(
-        request: Request,
-        target: Target,
-        status_code: int = 200,
-        *,
-        event_type: str = "",
-        email: str = "",
-        errors: dict[str, str] | None = None,
-        problem: str | None = None,
-        delivery_id: int | None = None,
-        refused: bool = False,
-    ) -> Response:
-        return admin.render(
-            request,
-            "deliveries/test_event.html",
-            status_code,
-            title=f"Send a test event · {target.name}",
-            endpoint=target,
-            url=admin.settings.endpoint_url(target.id),
-            label=providers.get(target.provider).label,
-            event_type=event_type or (target.event_types[0] if target.event_types else ""),
-            email=email,
-            errors=errors or {},
-            problem=problem,
-            delivery_id=delivery_id,
-            refused=refused,
-        )
-
-    async def test_page(request: Request) -> Response:
-        target = await admin.run(_target, engine, request.path_params["endpoint_id"])
-        if target is None:
-            return not_found(request, "There is no endpoint with that id.")
-        return test_form(request, target)
-
-    async def send_test(request: Request) -> Response:
-        target = await admin.run(_target, engine, request.path_params["endpoint_id"])
-        if target is None:
-            return not_found(request, "There is no endpoint with that id.")
-        form = await request.form()
-        event_type, email = str(form.get("event_type", "")), str(form.get("email", "")).strip()
-
-        def again(status_code: int, **shown: Any) -> Response:
-            """The form once more, with what was typed and what went wrong."""
-            return test_form(
-                request, target, status_code, event_type=event_type, email=email, **shown
-            )
-
-        errors: dict[str, str] = {}
-        if event_type not in target.event_types:
-            errors["event_type"] = "Pick one of the event types this endpoint accepts."
-        if problem := _email_problem(email):
-            errors["email"] = problem
-        secret = await admin.run(_first_secret, engine, target.id)
-        if secret is None:
-            errors["secret"] = "This endpoint has no signing secret yet: add one first."
-        if errors or secret is None:
-            return again(400, errors=errors)
-        body, headers = providers.get(target.provider).sample(event_type, email, secret)
-        url = admin.settings.endpoint_url(target.id)
-        try:
-            async with httpx.AsyncClient(timeout=SELF_CALL_TIMEOUT) as client:
-                response = await client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return again(
-                502,
-                problem=f"The bridge could not reach its own webhook URL {url} "
-                f"({type(exc).__name__}: {exc or 'no details'}). BRIDGE_PUBLIC_URL must be an "
-                "address where this bridge can be reached, by Stripe and by the bridge itself.",
-            )
-        try:
-            answer = response.json()
-            status, reason, delivery_id = answer["status"], answer.get("reason"), answer.get("id")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return again(
-                502,
-                problem=f"{url} answered {response.status_code}, but not the way this bridge "
-                "answers: BRIDGE_PUBLIC_URL must reach this bridge, not another server or a "
-                "proxy's page.",
-            )
-        if status in ("queued", "duplicate") and isinstance(delivery_id, int):
-            return admin.redirect(
-                f"/admin/deliveries/{delivery_id}",
-                f"Test {event_type} event for {email} sent through {url}: {status}.",
-            )
-        if status == "ignored":
-            return again(
-                200,
-                problem=f"The webhook took the test event but ignored it: {reason}",
-                delivery_id=delivery_id,
-            )
-        return again(
-            502,
-            problem=f"The webhook answered {response.status_code} {status}: {reason}",
-            refused=status == "rejected",
-        )
 
     return [
         Route("/deliveries", index, methods=["GET"]),
@@ -624,7 +375,4 @@ def routes(admin: Admin) -> list[BaseRoute]:
             ),
             methods=["POST"],
         ),
-        Route("/endpoints/{endpoint_id}/rejections", rejections, methods=["GET"]),
-        Route("/endpoints/{endpoint_id}/test", test_page, methods=["GET"]),
-        Route("/endpoints/{endpoint_id}/test", send_test, methods=["POST"]),
     ]

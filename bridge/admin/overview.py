@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.admin import Admin
-from bridge.admin.deliveries import ago, when
+from bridge.admin.formats import ago, when
 from bridge.models import QUEUED, STATUSES, Connection, Delivery, Endpoint, LoopsCall
 
 __all__ = ["COUNT_CAP", "Overview", "read_overview"]

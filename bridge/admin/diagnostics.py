@@ -1,0 +1,231 @@
+"""Admin pages for an endpoint's troubles: its refused requests, and a test event sent
+through the bridge's own webhook URL.
+
+    GET  /endpoints/{id}/rejections     the endpoint's most recent refused requests
+    GET  /endpoints/{id}/test           pick an event type and an email address...
+    POST /endpoints/{id}/test           ...and send it as the provider would
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+from sqlmodel import select as select_models
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+import providers
+from bridge.admin import Admin
+from bridge.admin.formats import ago, json_object, when
+from bridge.inbox import REJECTIONS_KEPT
+from bridge.models import Connection, Endpoint, Rejection, Secret
+
+SELF_CALL_TIMEOUT = 10.0  # seconds for the test event's trip through the public URL
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")  # what Loops takes, roughly
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    at: float
+    status_code: int
+    reason: str
+    headers: dict[str, str]
+
+
+def _rejections(engine: Engine, endpoint_id: str) -> list[Refusal]:
+    query = (
+        select_models(Rejection)
+        .where(Rejection.endpoint_id == endpoint_id)
+        .order_by(col(Rejection.id).desc())
+        .limit(REJECTIONS_KEPT)
+    )
+    with Session(engine) as session:
+        return [
+            Refusal(row.at, row.status_code, row.reason, json_object(row.headers))
+            for row in session.exec(query)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An endpoint as the test-event form needs it. Never holds the secret itself."""
+
+    id: str
+    name: str
+    provider: str
+    event_types: list[str]
+    connection_name: str
+    has_secret: bool
+
+
+def _target(engine: Engine, endpoint_id: str) -> Target | None:
+    with Session(engine) as session:
+        endpoint = session.get(Endpoint, endpoint_id)
+        if endpoint is None:
+            return None
+        connection = session.get(Connection, endpoint.connection_id)
+        secret = session.exec(
+            select_models(Secret.id).where(Secret.endpoint_id == endpoint_id)
+        ).first()
+        return Target(
+            id=endpoint.id,
+            name=endpoint.name,
+            provider=endpoint.provider,
+            event_types=endpoint.accepted_types(),
+            connection_name=connection.name if connection else "?",
+            has_secret=secret is not None,
+        )
+
+
+def _first_secret(engine: Engine, endpoint_id: str) -> str | None:
+    query = (
+        select_models(Secret.value)
+        .where(Secret.endpoint_id == endpoint_id)
+        .order_by(col(Secret.id))
+        .limit(1)
+    )
+    with Session(engine) as session:
+        return session.exec(query).first()
+
+
+def _email_problem(email: str) -> str | None:
+    if not email:
+        return "Enter the email address the test contact gets in Loops, e.g. you@example.com."
+    if len(email) > 254 or not _EMAIL.fullmatch(email):
+        return (
+            f"{email[:80]!r} is not an email address: it needs a name, an @ and a domain, "
+            "like you@example.com."
+        )
+    return None
+
+
+def routes(admin: Admin) -> list[BaseRoute]:
+    engine = admin.engine
+
+    def not_found(request: Request, message: str) -> Response:
+        return admin.render(request, "error.html", 404, title="Not found", message=message)
+
+    async def rejections(request: Request) -> Response:
+        endpoint_id = request.path_params["endpoint_id"]
+        target = await admin.run(_target, engine, endpoint_id)
+        if target is None:
+            return not_found(request, "There is no endpoint with that id.")
+        refusals = await admin.run(_rejections, engine, endpoint_id)
+        return admin.render(
+            request,
+            "deliveries/rejections.html",
+            title=f"Rejected requests · {target.name}",
+            endpoint=target,
+            refusals=refusals,
+            kept=REJECTIONS_KEPT,
+            when=when,
+            ago=ago,
+        )
+
+    def test_form(
+        request: Request,
+        target: Target,
+        status_code: int = 200,
+        *,
+        event_type: str = "",
+        email: str = "",
+        errors: dict[str, str] | None = None,
+        problem: str | None = None,
+        delivery_id: int | None = None,
+        refused: bool = False,
+    ) -> Response:
+        return admin.render(
+            request,
+            "deliveries/test_event.html",
+            status_code,
+            title=f"Send a test event · {target.name}",
+            endpoint=target,
+            url=admin.settings.endpoint_url(target.id),
+            label=providers.get(target.provider).label,
+            event_type=event_type or (target.event_types[0] if target.event_types else ""),
+            email=email,
+            errors=errors or {},
+            problem=problem,
+            delivery_id=delivery_id,
+            refused=refused,
+        )
+
+    async def test_page(request: Request) -> Response:
+        target = await admin.run(_target, engine, request.path_params["endpoint_id"])
+        if target is None:
+            return not_found(request, "There is no endpoint with that id.")
+        return test_form(request, target)
+
+    async def send_test(request: Request) -> Response:
+        target = await admin.run(_target, engine, request.path_params["endpoint_id"])
+        if target is None:
+            return not_found(request, "There is no endpoint with that id.")
+        form = await request.form()
+        event_type, email = str(form.get("event_type", "")), str(form.get("email", "")).strip()
+
+        def again(status_code: int, **shown: Any) -> Response:
+            """The form once more, with what was typed and what went wrong."""
+            return test_form(
+                request, target, status_code, event_type=event_type, email=email, **shown
+            )
+
+        errors: dict[str, str] = {}
+        if event_type not in target.event_types:
+            errors["event_type"] = "Pick one of the event types this endpoint accepts."
+        if problem := _email_problem(email):
+            errors["email"] = problem
+        secret = await admin.run(_first_secret, engine, target.id)
+        if secret is None:
+            errors["secret"] = "This endpoint has no signing secret yet: add one first."
+        if errors or secret is None:
+            return again(400, errors=errors)
+        body, headers = providers.get(target.provider).sample(event_type, email, secret)
+        url = admin.settings.endpoint_url(target.id)
+        try:
+            async with httpx.AsyncClient(timeout=SELF_CALL_TIMEOUT) as client:
+                response = await client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return again(
+                502,
+                problem=f"The bridge could not reach its own webhook URL {url} "
+                f"({type(exc).__name__}: {exc or 'no details'}). BRIDGE_PUBLIC_URL must be an "
+                "address where this bridge can be reached, by Stripe and by the bridge itself.",
+            )
+        try:
+            answer = response.json()
+            status, reason, delivery_id = answer["status"], answer.get("reason"), answer.get("id")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return again(
+                502,
+                problem=f"{url} answered {response.status_code}, but not the way this bridge "
+                "answers: BRIDGE_PUBLIC_URL must reach this bridge, not another server or a "
+                "proxy's page.",
+            )
+        if status in ("queued", "duplicate") and isinstance(delivery_id, int):
+            return admin.redirect(
+                f"/admin/deliveries/{delivery_id}",
+                f"Test {event_type} event for {email} sent through {url}: {status}.",
+            )
+        if status == "ignored":
+            return again(
+                200,
+                problem=f"The webhook took the test event but ignored it: {reason}",
+                delivery_id=delivery_id,
+            )
+        return again(
+            502,
+            problem=f"The webhook answered {response.status_code} {status}: {reason}",
+            refused=status == "rejected",
+        )
+
+    return [
+        Route("/endpoints/{endpoint_id}/rejections", rejections, methods=["GET"]),
+        Route("/endpoints/{endpoint_id}/test", test_page, methods=["GET"]),
+        Route("/endpoints/{endpoint_id}/test", send_test, methods=["POST"]),
+    ]

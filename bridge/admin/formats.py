@@ -1,0 +1,56 @@
+"""How the admin pages show stored values: times, JSON, numbers from URLs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+__all__ = ["ago", "int_or_none", "json_object", "pretty", "when"]
+
+
+def when(epoch: float | None, zone: bool = True) -> str:
+    """A stored time as people read it: UTC, to the second, on one line."""
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d\u00a0%H:%M:%S", time.gmtime(epoch)) + (" UTC" if zone else "")
+
+
+def ago(epoch: float, now: float | None = None) -> str:
+    """``"3 s ago"``, ``"in 12 s"``, ``"2 h ago"``."""
+    seconds = (time.time() if now is None else now) - epoch
+    size = abs(seconds)
+    if size < 120:
+        text = f"{size:.0f} s"
+    elif size < 7200:
+        text = f"{size / 60:.0f} min"
+    elif size < 172_800:
+        text = f"{size / 3600:.0f} h"
+    else:
+        text = f"{size / 86400:.0f} days"
+    return f"{text} ago" if seconds >= 0 else f"in {text}"
+
+
+def pretty(raw: bytes | str | None) -> str:
+    """JSON indented for reading; anything else as the text it is."""
+    if raw is None:
+        return ""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        return text
+
+
+def json_object(text: str) -> dict[str, str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None

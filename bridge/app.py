@@ -50,6 +50,7 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        inbox.start()
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
         try:
             yield
@@ -61,7 +62,7 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
 
     from bridge.admin import create_admin
 
-    return Starlette(
+    app = Starlette(
         routes=[
             # POST is taken by WebhookReceiver before the app sees it.
             Route(
@@ -78,3 +79,5 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
             Middleware(WebhookReceiver, inbox=inbox, max_body_bytes=settings.max_body_bytes)
         ],
     )
+    app.state.inbox = inbox  # for callers that run the app without its lifespan (tests)
+    return app

@@ -18,7 +18,7 @@ from bridge import models  # noqa: F401  (registers the tables)
 __all__ = ["Session", "connect"]
 
 
-def connect(url: str) -> Engine:
+def connect(url: str, *, create_schema: bool = True) -> Engine:
     """An engine for ``url`` with the schema in place (created on a fresh database)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -32,7 +32,8 @@ def connect(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    SQLModel.metadata.create_all(engine)
+    if create_schema:
+        SQLModel.metadata.create_all(engine)
     return engine
 
 

@@ -4,9 +4,10 @@ It decides, for one endpoint, whether an event is *queued* for Loops, *ignored* 
 endpoint does not accept, or no email address), or a *duplicate* (the provider retried), and
 makes that decision durable before the webhook is answered.
 
-Writes use group commit: requests arriving while a transaction is on its way to disk wait
-for the next one, so a burst of webhooks costs one fsync per batch instead of one per
-request, and nothing is acknowledged before it is stored.
+Writes use group commit: requests arriving while a batch is on its way to disk join the
+next one, so a burst of webhooks costs one statement and one fsync per batch instead of one
+per request, and nothing is acknowledged before it is stored. The batches are written by a
+process of the inbox's own (:mod:`bridge.writer`), off the event loop's interpreter lock.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import anyio.to_thread
-import orjson
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -28,6 +27,7 @@ from sqlmodel import Session
 
 import providers
 from bridge.models import IGNORED, QUEUED, Delivery, Endpoint, Rejection, Secret
+from bridge.writer import StorageUnavailable, WriterProcess
 
 __all__ = ["Inbox", "Receipt", "Route"]
 
@@ -66,9 +66,7 @@ class Inbox:
         self._routes: dict[str, tuple[float, Route | None]] = {}
         self._loading: dict[str, asyncio.Future[Route | None]] = {}
         self._on_queued = on_queued
-        # The hot write goes straight to the driver, one statement per batch.
-        self._sql = _BATCH_INSERT[engine.dialect.name]()
-        self._writer_connection: Any = None  # the writer's own, kept open, in autocommit
+        self._writer_process = WriterProcess(engine.url.render_as_string(hide_password=False))
         self._pending: list[tuple[dict, asyncio.Future[int | None]]] = []
         self._outstanding: set[asyncio.Future[int | None]] = set()
         self._wake: asyncio.Event | None = None
@@ -173,51 +171,44 @@ class Inbox:
         return await asyncio.shield(future)
 
     async def _write_batches(self) -> None:
+        """Hand whatever is pending to the writer as one batch. Two batches may be on their
+        way at once, so the writer never idles while the next batch is handed over."""
         assert self._wake is not None
+        in_flight = asyncio.Semaphore(2)
         while True:
             await self._wake.wait()
+            await in_flight.acquire()
             self._wake.clear()
             batch, self._pending = self._pending, []
             if not batch:
+                in_flight.release()
                 continue
-            try:
-                ids = await anyio.to_thread.run_sync(self._write, [row for row, _ in batch])
-            except Exception as exc:  # storage down: every waiting request answers 503
-                log.error("could not store %d webhook(s): %s", len(batch), exc)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(StorageUnavailable(str(exc)))
-                continue
-            for (_, future), new_id in zip(batch, ids, strict=True):
-                if not future.done():
-                    future.set_result(new_id)
+            task = asyncio.create_task(self._write_batch(batch))
+            task.add_done_callback(lambda _: in_flight.release())
 
-    def _write(self, rows: list[dict]) -> list[int | None]:
-        """Insert ``rows`` atomically; each one's new id, or None if it existed.
-
-        The batch goes to the database as one statement that commits by itself, and the new
-        ids come back in one row: two calls into the driver per batch. Each call lets go of
-        the GIL and must win it back from the busy event loop, which costs up to the
-        interpreter's switch interval; row-by-row inserts paid that at every row."""
-        if self._writer_connection is None:
-            self._writer_connection = self._sql.autocommit(self._engine.raw_connection())
+    async def _write_batch(self, batch: list[tuple[dict, asyncio.Future[int | None]]]) -> None:
         try:
-            cursor = self._writer_connection.cursor()
-            inserted = self._sql.insert_batch(cursor, rows)
-            cursor.close()
-        except Exception:
-            self._writer_connection.close()  # a broken connection is not reused
-            self._writer_connection = None
-            raise
-        ids: list[int | None] = []
-        for row in rows:  # the first of two rows with one key gets its id, the second is a repeat
-            ids.append(inserted.pop((row["endpoint_id"], row["event_id"]), None))
-        return ids
+            new_ids = await self._writer_process.write([row for row, _ in batch])
+        except Exception as exc:  # storage down: every waiting request answers 503
+            log.error("could not store %d webhook(s): %s", len(batch), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StorageUnavailable(str(exc)))
+            return
+        for row, future in batch:  # of two rows with one key, the second is a repeat
+            new_id = new_ids.pop((row["endpoint_id"], row["event_id"]), None)
+            if not future.done():
+                future.set_result(new_id)
+
+    def start(self) -> None:
+        """Start the writer process now rather than on the first webhook."""
+        self._writer_process.start()
 
     async def drain(self) -> None:
-        """Wait until everything handed to the inbox is written (on shutdown)."""
+        """Wait until everything handed to the inbox is written, then stop the writer."""
         if self._outstanding:
             await asyncio.gather(*self._outstanding, return_exceptions=True)
+        await self._writer_process.close()
 
     # -- refused requests ---------------------------------------------------------------------
 
@@ -272,75 +263,6 @@ def redact(headers: Mapping[str, str]) -> dict[str, str]:
             )
         shown[name] = value if len(value) <= 300 else value[:300] + f"… ({len(value)} chars)"
     return shown
-
-
-_COLUMNS = (
-    "endpoint_id", "event_id", "event_type", "occurred_at", "email", "payload", "status",
-    "reason", "attempts", "received_at", "queued_at", "next_attempt_at", "finished_at",
-)  # fmt: skip
-
-
-class _SQLite:
-    """Batch insert for SQLite: one multi-row INSERT, committed as it runs, then the new
-    rows as one JSON value. The ids of one INSERT are consecutive (it holds the write lock
-    throughout), and ``changes()`` and ``last_insert_rowid()`` belong to this connection,
-    so other writers cannot be mistaken for this batch."""
-
-    _NEW_ROWS = (
-        "SELECT json_group_array(json_array(id, endpoint_id, event_id)) FROM deliveries "
-        "WHERE changes() > 0 AND id BETWEEN last_insert_rowid() - changes() + 1 "
-        "AND last_insert_rowid()"
-    )
-
-    @staticmethod
-    def autocommit(connection: Any) -> Any:
-        connection.driver_connection.isolation_level = None
-        return connection
-
-    def insert_batch(self, cursor: Any, rows: list[dict]) -> dict[tuple[str, str], int]:
-        values = ", ".join(["(" + ", ".join("?" * len(_COLUMNS)) + ")"] * len(rows))
-        cursor.execute(
-            f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) VALUES {values} "
-            "ON CONFLICT (endpoint_id, event_id) DO NOTHING",
-            [row[c] for row in rows for c in _COLUMNS],
-        )
-        if cursor.rowcount == len(rows):  # the usual case, no repeats: ids follow row order
-            first = cursor.lastrowid - len(rows) + 1
-            return {(row["endpoint_id"], row["event_id"]): first + i for i, row in enumerate(rows)}
-        (found,) = cursor.execute(self._NEW_ROWS).fetchone()
-        return {(endpoint, event): new_id for new_id, endpoint, event in orjson.loads(found)}
-
-
-class _PostgreSQL:
-    """Batch insert for PostgreSQL: one statement; RETURNING gives exactly this batch's
-    rows even with other processes inserting at the same time."""
-
-    _INSERT = (
-        f"INSERT INTO deliveries ({', '.join(_COLUMNS)}) SELECT "
-        + ", ".join("convert_to(payload, 'UTF8')" if c == "payload" else c for c in _COLUMNS)
-        + " FROM jsonb_to_recordset(%s::jsonb) AS r(endpoint_id text, event_id text, "
-        "event_type text, occurred_at bigint, email text, payload text, status text, "
-        "reason text, attempts int, received_at float8, queued_at float8, "
-        "next_attempt_at float8, finished_at float8) "
-        "ON CONFLICT (endpoint_id, event_id) DO NOTHING RETURNING id, endpoint_id, event_id"
-    )
-
-    @staticmethod
-    def autocommit(connection: Any) -> Any:
-        connection.driver_connection.autocommit = True
-        return connection
-
-    def insert_batch(self, cursor: Any, rows: list[dict]) -> dict[tuple[str, str], int]:
-        batch = orjson.dumps([{**row, "payload": row["payload"].decode()} for row in rows])
-        cursor.execute(self._INSERT, (batch.decode(),))
-        return {(endpoint, event): new_id for new_id, endpoint, event in cursor.fetchall()}
-
-
-_BATCH_INSERT = {"sqlite": _SQLite, "postgresql": _PostgreSQL}
-
-
-class StorageUnavailable(Exception):
-    """The database could not take the write; the sender should retry later."""
 
 
 def _why_ignored(route: Route, event: providers.Event) -> str | None:

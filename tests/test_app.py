@@ -40,12 +40,14 @@ def post_all(
     async def run() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as client:
-            return [
+            answers = [
                 await client.post(
                     f"/webhooks/{endpoint}", content=b, headers=signed_headers(b, SECRET)
                 )
                 for b in bodies
             ]
+        await app.state.inbox.drain()  # what the lifespan does on shutdown
+        return answers
 
     return asyncio.run(run())
 

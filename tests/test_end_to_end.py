@@ -4,7 +4,10 @@ them, POSTed to ``loops-bridge serve``, delivered to ``loops-bridge sandbox`` ov
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -303,3 +306,37 @@ def test_concurrent_posts_with_duplicates_store_each_event_once(env, sandbox, br
     assert sorted(d["id"] for d in stored) == sorted(
         a["id"] for a in answers if a["status"] == "queued"
     )
+
+
+def writer_process(bridge: Bridge) -> int:
+    """The pid of the bridge's writer process (a multiprocessing spawn child)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == bridge.proc.pid and b"spawn_main" in cmdline:
+            return int(entry)
+    raise AssertionError("the bridge has no writer process")
+
+
+def test_a_killed_writer_loses_nothing_it_acknowledged(env, sandbox: Sandbox, bridge: Bridge):
+    endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
+    first = deliver(bridge, endpoint, with_email(CUSTOMER_CREATED, "a@example.com", "evt_a"))
+    os.kill(writer_process(bridge), signal.SIGKILL)
+    answers = []
+    for i in range(5):  # the next batches find the writer gone, and start a new one
+        body = with_email(CUSTOMER_CREATED, f"k{i}@example.com", f"evt_k{i}")
+        response = bridge.post(endpoint, body, signed_headers(body, SECRET))
+        assert response.status_code in (200, 503), response.text  # 503: Stripe retries
+        if response.status_code == 503:
+            response = bridge.post(endpoint, body, signed_headers(body, SECRET))
+        assert response.status_code == 200, response.text
+        answers.append(response.json()["id"])
+    stored = {d["id"] for d in cli(env, "deliveries", "list", "--json")}
+    assert {first["id"], *answers} <= stored
+    wait_until(lambda: len(sandbox.get("contacts")) == 6, what="all six contacts in Loops")

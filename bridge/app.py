@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Mount, Route
 
+from bridge.admin import create_admin
 from bridge.delivery import Worker
 from bridge.inbox import Inbox
 from bridge.settings import Settings
@@ -59,8 +60,6 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
             if worker and task:
                 worker.stop()
                 await task
-
-    from bridge.admin import create_admin
 
     app = Starlette(
         routes=[

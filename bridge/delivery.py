@@ -18,7 +18,7 @@ recorded with its answer. Outcomes (see :mod:`bridge.loops`): RETRY puts the del
 the queue with exponential backoff and jitter, GIVE_UP fails it with Loops' message.
 
 Retry schedule: 5 s (BRIDGE_RETRY_BASE_SECONDS), 10 s, 20 s, ... doubling up to 1 hour
-between tries, each +-20 % jitter, until the delivery is 3 days old (as long as Stripe
+between tries, each +-20 % jitter, for 3 days after it was queued (as long as Stripe
 itself retries); then it fails.
 """
 
@@ -77,7 +77,6 @@ class Job:
     endpoint_id: str
     event_id: str
     email: str
-    payload: bytes
     attempts: int
     queued_at: float
     idempotency_key: str | None
@@ -171,7 +170,6 @@ class Worker:
                 Delivery.endpoint_id,
                 Delivery.event_id,
                 Delivery.email,
-                Delivery.payload,
                 Delivery.attempts,
                 Delivery.queued_at,
                 Delivery.idempotency_key,
@@ -217,9 +215,11 @@ class Worker:
     async def _attempt(self, job: Job, progress: Progress) -> Settled:
         done: list[str] = []
         provider = providers.get(job.provider)
-        details = provider.details(job.payload)
+        # The body is read for the delivery being made, not for every candidate polled.
+        payload, known = await anyio.to_thread.run_sync(self._payload_and_contact, job)
+        details = provider.details(payload)
         names = job.names(details)
-        if not await anyio.to_thread.run_sync(self._contact_known, job):
+        if not known:
             contact = {"email": job.email, "source": provider.contact_source}
             if job.user_group:
                 contact["userGroup"] = job.user_group
@@ -281,14 +281,19 @@ class Worker:
 
     # -- storage ------------------------------------------------------------------------------
 
-    def _contact_known(self, job: Job, conn: sa.Connection | None = None) -> bool:
+    def _payload_and_contact(self, job: Job) -> tuple[bytes, bool]:
+        with self._engine.connect() as conn:
+            payload = conn.execute(
+                select(Delivery.payload).where(Delivery.id == job.id)
+            ).scalar_one()
+            return payload, self._contact_known(job, conn)
+
+    @staticmethod
+    def _contact_known(job: Job, conn: sa.Connection) -> bool:
         query = select(Contact.email).where(
             Contact.connection_id == job.connection_id, Contact.email == job.contact_key[1]
         )
-        if conn is not None:
-            return conn.execute(query).first() is not None
-        with self._engine.connect() as own:
-            return own.execute(query).first() is not None
+        return conn.execute(query).first() is not None
 
     def _settle(self, job: Job, settled: Settled, progress: Progress) -> None:
         """Record the attempt in one transaction: its Loops calls, the contact now known to

@@ -190,7 +190,12 @@ class Inbox:
         try:
             new_ids = await self._writer_process.write([row for row, _ in batch])
         except Exception as exc:  # storage down: every waiting request answers 503
-            log.error("could not store %d webhook(s): %s", len(batch), exc)
+            log.error(
+                "could not store %d webhook(s); they were answered 503, so the sender retries "
+                "them: %s",
+                len(batch),
+                exc,
+            )
             for _, future in batch:
                 if not future.done():
                     future.set_exception(StorageUnavailable(str(exc)))

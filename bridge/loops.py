@@ -42,8 +42,6 @@ class Answer:
     started_at: float
     duration_ms: float
     retry_after: float | None = None  # seconds, when Loops said how long to wait
-    rate_limit: int | None = None  # x-ratelimit-limit
-    rate_remaining: int | None = None  # x-ratelimit-remaining
 
 
 def _loops_message(status: int, text: str) -> str:
@@ -60,13 +58,6 @@ def _loops_message(status: int, text: str) -> str:
                 return f"Loops answered {status}: {value}"
     snippet = " ".join(text.split())[:200]
     return f"Loops answered {status}" + (f": {snippet}" if snippet else "")
-
-
-def _header_number(headers: httpx.Headers, name: str) -> int | None:
-    try:
-        return int(headers[name])
-    except (KeyError, ValueError):
-        return None
 
 
 def judge(status: int) -> Outcome:
@@ -124,8 +115,6 @@ class LoopsClient:
             started_at=started,
             duration_ms=(time.perf_counter() - clock) * 1000,
             retry_after=float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None,
-            rate_limit=_header_number(response.headers, "x-ratelimit-limit"),
-            rate_remaining=_header_number(response.headers, "x-ratelimit-remaining"),
         )
 
     @staticmethod

@@ -185,13 +185,11 @@ def _check_event_types(provider: providers.Provider, event_types: list[str]) -> 
     return ",".join(t for t in provider.event_types if t in wanted)
 
 
-def _check_secret(value: str) -> str:
+def _check_secret(provider: str, value: str) -> str:
     value = value.strip()
-    if not value.startswith("whsec_") or len(value) < 16:
-        raise Invalid(
-            "That does not look like a Stripe signing secret: it starts with whsec_. "
-            "In Stripe: Developers → Webhooks → your endpoint → Signing secret → Reveal."
-        )
+    problem = providers.get(provider).secret_problem(value)
+    if problem:
+        raise Invalid(problem)
     return value
 
 
@@ -276,7 +274,10 @@ def create_endpoint(
     form = EndpointForm(
         name, connection, provider, event_types, user_group, loops_event, sync_names
     )
-    secret = _check_secret(signing_secret) if signing_secret else None
+    problems = form.problems()
+    if problems:
+        raise Invalid(" ".join(problems.values()))
+    secret = _check_secret(provider, signing_secret) if signing_secret else None
     now = time.time()
     with Session(engine) as session:
         endpoint = Endpoint(
@@ -369,9 +370,8 @@ def _endpoint(session: Session, endpoint_id: str) -> Endpoint:
 
 
 def add_secret(engine: Engine, endpoint_id: str, value: str) -> str:
-    value = _check_secret(value)
     with Session(engine) as session:
-        _endpoint(session, endpoint_id)
+        value = _check_secret(_endpoint(session, endpoint_id).provider, value)
         existing = session.exec(select(Secret).where(Secret.endpoint_id == endpoint_id))
         if any(s.value == value for s in existing):
             raise Invalid(f"Endpoint {endpoint_id} already has the secret {mask(value)}.")

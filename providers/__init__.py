@@ -74,6 +74,10 @@ class Provider(Protocol):
     def details(self, body: bytes) -> Details:
         """Names and Loops properties of a body that :meth:`parse` accepted."""
 
+    def secret_problem(self, secret: str) -> str | None:
+        """What is wrong with a signing secret a person pasted (where to find the right
+        one), or None when it has the provider's form."""
+
     def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
         """A realistic signed test request for ``event_type``: (body, headers)."""
 

@@ -569,6 +569,14 @@ class StripeProvider:
         "checkout.session.async_payment_failed",
     )
 
+    def secret_problem(self, secret: str) -> str | None:
+        if secret.startswith("whsec_") and len(secret) >= 16:
+            return None
+        return (
+            "That does not look like a Stripe signing secret: it starts with whsec_. "
+            "In Stripe: Developers → Webhooks → your endpoint → Signing secret → Reveal."
+        )
+
     def verify(self, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> None:
         # Blank secrets cannot sign anything; the stripe library would refuse them anyway.
         usable = [secret for secret in secrets if secret.strip()]

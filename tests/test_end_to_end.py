@@ -340,3 +340,48 @@ def test_a_killed_writer_loses_nothing_it_acknowledged(env, sandbox: Sandbox, br
     stored = {d["id"] for d in cli(env, "deliveries", "list", "--json")}
     assert {first["id"], *answers} <= stored
     wait_until(lambda: len(sandbox.get("contacts")) == 6, what="all six contacts in Loops")
+
+
+def test_loops_rate_limit_answers_are_retried_and_nothing_is_lost(env):
+    # A Loops account whose limit is 2 requests/s, below the bridge's pace of 10.
+    server = Sandbox(env, "--rate-limit", "2")
+    env["BRIDGE_LOOPS_API_URL"] = server.api_url
+    bridge = Bridge(env)
+    try:
+        endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
+        for i in range(8):
+            body = with_email(CUSTOMER_CREATED, f"r{i}@example.com", f"evt_r{i}")
+            deliver(bridge, endpoint, body)
+        wait_until(
+            lambda: len(cli(env, "deliveries", "list", "--status", "delivered", "--json")) == 8,
+            timeout=60,
+            what="every delivery to get through the 429s",
+        )
+        statuses = [c["status"] for c in server.calls()]
+        assert 429 in statuses  # the limit was hit, and each contact still arrived once
+        assert sorted(c["email"] for c in server.get("contacts")) == sorted(
+            f"r{i}@example.com" for i in range(8)
+        )
+    finally:
+        bridge.stop()
+        server.stop()
+
+
+def test_unreachable_loops_keeps_the_delivery_queued_with_the_reason(env):
+    # BRIDGE_LOOPS_API_URL points at a closed port here: nothing answers.
+    bridge = Bridge(env)
+    try:
+        endpoint = make_endpoint(env, signing_secret=SECRET)
+        answer = deliver(bridge, endpoint, fixture_bytes(INVOICE_PAID))
+
+        def tried() -> dict | None:
+            shown = cli(env, "deliveries", "show", str(answer["id"]), "--json")
+            return shown if shown["attempts"] >= 2 else None
+
+        shown = wait_until(tried, what="two tries against an unreachable Loops")
+        assert shown["status"] == "queued"
+        assert "could not reach Loops" in shown["reason"]
+        assert "next try in" in shown["reason"]
+        assert all(c["status_code"] is None for c in shown["loops_calls"])
+    finally:
+        bridge.stop()

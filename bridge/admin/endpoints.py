@@ -221,21 +221,18 @@ def routes(admin: Admin) -> list[BaseRoute]:
             f"Removed signing secret {hint}: webhooks signed with it are refused from now on.",
         )
 
-    async def pause(request: Request, endpoint_id: str) -> Response:
-        await admin.run(registry.set_paused, admin.engine, endpoint_id, True)
-        return changed(
-            endpoint_id,
-            f"/admin/endpoints/{endpoint_id}",
-            "Paused. Webhooks are still accepted and kept; nothing goes to Loops until you resume.",
-        )
+    def set_paused(paused: bool, done: str) -> _Handler:
+        async def action(request: Request, endpoint_id: str) -> Response:
+            await admin.run(registry.set_paused, admin.engine, endpoint_id, paused)
+            return changed(endpoint_id, f"/admin/endpoints/{endpoint_id}", done)
 
-    async def resume(request: Request, endpoint_id: str) -> Response:
-        await admin.run(registry.set_paused, admin.engine, endpoint_id, False)
-        return changed(
-            endpoint_id,
-            f"/admin/endpoints/{endpoint_id}",
-            "Resumed. Webhooks kept while paused are on their way to Loops.",
-        )
+        return action
+
+    pause = set_paused(
+        True,
+        "Paused. Webhooks are still accepted and kept; nothing goes to Loops until you resume.",
+    )
+    resume = set_paused(False, "Resumed. Webhooks kept while paused are on their way to Loops.")
 
     async def delete(request: Request, endpoint_id: str) -> Response:
         view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)

@@ -1,0 +1,90 @@
+"""The inbox's decisions and its batched writes, on SQLite and, where a server is reachable,
+PostgreSQL (the writer process has one batch insert per database)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from bridge import db, registry
+from bridge.inbox import Inbox
+from tests.helpers import fixture_bytes
+
+# Override to point the tests at another server; the user must be allowed to create databases.
+POSTGRES = os.environ.get("BRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+SECRET = "whsec_inboxTestSecretHHHHHHHHHHHHHHH"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        yield db.connect(f"sqlite:///{tmp_path / 'inbox.db'}")
+        return
+    psycopg = pytest.importorskip("psycopg")
+    name = f"loops_bridge_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as exc:
+        pytest.skip(
+            f"no PostgreSQL server at {POSTGRES} ({exc}); start one, or set "
+            "BRIDGE_TEST_POSTGRES to a URL whose user may create databases"
+        )
+    url = POSTGRES.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = db.connect(f"{url}/{name}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def event(event_id: str, email: str | None = "jenny@example.com") -> bytes:
+    body = json.loads(fixture_bytes("captured-test-mode/invoice.paid.event.json"))
+    body["id"] = event_id
+    body["data"]["object"]["customer_email"] = email
+    return json.dumps(body).encode()
+
+
+def accept_all(engine: Engine, bodies: list[bytes]) -> list:
+    """Hand every body to the inbox at once, as a burst of webhooks would."""
+    registry.add_connection(engine, "acme", "key")
+    endpoint = registry.create_endpoint(
+        engine,
+        name="e",
+        connection="acme",
+        provider="stripe",
+        event_types=["invoice.paid"],
+        signing_secret=SECRET,
+    )
+    inbox = Inbox(engine)
+
+    async def run() -> list:
+        route = await inbox.route(endpoint)
+        try:
+            return await asyncio.gather(
+                *(inbox.accept(route, route.provider.parse(b), b) for b in bodies)
+            )
+        finally:
+            await inbox.drain()
+
+    return asyncio.run(run())
+
+
+def test_a_burst_is_stored_once_per_event(engine):
+    bodies = [event(f"evt_{i}") for i in range(40)]
+    receipts = accept_all(engine, bodies + bodies[:10] + [event("evt_x", email=None)])
+    statuses = [r.status for r in receipts]
+    assert statuses == ["queued"] * 40 + ["duplicate"] * 10 + ["ignored"]
+    ids = [r.delivery_id for r in receipts]
+    assert len(set(ids[:40])) == 40
+    assert ids[40:50] == ids[:10]  # a repeat answers with the first delivery's id
+    assert "no email address" in receipts[-1].reason

@@ -37,3 +37,19 @@ def signed_headers(body: bytes, secret: str, timestamp: int | None = None) -> di
         "Content-Type": "application/json; charset=utf-8",
         "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
     }
+
+
+def invoice_endpoint(engine, secret: str) -> str:  # type: ignore[no-untyped-def]
+    """A Loops account "acme" and a Stripe endpoint for invoice.paid signed with ``secret``;
+    the endpoint's id."""
+    from bridge import registry
+
+    registry.add_connection(engine, "acme", "key")
+    return registry.create_endpoint(
+        engine,
+        name="e",
+        connection="acme",
+        provider="stripe",
+        event_types=["invoice.paid"],
+        signing_secret=secret,
+    )

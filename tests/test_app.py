@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import text
 
-from bridge import db, registry
+from bridge import db
 from bridge.app import create_app
 from bridge.settings import load
-from tests.helpers import fixture_bytes, signed_headers
+from tests.helpers import fixture_bytes, invoice_endpoint, signed_headers
 
 SECRET = "whsec_appTestSecretFFFFFFFFFFFFFFFF"
 
@@ -22,15 +22,7 @@ def post_all(
 ) -> list[httpx.Response]:
     settings = load({"BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"})
     engine = db.connect(settings.database_url)
-    registry.add_connection(engine, "acme", "key")
-    endpoint = registry.create_endpoint(
-        engine,
-        name="e",
-        connection="acme",
-        provider="stripe",
-        event_types=["invoice.paid"],
-        signing_secret=SECRET,
-    )
+    endpoint = invoice_endpoint(engine, SECRET)
     if break_storage:
         with engine.begin() as conn:
             conn.execute(text("DROP TABLE loops_calls"))

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from bridge import db, registry
+from bridge import db
 from bridge.inbox import Inbox
-from tests.helpers import fixture_bytes
+from tests.helpers import fixture_bytes, invoice_endpoint
 
 # Override to point the tests at another server; the user must be allowed to create databases.
 POSTGRES = os.environ.get("BRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -56,15 +56,7 @@ def event(event_id: str, email: str | None = "jenny@example.com") -> bytes:
 
 def accept_all(engine: Engine, bodies: list[bytes]) -> list:
     """Hand every body to the inbox at once, as a burst of webhooks would."""
-    registry.add_connection(engine, "acme", "key")
-    endpoint = registry.create_endpoint(
-        engine,
-        name="e",
-        connection="acme",
-        provider="stripe",
-        event_types=["invoice.paid"],
-        signing_secret=SECRET,
-    )
+    endpoint = invoice_endpoint(engine, SECRET)
     inbox = Inbox(engine)
 
     async def run() -> list:

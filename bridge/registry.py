@@ -193,6 +193,12 @@ def _check_secret(provider: str, value: str) -> str:
     return value
 
 
+def new_endpoint_id() -> str:
+    """128 random bits, URL-safe, behind a prefix: a bare base64url id can start with "-",
+    and the CLI would then read it as an option (``endpoints add-secret -x1...``)."""
+    return "ep_" + secrets.token_urlsafe(16)
+
+
 @dataclass(frozen=True, slots=True)
 class EndpointForm:
     """What a person sets on an endpoint, checked by :func:`check` before anything is saved."""
@@ -281,7 +287,7 @@ def create_endpoint(
     now = time.time()
     with Session(engine) as session:
         endpoint = Endpoint(
-            id=secrets.token_urlsafe(16),
+            id=new_endpoint_id(),
             name="",
             connection_id=0,
             provider=provider,

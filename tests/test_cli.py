@@ -139,3 +139,11 @@ def test_bad_setting_names_the_variable(env):
     done = cli(env, "endpoints", "list", check=False)
     assert done.returncode == 2
     assert "BRIDGE_MAX_BODY_BYTES='lots' is not valid" in done.stderr
+
+
+def test_endpoint_ids_can_always_be_typed_as_arguments():
+    from bridge.registry import new_endpoint_id
+
+    ids = [new_endpoint_id() for _ in range(2000)]
+    assert not any(i.startswith("-") for i in ids)  # a bare base64url id would, 1 in 64
+    assert len(set(ids)) == len(ids)

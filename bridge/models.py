@@ -5,7 +5,11 @@
     Secret       a provider signing secret of an endpoint (several during secret rolling)
     Delivery     one accepted provider event and its way to Loops
     LoopsCall    every HTTP call made to Loops for a delivery: request, answer, time
-    Contact      a contact the bridge knows exists in a Loops account
+    Contact      a contact the bridge knows exists in a Loops account, and the provider
+                 event time of the names it last wrote there (last writer wins)
+    AccountState how one Loops account is doing, shared by every worker: its pace (next free
+                 request slot), a hold after 429, and a problem (outage, refused key) with
+                 the time of its next probe
     Rejection    a refused webhook request (bad signature...), headers only, bounded per endpoint
     AdminSession a signed-in admin browser
 
@@ -13,8 +17,12 @@ A delivery moves through few, explicit states::
 
     received --(filtered out)--> ignored
         \\--> queued --(Loops done)--> delivered
-                 \\--(Loops refuses: 400/401/403/404, or retries exhausted)--> failed
-                 \\--(429/5xx/timeout)--> queued again, later
+                 \\--(Loops refuses it: 400/404...)--> failed
+                 \\--(still not delivered 3 days after it was queued)--> dead
+                 \\--(429/5xx/timeout, or the account's key refused)--> queued again, later
+
+A queued delivery being worked on is *claimed*: ``claimed_by`` names the worker and
+``lease_until`` says until when; a worker that dies loses its claims when they lapse.
 
 Times are unix seconds (float), the same on SQLite and PostgreSQL.
 """
@@ -24,8 +32,8 @@ from __future__ import annotations
 from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, func
 from sqlmodel import Field, SQLModel
 
-QUEUED, DELIVERED, IGNORED, FAILED = "queued", "delivered", "ignored", "failed"
-STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED)
+QUEUED, DELIVERED, IGNORED, FAILED, DEAD = "queued", "delivered", "ignored", "failed", "dead"
+STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED, DEAD)
 
 
 class Connection(SQLModel, table=True):
@@ -34,6 +42,7 @@ class Connection(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True)
     api_key: str
+    rate_limit: int | None = None  # requests/second; None: BRIDGE_LOOPS_RATE_LIMIT
     created_at: float
 
 
@@ -75,6 +84,7 @@ class Delivery(SQLModel, table=True):
         Index("ix_delivery_status_id", "status", "id"),
         Index("ix_delivery_type_id", "event_type", "id"),
         Index("ix_delivery_status_received", "status", "received_at"),
+        Index("ix_delivery_claimed_by", "claimed_by"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -92,6 +102,8 @@ class Delivery(SQLModel, table=True):
     queued_at: float | None = None  # when it was last queued; tries stop 3 days after
     next_attempt_at: float | None = None
     finished_at: float | None = None
+    claimed_by: str | None = None  # the worker delivering it now
+    lease_until: float | None = None  # the claim lapses then unless the worker renews it
 
 
 # Email filter of the delivery log: exact but case-insensitive, newest first.
@@ -120,8 +132,22 @@ class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
 
     connection_id: int = Field(foreign_key="connections.id", primary_key=True)
-    email: str = Field(primary_key=True)
+    email: str = Field(primary_key=True)  # lowercased
     created_at: float
+    names_at: int | None = None  # provider event time of the names last sent to Loops
+
+
+class AccountState(SQLModel, table=True):
+    __tablename__ = "account_states"
+
+    connection_id: int = Field(foreign_key="connections.id", primary_key=True)
+    next_slot: float = 0.0  # unix time of the account's next free request slot
+    held_until: float | None = None  # no delivery starts before (429, outage, refused key)
+    problem: str | None = Field(default=None, sa_column=Column(Text))  # for the admin
+    problem_kind: str | None = None  # "outage" or "key"; None: healthy
+    problem_since: float | None = None
+    failures: int = 0  # probes failed in a row
+    loops_limit: int | None = None  # x-ratelimit-limit as Loops last reported it
 
 
 class Rejection(SQLModel, table=True):

@@ -30,6 +30,19 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _log_format(value: str) -> str:
+    if value not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return value
+
+
 DECLARED: tuple[Declared, ...] = (
     Declared(
         "BRIDGE_DATABASE_URL",
@@ -72,8 +85,35 @@ DECLARED: tuple[Declared, ...] = (
         "BRIDGE_RETRY_BASE_SECONDS",
         "5",
         "Wait before the first retry of a delivery Loops could not take; it doubles with each "
-        "try, up to an hour, until the delivery is 3 days old.",
-        float,
+        "try, up to an hour, until the delivery is BRIDGE_MAX_AGE_HOURS old.",
+        _positive_float,
+    ),
+    Declared(
+        "BRIDGE_MAX_AGE_HOURS",
+        "72",
+        "How long a delivery is retried after it was queued before it is marked dead (72 h: "
+        "as long as Stripe itself retries).",
+        _positive_float,
+    ),
+    Declared(
+        "BRIDGE_LEASE_SECONDS",
+        "30",
+        "How long a worker's claim on a delivery lasts unless renewed; the deliveries of a "
+        "worker that died are taken up by another after at most this long.",
+        _positive_float,
+    ),
+    Declared(
+        "BRIDGE_RETENTION_DAYS",
+        "30",
+        "Days the raw payload of a delivered or ignored event is kept; then it is deleted and "
+        "only the delivery's outcome and its Loops calls stay.",
+        _positive_float,
+    ),
+    Declared(
+        "BRIDGE_LOG_FORMAT",
+        "text",
+        "`text` for people, `json` for one JSON object per line (for log collectors).",
+        _log_format,
     ),
     Declared(
         "BRIDGE_WORKER_CONCURRENCY",
@@ -99,6 +139,10 @@ class Settings:
     admin_password: str = field(repr=False)
     loops_rate_limit: int
     retry_base_seconds: float
+    max_age_hours: float
+    lease_seconds: float
+    retention_days: float
+    log_format: str
     worker_concurrency: int
 
     def endpoint_url(self, endpoint_id: str) -> str:

@@ -1,5 +1,6 @@
-"""The web app: the webhook receiver (:mod:`bridge.webhooks`), the health check, the admin,
-and the delivery worker running beside them."""
+"""The web app: the webhook receiver (:mod:`bridge.webhooks`), the health check, the
+Prometheus metrics (:mod:`bridge.metrics`), the admin, and the delivery worker running beside
+them."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
+from bridge import metrics
 from bridge.admin import create_admin
 from bridge.delivery import Worker
 from bridge.inbox import Inbox
@@ -31,6 +33,7 @@ log = logging.getLogger("bridge.app")
 def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -> Starlette:
     worker = Worker(engine, settings) if run_worker else None
     inbox = Inbox(engine, on_queued=worker.wake if worker else None)
+    exposition = metrics.Exposition(engine)
 
     async def use_post(_: Request) -> JSONResponse:
         return JSONResponse(
@@ -48,6 +51,10 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
             log.error("health check: database unreachable: %s", exc)
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
         return JSONResponse({"status": "ok"})
+
+    async def metrics_page(_: Request) -> Response:
+        body = await anyio.to_thread.run_sync(exposition.render)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -70,6 +77,7 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
                 methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"],
             ),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_page, methods=["GET"]),
             Route("/admin", lambda _: RedirectResponse("/admin/", 308)),
             Mount("/admin", create_admin(settings, engine, inbox)),
         ],

@@ -5,10 +5,12 @@
     loops-bridge endpoints create ... | list | add-secret ID SECRET | remove-secret ID SECRET
     loops-bridge deliveries list [--status S] | show ID
     loops-bridge settings
+    loops-bridge migrate
 
-``--json`` prints one JSON value on stdout, for scripts. Any command creates the schema on a
-fresh database. A secret given as ``-`` is read from standard input, so it stays out of the
-shell history and the process list.
+``--json`` prints one JSON value on stdout, for scripts. Any command that uses the database
+creates the schema on a fresh one, and refuses to run on one whose schema is older than this
+version's until ``loops-bridge migrate`` has upgraded it. A secret given as ``-`` is read
+from standard input, so it stays out of the shell history and the process list.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 import providers
-from bridge import db, registry
+from bridge import db, logs, registry
 from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
@@ -45,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the web app and the delivery worker")
     serve.add_argument("--host", help="interface to listen on (default: BRIDGE_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (default: BRIDGE_PORT)")
-    commands.add_parser("worker", help="run only the delivery worker")
+    worker = commands.add_parser("worker", help="run only the delivery worker")
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics"
+    )
     sandbox = commands.add_parser("sandbox", help="run a local stand-in for the Loops API")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8025)
@@ -57,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--rate-limit", type=int, default=10, help="requests/second per key")
     commands.add_parser("settings", help="list the settings and their current values")
+    commands.add_parser(
+        "migrate", help="upgrade the database schema to this version's (back it up first)"
+    )
 
     connections = commands.add_parser("connections", help="Loops accounts (API keys)")
     sub = connections.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -118,12 +126,14 @@ def _when(epoch: float | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # each Loops call is logged by us
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         settings = load()
+    except SettingsError as exc:
+        logs.configure("text")  # BRIDGE_LOG_FORMAT may be the setting that is wrong
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format)
+    try:
         if args.command == "sandbox":
             from bridge import sandbox
 
@@ -131,19 +141,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "settings":
             return _settings(settings)
+        if args.command == "migrate":
+            return _migrate(settings)
         engine = db.connect(settings.database_url)
         return _COMMANDS[args.command](args, settings, engine)
     except (registry.Invalid, SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(settings, str(exc), 2)
+    except db.SchemaError as exc:
+        return _fail(settings, str(exc), 1)
     except SQLAlchemyError as exc:
-        where = make_url(load().database_url).render_as_string(hide_password=True)
-        print(
-            f"error: the database at {where} is not usable: {exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0]}",
-            file=sys.stderr,
-        )
-        return 1
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+        return _fail(settings, f"the database at {where} is not usable: {reason}", 1)
+
+
+def _fail(settings: Settings, message: str, code: int) -> int:
+    """Say why the command failed, on stderr: a plain line, or a log line in JSON."""
+    if settings.log_format == "json":
+        log.error(message)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _migrate(settings: Settings) -> int:
+    engine = db.connect(settings.database_url, create_schema=False)
+    try:
+        before, after = db.upgrade(engine)
+    finally:
+        engine.dispose()
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    if before == after:
+        print(f"The database at {where} is already up to date (schema revision {after}).")
+    elif before is None:
+        print(f"Created the schema of the database at {where}, at revision {after}.")
+    else:
+        print(f"Upgraded the database at {where} from schema revision {before} to {after}.")
+    return 0
 
 
 def _settings(settings: Settings) -> int:
@@ -183,8 +217,14 @@ def _serve(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     return 0
 
 
-def _worker(_: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+def _worker(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     from bridge.delivery import Worker
+
+    if args.metrics_port:
+        from bridge import metrics
+
+        metrics.serve_http(args.metrics_port, engine)
+        log.info("metrics at http://0.0.0.0:%d/metrics", args.metrics_port)
 
     async def run() -> None:
         worker = Worker(engine, settings)

@@ -1,25 +1,141 @@
-"""The database: one engine per process, schema created on first use.
+"""The database: one engine per process, its schema kept by Alembic migrations.
 
 SQLite is the default and runs in WAL mode with ``synchronous=FULL``: a webhook is only
 acknowledged after its row is on disk, and readers (the CLI, the admin) never block the
-writer. See https://www.sqlite.org/wal.html.
+writer. See https://www.sqlite.org/wal.html. PostgreSQL (``postgresql+psycopg://...``) runs
+the same schema.
+
+The schema of a database is one of::
+
+    empty                    -> created at the current revision by any command
+    tables, no alembic_version (made by create_all before migrations existed)
+                             -> stamped 0001, then as below
+    an older revision        -> SchemaOutOfDate: ``loops-bridge migrate`` upgrades it
+    the current revision     -> used as it is
+    a revision unknown here  -> SchemaTooNew: a newer loops-bridge upgraded it
+
+A fresh database gets ``create_all`` and a stamp rather than a run of every migration; it
+is faster, and tests/test_db.py proves the migrations end at the same schema. Creating,
+stamping and upgrading hold a lock (PostgreSQL: an advisory lock; SQLite: ``BEGIN
+IMMEDIATE``), so several processes starting on one database take turns.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
-from sqlalchemy import event
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
 from bridge import models  # noqa: F401  (registers the tables)
 
-__all__ = ["Session", "connect"]
+__all__ = [
+    "SchemaError",
+    "SchemaOutOfDate",
+    "SchemaTooNew",
+    "Session",
+    "alembic_config",
+    "connect",
+    "head",
+    "is_current",
+    "revision",
+    "upgrade",
+]
+
+log = logging.getLogger("bridge.db")
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+BEFORE_MIGRATIONS = "0001"  # what a database made by create_all, without alembic_version, is
+_LOCK_KEY = 0x6C6F6F70_73627267  # PostgreSQL advisory lock of schema changes ("loopsbrg")
+
+
+class SchemaError(Exception):
+    """The database's schema is not the one this version of loops-bridge needs."""
+
+
+class SchemaOutOfDate(SchemaError):
+    pass
+
+
+class SchemaTooNew(SchemaError):
+    pass
 
 
 def connect(url: str, *, create_schema: bool = True) -> Engine:
-    """An engine for ``url`` with the schema in place (created on a fresh database)."""
+    """An engine for ``url``. With ``create_schema``, the schema is made on an empty
+    database, and anything but the current schema raises :class:`SchemaError`; without it,
+    the schema is not looked at (a process whose parent has done so)."""
+    engine = _engine(url)
+    if create_schema:
+        try:
+            current = _prepare(engine)
+            _check(engine, current)
+        except BaseException:
+            engine.dispose()
+            raise
+    return engine
+
+
+def head() -> str:
+    """The revision this version of loops-bridge needs."""
+    current = _scripts().get_current_head()
+    assert current is not None
+    return current
+
+
+def revision(engine: Engine) -> str | None:
+    """The database's schema revision; None for an empty database."""
+    with engine.connect() as conn:
+        return _revision(conn)
+
+
+def is_current(engine: Engine) -> bool:
+    return revision(engine) == head()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Bring the schema to :func:`head`; returns the revision it was at (None: the database
+    was empty) and the one it is at now. Raises :class:`SchemaTooNew` for a revision newer
+    than this version knows."""
+    with engine.connect() as conn:
+        before = _revision(conn)
+    current = _prepare(engine)
+    _check_known(engine, current)
+    if current != head():
+        with _schema_lock(engine) as conn:
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")  # from wherever it is now, under the lock
+            conn.commit()
+        log.info("upgraded the database schema from revision %s to %s", current, head())
+    return before, head()
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """Alembic's configuration, for its own commands too: ``command.revision(
+    alembic_config(url), autogenerate=True, message=...)`` drafts a migration from the
+    difference between the database at ``url`` and bridge/models.py."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+# -- internals ---------------------------------------------------------------------------------
+
+
+def _engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         pool: dict = {}
@@ -30,11 +146,8 @@ def connect(url: str, *, create_schema: bool = True) -> Engine:
             url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    if create_schema:
-        SQLModel.metadata.create_all(engine)
-    return engine
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -44,3 +157,77 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+@cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS))
+
+
+def _revision(conn: Connection) -> str | None:
+    found = MigrationContext.configure(conn).get_current_revision()
+    if found is None and inspect(conn).has_table("connections"):
+        return BEFORE_MIGRATIONS
+    return found
+
+
+def _prepare(engine: Engine) -> str:
+    """Create the schema on an empty database and stamp one made before migrations; returns
+    the revision the database is at now."""
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current is not None:
+        return current  # the common case, and it takes no lock
+    with _schema_lock(engine) as conn:
+        context = MigrationContext.configure(conn)
+        found = context.get_current_revision()
+        if found is not None:  # another process was first
+            return found
+        if inspect(conn).has_table("connections"):
+            context.stamp(_scripts(), BEFORE_MIGRATIONS)
+            current = BEFORE_MIGRATIONS
+        else:
+            SQLModel.metadata.create_all(conn)
+            context.stamp(_scripts(), "head")
+            current = head()
+            log.info("created the database schema at revision %s", current)
+        conn.commit()
+    return current
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that no other process changes the schema during."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, before reading
+        yield conn
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _check_known(engine: Engine, current: str) -> None:
+    try:
+        known = _scripts().get_revision(current) is not None
+    except CommandError:  # no migration file for it
+        known = False
+    if not known:
+        raise SchemaTooNew(
+            f"The database at {_where(engine)} is at schema revision {current}, which this "
+            f"version of loops-bridge does not know (it needs {head()}): a newer version "
+            "upgraded it. Run that version, or restore the backup made before the upgrade."
+        )
+
+
+def _check(engine: Engine, current: str) -> None:
+    if current == head():
+        return
+    _check_known(engine, current)
+    raise SchemaOutOfDate(
+        f"The database at {_where(engine)} is at schema revision {current} but this version "
+        f"of loops-bridge needs {head()}. Back it up, then run: loops-bridge migrate"
+    )

@@ -15,49 +15,56 @@ event. The calls, fewest first:
 Each step that succeeded is remembered (the contact table), so a retry resumes where the
 last attempt stopped and never re-creates a contact or re-fires a workflow. Every call is
 recorded with its answer. Outcomes (see :mod:`bridge.loops`): RETRY puts the delivery back in
-the queue with exponential backoff and jitter, GIVE_UP fails it with Loops' message.
+the queue, GIVE_UP fails it with Loops' message.
 
 Retry schedule: 5 s (BRIDGE_RETRY_BASE_SECONDS), 10 s, 20 s, ... doubling up to 1 hour
-between tries, each +-20 % jitter, for 3 days after it was queued (as long as Stripe
-itself retries); then it fails.
+between tries, each +-20 % jitter, for 72 hours after it was queued (BRIDGE_MAX_AGE_HOURS,
+as long as Stripe itself retries); then it is dead. A 429 holds the whole account for the
+wait Loops asks (see :mod:`bridge.pacing`); an outage or a refused API key holds the whole
+account and probes it (see :mod:`bridge.queue`), so deliveries resume together as soon as
+Loops answers again.
+
+Out of order: Stripe does not promise order. Names are last-writer-wins by the provider's
+event time: an event older than the one that last set a contact's names still sends its
+Loops event, without the names.
+
+Shutdown: :meth:`Worker.stop` stops claiming; deliveries in flight get a few seconds to
+finish, then are interrupted, recorded and put back in the queue, due at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import random
+import secrets
+import socket
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from typing import Any
 
 import anyio.to_thread
-import sqlalchemy as sa
-from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
 import providers
+from bridge import metrics
 from bridge.loops import Answer, LoopsClient, Outcome
-from bridge.models import (
-    DELIVERED,
-    FAILED,
-    QUEUED,
-    Connection,
-    Contact,
-    Delivery,
-    Endpoint,
-    LoopsCall,
-)
-from bridge.pacing import Pacer
+from bridge.models import DEAD, DELIVERED, FAILED, QUEUED
+from bridge.pacing import Paces
+from bridge.queue import KEY, OUTAGE, Job, Progress, Queue, Settled
 from bridge.settings import Settings
 
 __all__ = ["Worker", "backoff", "idempotency_key"]
 
 log = logging.getLogger("bridge.delivery")
 
-MAX_AGE = 3 * 24 * 3600.0
-_LOOK_AGAIN_AFTER = 0.05
 LONGEST_WAIT = 3600.0
+_LOOK_AGAIN_AFTER = 0.05
+_SHUTDOWN_GRACE = 5.0
+_PRUNE_EVERY = 3600.0
 
 
 def backoff(attempt: int, first: float) -> float:
@@ -71,58 +78,16 @@ def idempotency_key(endpoint_id: str, event_id: str) -> str:
     return key if len(key) <= 100 else hashlib.sha256(key.encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    id: int
-    endpoint_id: str
-    event_id: str
-    email: str
-    attempts: int
-    queued_at: float
-    idempotency_key: str | None
-    connection_id: int
-    connection_name: str
-    api_key: str
-    provider: str
-    user_group: str | None
-    loops_event: str | None
-    sync_names: bool
-
-    @property
-    def contact_key(self) -> tuple[int, str]:
-        return self.connection_id, self.email.lower()
-
-    def names(self, details: providers.Details) -> dict[str, str]:
-        if not self.sync_names:
-            return {}
-        names = {"firstName": details.first_name, "lastName": details.last_name}
-        return {k: v for k, v in names.items() if v}  # a missing name never clears one
-
-
-@dataclass(slots=True)
-class Progress:
-    """What one attempt did so far, written with its outcome."""
-
-    calls: list[Answer] = field(default_factory=list)
-    contact_known: bool = False  # Loops has the contact now (created, or 409)
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    status: str
-    reason: str
-    next_attempt_at: float | None = None
-
-
 class Worker:
     def __init__(self, engine: Engine, settings: Settings, *, poll_seconds: float = 1.0) -> None:
-        self._engine = engine
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._settings = settings
         self._poll_seconds = poll_seconds
+        self._queue = Queue(engine, self.name, settings.lease_seconds, settings.loops_rate_limit)
+        self._paces = Paces(engine)
         self._client = LoopsClient(settings.loops_api_url)
-        self._pacers: dict[int, Pacer] = {}
-        self._busy_contacts: set[tuple[int, str]] = set()
-        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        self._reported_limits: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -134,100 +99,139 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
-        log.info("delivery worker started, sending to %s", self._settings.loops_api_url)
+        log.info(
+            "delivery worker %s started, sending to %s", self.name, self._settings.loops_api_url
+        )
+        renewed = pruned = -_PRUNE_EVERY
         try:
             while not self._stopping:
                 self._wake.clear()
-                if len(self._tasks) < self._settings.worker_concurrency:
-                    self._start_due(await anyio.to_thread.run_sync(self._due_jobs))
                 try:
+                    await self._claim()
+                    now = time.monotonic()
+                    if now - renewed >= self._settings.lease_seconds / 3:
+                        renewed = now
+                        await anyio.to_thread.run_sync(self._queue.renew, list(self._running))
+                    if now - pruned >= _PRUNE_EVERY:
+                        pruned = now
+                        await self._prune()
+                except Exception as exc:  # the database is down: keep going, say so
+                    log.error("delivery worker: the database failed (%s); trying again", exc)
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
-                except TimeoutError:
-                    pass
                 # A burst of webhooks wakes the worker thousands of times a second; look at
                 # the queue at most 20 times a second all the same.
                 await asyncio.sleep(_LOOK_AGAIN_AFTER)
-            if self._tasks:
-                await asyncio.wait(list(self._tasks.values()))
+            await self._finish_in_flight()
         finally:
             await self._client.aclose()
-            log.info("delivery worker stopped")
+            log.info("delivery worker %s stopped", self.name)
 
-    def _start_due(self, jobs: list[Job]) -> None:
+    async def _claim(self) -> None:
+        room = self._settings.worker_concurrency - len(self._running)
+        if room <= 0:
+            return
+        # Half the worker at most for one account: a storm of 429s for one account never
+        # takes every slot from the others.
+        per_account = max(1, self._settings.worker_concurrency // 2)
+        running = Counter(job.connection_id for job, _ in self._running.values())
+        jobs = await anyio.to_thread.run_sync(self._queue.claim, room, running, per_account)
         for job in jobs:
-            if len(self._tasks) >= self._settings.worker_concurrency:
-                return
-            if job.id in self._tasks or job.contact_key in self._busy_contacts:
-                continue  # one delivery per contact at a time, in arrival order
-            self._busy_contacts.add(job.contact_key)
             task = asyncio.create_task(self._deliver(job), name=f"delivery-{job.id}")
-            self._tasks[job.id] = task
+            self._running[job.id] = (job, task)
 
-    def _due_jobs(self) -> list[Job]:
-        query = (
-            select(
-                Delivery.id,
-                Delivery.endpoint_id,
-                Delivery.event_id,
-                Delivery.email,
-                Delivery.attempts,
-                Delivery.queued_at,
-                Delivery.idempotency_key,
-                Connection.id.label("connection_id"),
-                Connection.name.label("connection_name"),
-                Connection.api_key,
-                Endpoint.provider,
-                Endpoint.user_group,
-                Endpoint.loops_event,
-                Endpoint.sync_names,
+    async def _prune(self) -> None:
+        days = self._settings.retention_days
+        count = await anyio.to_thread.run_sync(self._queue.prune_payloads, days)
+        if count:
+            log.info(
+                "deleted the payloads of %d delivered or ignored events older than "
+                "%g days (BRIDGE_RETENTION_DAYS)",
+                count,
+                days,
             )
-            .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
-            .join(Connection, Connection.id == Endpoint.connection_id)
-            .where(
-                Delivery.status == QUEUED,
-                Delivery.next_attempt_at <= time.time(),
-                Endpoint.paused.is_(False),  # type: ignore[attr-defined]
+
+    async def _finish_in_flight(self) -> None:
+        tasks = [task for _, task in self._running.values()]
+        if tasks:
+            log.info(
+                "stopping: waiting up to %.0f s for %d deliveries in flight",
+                _SHUTDOWN_GRACE,
+                len(tasks),
             )
-            .order_by(Delivery.next_attempt_at, Delivery.id)
-            .limit(self._settings.worker_concurrency * 4)
-        )
-        with self._engine.connect() as conn:
-            return [Job(**row._mapping) for row in conn.execute(query)]
+            _, late = await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        released = await anyio.to_thread.run_sync(self._queue.release_all)
+        if released:
+            log.warning("stopping: gave back %d claimed deliveries", released)
 
     async def _deliver(self, job: Job) -> None:
         progress = Progress()
+        fields = {
+            "delivery_id": job.id,
+            "endpoint_id": job.endpoint_id,
+            "account": job.connection_name,
+        }
         try:
             try:
                 settled = await self._attempt(job, progress)
+            except asyncio.CancelledError:
+                settled = Settled(
+                    QUEUED, "interrupted: the worker stopped; it resumes at once", time.time()
+                )
             except Exception as exc:  # a bug must not lose the delivery: retry it later
-                log.exception("delivery %s: unexpected error", job.id)
-                settled = self._retry(job, f"internal error in the bridge: {exc}")
-            # Settle before letting go of the contact, so the next poll sees the new state.
-            await anyio.to_thread.run_sync(self._settle, job, settled, progress)
-            log.info("delivery %s %s: %s", job.id, settled.status, settled.reason)
+                log.exception("delivery %s: unexpected error", job.id, extra=fields)
+                settled = self._again(job, f"internal error in the bridge: {exc}")
+            owned = await anyio.to_thread.run_sync(self._queue.settle, job, settled, progress)
+            if settled.status == DELIVERED:
+                metrics.delivery_finished(time.time() - job.received_at)
+            level = logging.INFO if owned else logging.WARNING
+            lost = "" if owned else " (its claim had lapsed: another worker has it now)"
+            log.log(
+                level,
+                "delivery %s %s: %s%s",
+                job.id,
+                settled.status,
+                settled.reason,
+                lost,
+                extra={**fields, "status": settled.status},
+            )
         except Exception:
-            log.exception("delivery %s: could not record the outcome; it stays queued", job.id)
+            log.exception(
+                "delivery %s: could not record the outcome; it stays queued", job.id, extra=fields
+            )
         finally:
-            self._busy_contacts.discard(job.contact_key)
-            self._tasks.pop(job.id, None)
+            self._running.pop(job.id, None)
             self._wake.set()
 
     async def _attempt(self, job: Job, progress: Progress) -> Settled:
         done: list[str] = []
         provider = providers.get(job.provider)
         # The body is read for the delivery being made, not for every candidate polled.
-        payload, known = await anyio.to_thread.run_sync(self._payload_and_contact, job)
+        payload, known, names_at = await anyio.to_thread.run_sync(
+            self._queue.payload_and_names_at, job
+        )
         details = provider.details(payload)
-        names = job.names(details)
+        names: dict[str, str] = {}
+        if job.sync_names:
+            names = {"firstName": details.first_name, "lastName": details.last_name}
+            names = {k: v for k, v in names.items() if v}  # a missing name never clears one
+            if names and names_at is not None and job.occurred_at < names_at:
+                names = {}
+                done.append("names left alone: a newer event had set them")
         if not known:
             contact = {"email": job.email, "source": provider.contact_source}
             if job.user_group:
                 contact["userGroup"] = job.user_group
             answer = await self._call(job, progress, self._client.create_contact, contact | names)
             if answer.outcome is Outcome.DONE:
-                names, done = {}, ["contact created"]
+                progress.names_sent = bool(names)
+                names, done = {}, ["contact created", *done]
             elif answer.outcome is Outcome.ALREADY:
-                done = ["contact already in Loops"]
+                done.insert(0, "contact already in Loops")
             else:
                 return self._failure(job, answer)
             progress.contact_known = True
@@ -246,94 +250,64 @@ class Worker:
                 done.append(f"event {job.loops_event} sent")
             else:
                 return self._failure(job, answer)
+            progress.names_sent = progress.names_sent or bool(names)
         elif names:
             contact = {"email": job.email, **names}
             answer = await self._call(job, progress, self._client.update_contact, contact)
             if answer.outcome is not Outcome.DONE:
                 return self._failure(job, answer)
+            progress.names_sent = True
             done.append("names updated")
         return Settled(DELIVERED, "; ".join(done) or "contact already known, nothing to change")
 
-    async def _call(self, job: Job, progress: Progress, method, *args) -> Answer:  # type: ignore[no-untyped-def]
-        pacer = self._pacers.setdefault(job.connection_id, Pacer(self._settings.loops_rate_limit))
-        await pacer.wait_turn()
+    async def _call(self, job: Job, progress: Progress, method, *args: Any) -> Answer:  # type: ignore[no-untyped-def]
+        reported = self._reported_limits.get(job.connection_id, job.rate_limit)
+        await self._paces.wait_turn(job.connection_id, min(job.rate_limit, reported))
         answer: Answer = await method(job.api_key, *args)
-        if answer.status_code == 429:  # the whole account waits, not just this delivery
-            pacer.hold(answer.retry_after or 1.0)
         progress.calls.append(answer)
+        metrics.loops_call(answer.status_code)
+        if answer.status_code == 429:  # the whole account waits, not just this delivery
+            await self._paces.hold(job.connection_id, answer.retry_after or 1.0)
+        if answer.rate_limit and answer.rate_limit != reported:
+            self._reported_limits[job.connection_id] = answer.rate_limit
+            await anyio.to_thread.run_sync(
+                self._queue.note_rate_limit, job.connection_id, answer.rate_limit
+            )
         return answer
 
     def _failure(self, job: Job, answer: Answer) -> Settled:
-        if answer.outcome is Outcome.RETRY:
-            return self._retry(job, answer.message, answer.retry_after)
-        hint = ""
         if answer.status_code in (401, 403):
-            hint = f" (check the API key of Loops account {job.connection_name!r})"
-        return Settled(FAILED, answer.message + hint)
-
-    def _retry(self, job: Job, message: str, at_least: float | None = None) -> Settled:
-        attempts = job.attempts + 1
-        if time.time() - job.queued_at > MAX_AGE:
-            return Settled(FAILED, f"gave up after {attempts} tries over 3 days: {message}")
-        delay = max(backoff(attempts, self._settings.retry_base_seconds), at_least or 0.0)
-        reason = f"{message}; try {attempts} failed, next try in {delay:.0f} s"
-        return Settled(QUEUED, reason, time.time() + delay)
-
-    # -- storage ------------------------------------------------------------------------------
-
-    def _payload_and_contact(self, job: Job) -> tuple[bytes, bool]:
-        with self._engine.connect() as conn:
-            payload = conn.execute(
-                select(Delivery.payload).where(Delivery.id == job.id)
-            ).scalar_one()
-            return payload, self._contact_known(job, conn)
-
-    @staticmethod
-    def _contact_known(job: Job, conn: sa.Connection) -> bool:
-        query = select(Contact.email).where(
-            Contact.connection_id == job.connection_id, Contact.email == job.contact_key[1]
-        )
-        return conn.execute(query).first() is not None
-
-    def _settle(self, job: Job, settled: Settled, progress: Progress) -> None:
-        """Record the attempt in one transaction: its Loops calls, the contact now known to
-        exist, and the delivery's new state. (One write per delivery keeps the database's
-        single write lock free for the inbox.)"""
-        finished = time.time() if settled.status != QUEUED else None
-        with self._engine.begin() as conn:
-            if progress.calls:
-                conn.execute(
-                    insert(LoopsCall),
-                    [
-                        {
-                            "delivery_id": job.id,
-                            "method": a.method,
-                            "path": a.path,
-                            "request_body": a.request_body,
-                            "status_code": a.status_code,
-                            "response_body": a.response_body or a.message,
-                            "started_at": a.started_at,
-                            "duration_ms": a.duration_ms,
-                        }
-                        for a in progress.calls
-                    ],
-                )
-            if progress.contact_known and not self._contact_known(job, conn):
-                conn.execute(
-                    insert(Contact).values(
-                        connection_id=job.connection_id,
-                        email=job.contact_key[1],
-                        created_at=time.time(),
-                    )
-                )
-            conn.execute(
-                update(Delivery)
-                .where(Delivery.id == job.id)
-                .values(
-                    status=settled.status,
-                    reason=settled.reason,
-                    attempts=job.attempts + 1,
-                    next_attempt_at=settled.next_attempt_at,
-                    finished_at=finished,
-                )
+            reason = (
+                f"paused: Loops refused the API key of account {job.connection_name!r} "
+                f"({answer.message}). If the key was revoked, replace it under Loops accounts "
+                "in the admin; the bridge checks the key every 30 s and resumes by itself"
             )
+            return self._again(job, reason, 0.0, KEY, answer.message)
+        if answer.status_code == 429:
+            return self._again(job, answer.message, answer.retry_after or 1.0)
+        if answer.outcome is Outcome.RETRY:
+            return self._again(job, answer.message, None, OUTAGE, answer.message)
+        return Settled(FAILED, answer.message)
+
+    def _again(
+        self,
+        job: Job,
+        message: str,
+        delay: float | None = None,
+        account_problem: str | None = None,
+        account_message: str = "",
+    ) -> Settled:
+        """Queue ``job`` again after ``delay`` (default: the backoff schedule), or mark it
+        dead when it has been retried for longer than the maximum age."""
+        attempts = job.attempts + 1
+        hours = self._settings.max_age_hours
+        if time.time() - job.queued_at > hours * 3600:
+            reason = (
+                f"not delivered after {hours:g} hours of retrying ({attempts} tries): {message}"
+            )
+            return Settled(DEAD, reason, None, account_problem, account_message)
+        if delay is None:
+            delay = backoff(attempts, self._settings.retry_base_seconds)
+        later = f", next try in {delay:.0f} s" if delay >= 1 else ""
+        reason = f"{message}; try {attempts} failed{later}"
+        return Settled(QUEUED, reason, time.time() + delay, account_problem, account_message)

@@ -42,6 +42,7 @@ class Answer:
     started_at: float
     duration_ms: float
     retry_after: float | None = None  # seconds, when Loops said how long to wait
+    rate_limit: int | None = None  # x-ratelimit-limit: the account's requests per second
 
 
 def _loops_message(status: int, text: str) -> str:
@@ -104,6 +105,7 @@ class LoopsClient:
             return self._no_answer(method, path, request_body, started, clock, reason)
         status, text = response.status_code, response.text
         retry_after = response.headers.get("retry-after", "")
+        rate_limit = response.headers.get("x-ratelimit-limit", "")
         return Answer(
             outcome=judge(status),
             status_code=status,
@@ -115,6 +117,7 @@ class LoopsClient:
             started_at=started,
             duration_ms=(time.perf_counter() - clock) * 1000,
             retry_after=float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None,
+            rate_limit=int(rate_limit) if rate_limit.isdigit() and int(rate_limit) > 0 else None,
         )
 
     @staticmethod

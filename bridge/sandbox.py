@@ -38,6 +38,18 @@ different contacts, case-insensitive email matching, ignoring reserved property 
 Not emulated: transactional email, mailing-list existence, custom properties having to be
 created first, double opt-in, and the other endpoints of the OpenAPI spec (they answer 404).
 
+**Faults (made up, for tests):** ``POST /_sandbox/faults`` with ``{"status": 503, "count":
+2, "delay": 0.5, "key": "…abcd"}`` makes the next requests wait ``delay`` seconds and/or get
+``status`` instead of their answer; ``count`` left out: until cleared. With ``key`` (an API
+key, or its hint "…abcd", "...abcd" or "abcd") only that team's requests are affected, so
+one Loops account can get 429s or 401s while another is fine. At most one fault per key plus
+one global one; a request gets its key's fault if there is one, else the global one. A 401
+and a 429 look exactly like the sandbox's real ones (the invalid-key and rate-limit answers);
+other statuses say "(fault injected by the sandbox)". ``GET`` shows the global fault as
+``fault`` and, when there are any, the keys' own as ``byKey``; ``DELETE`` clears them all, or
+one key's with ``?key=``. Keys are told apart by their hints, so two keys ending in the same
+four characters share their faults.
+
 Secrets are never shown in full: anything the sandbox shows or logs names a key by its hint,
 "…" plus its last four characters (nothing at all for keys shorter than 12 characters).
 State lives in plain dicts: the app runs on one event loop.
@@ -176,9 +188,13 @@ class Fault:
     status: int | None  # None: answer normally, after the delay
     count: int | None  # None: until cleared
     delay: float = 0.0
+    key: str | None = None  # the hint of the one API key it applies to; None: every key
 
     def as_json(self) -> dict[str, Any]:
-        return {"status": self.status, "count": self.count, "delay": self.delay}
+        shown: dict[str, Any] = {"status": self.status, "count": self.count, "delay": self.delay}
+        if self.key is not None:
+            shown["key"] = self.key
+        return shown
 
 
 @dataclass(frozen=True)
@@ -439,6 +455,15 @@ def _parse_json(raw: bytes) -> tuple[Any, bool]:
         return None, False
 
 
+def _hint_of(given: str) -> str | None:
+    """The hint a fault's ``key`` names: a full key (12 characters or more) by its last 4,
+    a hint as "…abcd", "...abcd" or "abcd" as it is; None if it is neither."""
+    if given.startswith(("…", "...")) or len(given) == 4:
+        tail = given.lstrip("….")
+        return "…" + tail if len(tail) == 4 else None
+    return _key_hint(given) if len(given) >= 12 else None
+
+
 def _key_filter(request: Request) -> Callable[[str | None], bool]:
     """``?key=…abcd`` (or ``...abcd`` or ``abcd``) keeps one team's records."""
     wanted = request.query_params.get("key")
@@ -459,18 +484,37 @@ class _Sandbox:
         self.clock = clock
         self.teams: dict[str, Team] = {}  # by full API key, never shown
         self.requests: list[dict[str, Any]] = []
-        self.fault: Fault | None = None
+        self.faults: dict[str | None, Fault] = {}  # by key hint; None: the global one
 
     def _limit_headers(self, remaining: int) -> dict[str, str]:
         return {"x-ratelimit-limit": str(self.rate_limit), "x-ratelimit-remaining": str(remaining)}
 
-    def _take_fault(self) -> Fault | None:
-        fault = self.fault
+    def _invalid_key(self) -> tuple[int, Any, dict[str, str]]:
+        return *_error(401, "Invalid API key", legacy=True), self._limit_headers(self.rate_limit)
+
+    def _over_limit(self) -> tuple[int, Any, dict[str, str]]:
+        message = f"Rate limit of {self.rate_limit} requests per second exceeded."
+        return *_error(429, message), self._limit_headers(0)
+
+    def _take_fault(self, hint: str) -> Fault | None:
+        """The fault for a request of the key with this hint: its own, else the global one."""
+        which = hint if hint in self.faults else None
+        fault = self.faults.get(which)
         if fault is not None and fault.count is not None:
             fault.count -= 1
             if fault.count <= 0:
-                self.fault = None
+                del self.faults[which]
         return fault
+
+    def _faults_json(self) -> dict[str, Any]:
+        """``{"fault": the global one or null}``, plus ``byKey`` when a key has its own."""
+        shown: dict[str, Any] = {"fault": None}
+        for which, fault in self.faults.items():
+            if which is None:
+                shown["fault"] = fault.as_json()
+            else:
+                shown.setdefault("byKey", {})[which] = fault.as_json()
+        return shown
 
     async def loops_api(self, request: Request) -> JSONResponse:
         """Every request under /api/v1: answered, recorded in arrival order."""
@@ -505,17 +549,19 @@ class _Sandbox:
         self, method: str, endpoint: str, key: str | None, call: _Call
     ) -> tuple[int, Any, dict[str, str]]:
         if key is None or (self.api_keys is not None and key not in self.api_keys):
-            return *_error(401, "Invalid API key", legacy=True), self._limit_headers(
-                self.rate_limit
-            )
+            return self._invalid_key()
         team = self.teams.get(key)
         if team is None:
             team = self.teams[key] = Team(hint=_key_hint(key) or "…")
 
-        fault = self._take_fault()
+        fault = self._take_fault(team.hint)
         if fault is not None:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
+            if fault.status == 401:
+                return self._invalid_key()
+            if fault.status == 429:
+                return self._over_limit()
             if fault.status is not None:
                 try:
                     reason = HTTPStatus(fault.status).phrase
@@ -526,8 +572,7 @@ class _Sandbox:
 
         remaining = team.admit(call.at, self.rate_limit)
         if remaining is None:
-            message = f"Rate limit of {self.rate_limit} requests per second exceeded."
-            return *_error(429, message), self._limit_headers(0)
+            return self._over_limit()
         headers = self._limit_headers(remaining)
 
         route = _ENDPOINTS.get(endpoint)
@@ -552,7 +597,7 @@ class _Sandbox:
                 "baseUrl": f"{request.base_url}api/v1",
                 "rateLimit": self.rate_limit,
                 "apiKeys": "any" if self.api_keys is None else len(self.api_keys),
-                "fault": self.fault.as_json() if self.fault else None,
+                **self._faults_json(),
                 "counts": {
                     "requests": len(self.requests),
                     "teams": len(self.teams),
@@ -569,6 +614,9 @@ class _Sandbox:
                     "/_sandbox/events",
                     "/_sandbox/faults",
                 ],
+                "injectFaults": 'POST /_sandbox/faults {"status": 429, "count": 2, "delay": 0.5,'
+                ' "key": "…abcd"}: each field optional (status or delay required); "key" limits'
+                " it to one API key. DELETE /_sandbox/faults[?key=…abcd] clears.",
             }
         )
 
@@ -594,16 +642,23 @@ class _Sandbox:
         )
 
     async def show_fault(self, request: Request) -> JSONResponse:
-        return JSONResponse({"fault": self.fault.as_json() if self.fault else None})
+        return JSONResponse(self._faults_json())
 
     async def set_fault(self, request: Request) -> JSONResponse:
-        """``{"status": 503, "count": 2, "delay": 0.5}``; each key optional, one of the first
-        or the last required."""
+        """``{"status": 503, "count": 2, "delay": 0.5, "key": "…abcd"}``; each field optional,
+        ``status`` or ``delay`` required. It replaces the fault of the same key (or the global
+        one)."""
         data, _ = _parse_json(await request.body())
         if not isinstance(data, dict):
             return JSONResponse(_error(400, "Send a JSON object.")[1], 400)
         status, count, delay = data.get("status"), data.get("count"), data.get("delay", 0)
+        key = data.get("key")
+        hint = _hint_of(key) if isinstance(key, str) else None
         problems = []
+        if key is not None and hint is None:
+            problems.append(
+                "key must be an API key (12 characters or more) or its hint, such as …abcd"
+            )
         if status is not None and (type(status) is not int or not 100 <= status <= 599):
             problems.append("status must be an HTTP status code")
         if count is not None and (type(count) is not int or count < 1):
@@ -614,17 +669,26 @@ class _Sandbox:
             problems.append("send a status, a delay or both")
         if problems:
             return JSONResponse(_error(400, "; ".join(problems) + ".")[1], 400)
-        self.fault = Fault(status=status, count=count, delay=float(delay))
-        return JSONResponse({"fault": self.fault.as_json()})
+        fault = self.faults[hint] = Fault(status, count, float(delay), hint)
+        return JSONResponse({"fault": fault.as_json()})
 
     async def clear_fault(self, request: Request) -> JSONResponse:
-        self.fault = None
-        return JSONResponse({"fault": None})
+        """Every fault, or with ``?key=`` that key's own; answers what is left."""
+        key = request.query_params.get("key")
+        if key is None:
+            self.faults.clear()
+        else:
+            hint = _hint_of(key)
+            if hint is None:
+                message = "key must be an API key (12 characters or more) or its hint."
+                return JSONResponse(_error(400, message)[1], 400)
+            self.faults.pop(hint, None)
+        return JSONResponse(self._faults_json())
 
     async def reset(self, request: Request) -> JSONResponse:
         self.teams.clear()
         self.requests.clear()
-        self.fault = None
+        self.faults.clear()
         return JSONResponse({"success": True})
 
 

@@ -12,7 +12,8 @@ these URLs, goes on to the app.
 
 Answers, as JSON ``{"status": ..., "id" / "reason": ...}``: 200 queued, duplicate or
 ignored; 400 rejected (signature, secret, not an event); 404 unknown endpoint; 413 too
-large; 503 storage unavailable (the provider retries later). Never a 500.
+large; 503 storage unavailable (the provider retries later). Never a 500. Each answer is
+counted in ``loops_bridge_webhooks_total`` (:mod:`bridge.metrics`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import providers
+from bridge import metrics
 from bridge.inbox import Inbox, StorageUnavailable
 
 __all__ = ["PREFIX", "WebhookReceiver"]
@@ -34,6 +36,8 @@ log = logging.getLogger("bridge.webhooks")
 
 PREFIX = "/webhooks/"
 _JSON = [(b"content-type", b"application/json")]
+# The metrics outcome of an answer is its "status", except for these two refusals.
+_OUTCOME_BY_CODE = {404: "not_found", 413: "too_large"}
 
 
 class _TooLarge(Exception):
@@ -64,6 +68,7 @@ class WebhookReceiver:
             status, answer = await self._receive(endpoint_id, headers, receive)
         except _Gone:
             return
+        metrics.webhook_answered(_OUTCOME_BY_CODE.get(status) or answer["status"])
         body = orjson.dumps(answer)
         await send(
             {
@@ -75,7 +80,11 @@ class WebhookReceiver:
         await send({"type": "http.response.body", "body": body})
         if answer["status"] == "rejected" and status != 404:
             log.info(
-                "endpoint %s refused a request (%s): %s", endpoint_id, status, answer["reason"]
+                "endpoint %s refused a request (%s): %s",
+                endpoint_id,
+                status,
+                answer["reason"],
+                extra={"endpoint_id": endpoint_id, "status": "rejected"},
             )
             await anyio.to_thread.run_sync(
                 self.inbox.record_rejection, endpoint_id, status, answer["reason"], dict(headers)
@@ -109,7 +118,17 @@ class WebhookReceiver:
         if receipt.status == "queued":
             return 200, {"status": "queued", "id": receipt.delivery_id}
         if receipt.status == "ignored":
-            log.info("delivery %s ignored: %s", receipt.delivery_id, receipt.reason)
+            log.info(
+                "delivery %s ignored: %s",
+                receipt.delivery_id,
+                receipt.reason,
+                extra={
+                    "delivery_id": receipt.delivery_id,
+                    "endpoint_id": endpoint_id,
+                    "event_id": event.id,
+                    "status": "ignored",
+                },
+            )
         return 200, {"status": receipt.status, "id": receipt.delivery_id, "reason": receipt.reason}
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes:

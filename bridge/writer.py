@@ -126,7 +126,9 @@ def _read(channel: socket.socket, size: int) -> bytes:
 def serve(channel: socket.socket, database_url: str) -> None:
     """The writer process: insert each batch it is sent, until the other end closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    from bridge import db
+    from bridge import db, logs, settings
+
+    logs.configure(settings.load().log_format)  # the parent's environment, inherited
 
     engine = db.connect(database_url, create_schema=False)  # the parent owns the schema
     batches = _BATCH_INSERT[engine.dialect.name]()

@@ -69,6 +69,12 @@ class Process:
         finally:
             self._log.close()
 
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no cleanup, like a crash or a lost machine."""
+        self.proc.kill()
+        self.proc.wait(timeout=20)
+        self._log.close()
+
 
 class Sandbox(Process):
     def __init__(self, env: dict[str, str], *extra: str) -> None:
@@ -104,6 +110,30 @@ class Bridge(Process):
         )
         assert signed_in.status_code == 303, signed_in.text
         return client
+
+
+class Worker:
+    """A ``loops-bridge worker`` process (no HTTP port): ready when it says it started."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN), "worker"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        wait_until(lambda: "delivery worker" in self.log(), what="the worker to start")
+
+    def log(self) -> str:
+        if self.proc.poll() is not None and "started" not in self.log_path.read_text():
+            raise AssertionError(f"worker exited early:\n{self.log_path.read_text()}")
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self._log.close()
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from bridge import db
 from tests.servers import cli
 
 KEY = "loops_live_key_9f8e7d6c5b4a"
@@ -132,6 +133,10 @@ def test_any_command_creates_the_schema_on_a_fresh_database(env, tmp_path):
         )
     }
     assert {"connections", "endpoints", "secrets", "deliveries", "loops_calls"} <= tables
+    (stamped,) = sqlite3.connect(tmp_path / "bridge.db").execute(
+        "SELECT version_num FROM alembic_version"
+    )
+    assert stamped == (db.head(),)  # so `loops-bridge migrate` knows where it starts
 
 
 def test_bad_setting_names_the_variable(env):

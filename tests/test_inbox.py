@@ -1,12 +1,10 @@
-"""The inbox's decisions and its batched writes, on SQLite and, where a server is reachable,
-PostgreSQL (the writer process has one batch insert per database)."""
+"""The inbox's decisions and its batched writes, on SQLite and, where BRIDGE_TEST_POSTGRES
+names a server, PostgreSQL (the writer process has one batch insert per database)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,34 +15,18 @@ from bridge import db
 from bridge.inbox import Inbox
 from tests.helpers import fixture_bytes, invoice_endpoint
 
-# Override to point the tests at another server; the user must be allowed to create databases.
-POSTGRES = os.environ.get("BRIDGE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "whsec_inboxTestSecretHHHHHHHHHHHHHHH"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
-        yield db.connect(f"sqlite:///{tmp_path / 'inbox.db'}")
-        return
-    psycopg = pytest.importorskip("psycopg")
-    name = f"loops_bridge_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3) as admin:
-            admin.execute(f"CREATE DATABASE {name}")
-    except psycopg.OperationalError as exc:
-        pytest.skip(
-            f"no PostgreSQL server at {POSTGRES} ({exc}); start one, or set "
-            "BRIDGE_TEST_POSTGRES to a URL whose user may create databases"
-        )
-    url = POSTGRES.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = db.connect(f"{url}/{name}")
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with psycopg.connect(POSTGRES, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        url = f"sqlite:///{tmp_path / 'inbox.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = db.connect(url)
+    yield engine
+    engine.dispose()
 
 
 def event(event_id: str, email: str | None = "jenny@example.com") -> bytes:

@@ -520,6 +520,109 @@ def test_a_malformed_fault_is_400(client: Client, body: dict[str, Any]) -> None:
     assert client.get("/_sandbox/faults").json() == {"fault": None}
 
 
+def test_a_fault_for_one_key_leaves_the_others_alone(client: Client) -> None:
+    set_ = client.post("/_sandbox/faults", json={"status": 503, "key": OTHER_KEY})
+    assert set_.json() == {"fault": {"status": 503, "count": None, "delay": 0.0, "key": OTHER_HINT}}
+    assert client.get("/api/v1/api-key", key=OTHER_KEY).status_code == 503
+    assert client.get("/api/v1/api-key").status_code == 200
+    assert client.get("/api/v1/api-key", key=OTHER_KEY).status_code == 503
+
+
+@pytest.mark.parametrize("given", [OTHER_KEY, OTHER_HINT, "...9c8d", "9c8d"])
+def test_a_fault_names_its_key_in_full_or_by_hint(client: Client, given: str) -> None:
+    fault = client.post("/_sandbox/faults", json={"status": 500, "count": 1, "key": given})
+    assert fault.json()["fault"]["key"] == OTHER_HINT
+    assert client.get("/api/v1/api-key").status_code == 200
+    assert client.get("/api/v1/api-key", key=OTHER_KEY).status_code == 500
+    assert client.get("/_sandbox/faults").json() == {"fault": None}
+
+
+def test_an_injected_401_is_loops_refusing_the_key(clock: FakeClock) -> None:
+    client = Client(create_app(api_keys=[KEY, OTHER_KEY], clock=clock))
+    client.post("/_sandbox/faults", json={"status": 401, "key": HINT})
+    injected = client.get("/api/v1/api-key")
+    real = client.get("/api/v1/api-key", key="sk_test_unknown_00000000ffff")
+    assert injected.status_code == real.status_code == 401
+    refused = {"success": False, "message": "Invalid API key", "error": "Invalid API key"}
+    assert injected.json() == real.json() == refused
+    assert injected.headers["x-ratelimit-remaining"] == real.headers["x-ratelimit-remaining"]
+    assert client.get("/api/v1/api-key", key=OTHER_KEY).status_code == 200
+
+
+def test_an_injected_429_is_the_rate_limit(clock: FakeClock) -> None:
+    client = Client(create_app(rate_limit=1, clock=clock))
+    client.post("/_sandbox/faults", json={"status": 429, "count": 1, "key": HINT})
+    injected = client.get("/api/v1/api-key")
+    assert client.get("/api/v1/api-key").status_code == 200  # the 429 used no quota
+    real = client.get("/api/v1/api-key")
+    assert injected.status_code == real.status_code == 429
+    assert injected.json() == real.json()
+    assert injected.headers["x-ratelimit-remaining"] == real.headers["x-ratelimit-remaining"] == "0"
+
+
+def test_a_key_uses_its_own_fault_before_the_global_one(client: Client) -> None:
+    client.post("/_sandbox/faults", json={"status": 503, "count": 1})
+    client.post("/_sandbox/faults", json={"status": 401, "count": 2, "key": HINT})
+    assert client.get("/_sandbox/faults").json() == {
+        "fault": {"status": 503, "count": 1, "delay": 0.0},
+        "byKey": {HINT: {"status": 401, "count": 2, "delay": 0.0, "key": HINT}},
+    }
+    statuses = [
+        client.get("/api/v1/api-key").status_code,
+        client.get("/api/v1/api-key", key=OTHER_KEY).status_code,
+        client.get("/api/v1/api-key", key=OTHER_KEY).status_code,
+        client.get("/api/v1/api-key").status_code,
+        client.get("/api/v1/api-key").status_code,
+    ]
+    assert statuses == [401, 503, 200, 401, 200]
+    assert client.get("/_sandbox/faults").json() == {"fault": None}
+
+
+def test_a_new_fault_for_a_key_replaces_its_old_one(client: Client) -> None:
+    client.post("/_sandbox/faults", json={"status": 503, "key": KEY})
+    client.post("/_sandbox/faults", json={"status": 429, "count": 3, "key": "...1a2b"})
+    assert client.get("/_sandbox/faults").json()["byKey"] == {
+        HINT: {"status": 429, "count": 3, "delay": 0.0, "key": HINT}
+    }
+
+
+def test_delete_clears_one_key_or_every_fault(client: Client) -> None:
+    client.post("/_sandbox/faults", json={"status": 500})
+    client.post("/_sandbox/faults", json={"status": 401, "key": HINT})
+    client.post("/_sandbox/faults", json={"status": 429, "key": OTHER_HINT})
+    left = client.delete("/_sandbox/faults", params={"key": KEY}).json()
+    assert left == {
+        "fault": {"status": 500, "count": None, "delay": 0.0},
+        "byKey": {OTHER_HINT: {"status": 429, "count": None, "delay": 0.0, "key": OTHER_HINT}},
+    }
+    assert client.get("/api/v1/api-key").status_code == 500
+    assert client.delete("/_sandbox/faults", params={"key": "short"}).status_code == 400
+    assert client.delete("/_sandbox/faults").json() == {"fault": None}
+    assert client.get("/api/v1/api-key", key=OTHER_KEY).status_code == 200
+
+
+@pytest.mark.parametrize("key", ["short", "", "…1a2", "...1a2b3", 1234, None])
+def test_a_fault_with_a_malformed_key_is_400(client: Client, key: Any) -> None:
+    response = client.post("/_sandbox/faults", json={"status": 503, "key": key})
+    if key is None:  # null is no key: a global fault
+        assert response.json() == {"fault": {"status": 503, "count": None, "delay": 0.0}}
+        return
+    assert response.status_code == 400
+    assert "key must be" in response.json()["message"]
+    assert client.get("/_sandbox/faults").json() == {"fault": None}
+
+
+def test_faults_show_a_key_only_by_its_hint(client: Client) -> None:
+    shown = [client.post("/_sandbox/faults", json={"status": 503, "key": KEY}).text]
+    shown += [client.get(path).text for path in ("/_sandbox/faults", "/")]
+    assert all(KEY not in text and HINT in text for text in shown)
+    assert client.get("/").json()["byKey"] == {
+        HINT: {"status": 503, "count": None, "delay": 0.0, "key": HINT}
+    }
+    client.post("/_sandbox/reset")
+    assert client.get("/_sandbox/faults").json() == {"fault": None}
+
+
 # --- inspection ----------------------------------------------------------------------------
 
 

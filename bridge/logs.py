@@ -1,0 +1,76 @@
+"""Logging for every process of the bridge, in one of two formats (``BRIDGE_LOG_FORMAT``).
+
+``text``, for people::
+
+    2026-11-27 15:42:21,123 INFO bridge.delivery: delivery 42 delivered: contact created
+
+``json``, one object per line, for log collectors::
+
+    {"time": "2026-11-27T15:42:21.123Z", "level": "INFO", "logger": "bridge.delivery",
+     "message": "delivery 42 delivered: contact created", "delivery_id": 42,
+     "endpoint_id": "kq3...", "status": "delivered"}
+
+A decision is logged once, with what it concerns passed as ``extra=`` (the names in
+``FIELDS``); those become fields of their own in JSON. An exception goes into ``error``, on
+the same line. Everything logs through the root logger, uvicorn's loggers included (serve
+runs uvicorn with ``log_config=None``), so every line of a process has the same format.
+Messages never carry a secret: API keys and signing secrets are only ever logged masked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+__all__ = ["FIELDS", "TEXT_FORMAT", "JSONFormatter", "configure"]
+
+FIELDS = ("delivery_id", "endpoint_id", "account", "event_id", "status")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["error"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure(log_format: str = "text") -> None:
+    """Send every log record at INFO and above to stderr, in ``log_format`` (text or json).
+    Called once, first thing, by each ``loops-bridge`` command."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JSONFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_bridge", False)]:
+        root.removeHandler(old)
+    handler._bridge = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # each Loops call is logged by us
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # `migrate` says what it did

@@ -1,0 +1,508 @@
+"""The schema and its migrations, on SQLite and PostgreSQL (see ``postgres_url``).
+
+- the migrations end at exactly the schema of bridge/models.py, and 0001 is exactly what
+  ``create_all`` made before there were migrations;
+- a database made before migrations, rows and all, is refused by every command until
+  ``loops-bridge migrate`` has upgraded it, and keeps its rows;
+- a fresh database is at the current revision after any command.
+
+And the logs, which ``loops-bridge`` writes as one JSON object per line on request.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import SQLModel
+
+from bridge import db, logs
+from tests.helpers import fixture_bytes, signed_headers
+from tests.servers import BIN, Bridge, bridge_env, cli, wait_until
+
+# What ``SQLModel.metadata.create_all`` made from bridge/models.py as of commit 814cde7,
+# before migrations; {serial} and {blob} are the only words that differ between
+# SQLite (INTEGER, BLOB) and PostgreSQL (SERIAL, BYTEA).
+CREATE_ALL_AT_814CDE7 = """
+CREATE TABLE admin_password (
+    id INTEGER NOT NULL,
+    hash VARCHAR NOT NULL,
+    created_at FLOAT NOT NULL,
+    PRIMARY KEY (id)
+);
+CREATE TABLE admin_sessions (
+    token_hash VARCHAR NOT NULL,
+    created_at FLOAT NOT NULL,
+    expires_at FLOAT NOT NULL,
+    PRIMARY KEY (token_hash)
+);
+CREATE TABLE connections (
+    id {serial} NOT NULL,
+    name VARCHAR NOT NULL,
+    api_key VARCHAR NOT NULL,
+    created_at FLOAT NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE (name)
+);
+CREATE TABLE contacts (
+    connection_id INTEGER NOT NULL,
+    email VARCHAR NOT NULL,
+    created_at FLOAT NOT NULL,
+    PRIMARY KEY (connection_id, email),
+    FOREIGN KEY(connection_id) REFERENCES connections (id)
+);
+CREATE TABLE endpoints (
+    id VARCHAR NOT NULL,
+    name VARCHAR NOT NULL,
+    connection_id INTEGER NOT NULL,
+    provider VARCHAR NOT NULL,
+    event_types VARCHAR NOT NULL,
+    user_group VARCHAR,
+    loops_event VARCHAR,
+    sync_names BOOLEAN NOT NULL,
+    paused BOOLEAN NOT NULL,
+    created_at FLOAT NOT NULL,
+    PRIMARY KEY (id),
+    FOREIGN KEY(connection_id) REFERENCES connections (id)
+);
+CREATE INDEX ix_endpoints_connection_id ON endpoints (connection_id);
+CREATE TABLE deliveries (
+    id {serial} NOT NULL,
+    endpoint_id VARCHAR NOT NULL,
+    event_id VARCHAR NOT NULL,
+    event_type VARCHAR NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    email VARCHAR,
+    payload {blob},
+    status VARCHAR NOT NULL,
+    reason TEXT,
+    attempts INTEGER NOT NULL,
+    idempotency_key VARCHAR,
+    received_at FLOAT NOT NULL,
+    queued_at FLOAT,
+    next_attempt_at FLOAT,
+    finished_at FLOAT,
+    PRIMARY KEY (id),
+    CONSTRAINT uq_delivery_event UNIQUE (endpoint_id, event_id),
+    FOREIGN KEY(endpoint_id) REFERENCES endpoints (id)
+);
+CREATE INDEX ix_delivery_due ON deliveries (status, next_attempt_at);
+CREATE INDEX ix_delivery_email_id ON deliveries (lower(email), id);
+CREATE INDEX ix_delivery_endpoint_id ON deliveries (endpoint_id, id);
+CREATE INDEX ix_delivery_status_id ON deliveries (status, id);
+CREATE INDEX ix_delivery_status_received ON deliveries (status, received_at);
+CREATE INDEX ix_delivery_type_id ON deliveries (event_type, id);
+CREATE TABLE rejections (
+    id {serial} NOT NULL,
+    endpoint_id VARCHAR NOT NULL,
+    at FLOAT NOT NULL,
+    status_code INTEGER NOT NULL,
+    reason TEXT,
+    headers TEXT,
+    PRIMARY KEY (id),
+    FOREIGN KEY(endpoint_id) REFERENCES endpoints (id)
+);
+CREATE INDEX ix_rejections_endpoint_id ON rejections (endpoint_id);
+CREATE TABLE secrets (
+    id {serial} NOT NULL,
+    endpoint_id VARCHAR NOT NULL,
+    value VARCHAR NOT NULL,
+    created_at FLOAT NOT NULL,
+    PRIMARY KEY (id),
+    FOREIGN KEY(endpoint_id) REFERENCES endpoints (id)
+);
+CREATE INDEX ix_secrets_endpoint_id ON secrets (endpoint_id);
+CREATE TABLE loops_calls (
+    id {serial} NOT NULL,
+    delivery_id INTEGER NOT NULL,
+    method VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    request_body TEXT,
+    status_code INTEGER,
+    response_body TEXT,
+    started_at FLOAT NOT NULL,
+    duration_ms FLOAT NOT NULL,
+    PRIMARY KEY (id),
+    FOREIGN KEY(delivery_id) REFERENCES deliveries (id)
+);
+CREATE INDEX ix_loops_calls_delivery_id ON loops_calls (delivery_id);
+CREATE INDEX ix_loops_calls_started_at ON loops_calls (started_at);
+"""
+
+KEY = "loops_key_dbTest_5c4b3a29"
+SECRET = "whsec_dbTestSecretFFFFFFFFFFFFFFFFFF"
+ENDPOINT = "Hq3vL9xTz0bW5mYc2aRk8Q"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'bridge.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def engine(url: str) -> Iterator[Engine]:
+    """An engine that leaves the schema alone."""
+    engine = db.connect(url, create_schema=False)
+    yield engine
+    engine.dispose()
+
+
+def alembic(engine: Engine, action, revision: str) -> None:  # type: ignore[no-untyped-def]
+    """Run alembic's ``upgrade``/``downgrade``/``stamp`` to ``revision`` on ``engine``."""
+    with engine.connect() as conn:
+        config = db.alembic_config()
+        config.attributes["connection"] = conn
+        action(config, revision)
+        conn.commit()
+
+
+@contextmanager
+def unreflected_expression_indexes() -> Iterator[None]:
+    """SQLite's reflection skips the lower(email) index, with a warning; ``schema`` compares
+    the SQL of every index instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*expression-based index")
+        yield
+
+
+def differences(engine: Engine) -> list:
+    """What autogenerate would change to bring the database to bridge/models.py."""
+    with unreflected_expression_indexes(), engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return compare_metadata(context, SQLModel.metadata)
+
+
+def schema(engine: Engine) -> dict:
+    """The database's schema as data, down to each index's SQL; column order aside (a column
+    added by a migration comes last)."""
+    found = inspect(engine)
+    tables: dict = {}
+    with unreflected_expression_indexes():
+        for table in sorted(set(found.get_table_names()) - {"alembic_version"}):
+            tables[table] = {
+                "columns": sorted(
+                    (c["name"], repr(c["type"]), c["nullable"], str(c.get("default")))
+                    for c in found.get_columns(table)
+                ),
+                "primary key": found.get_pk_constraint(table)["constrained_columns"],
+                "foreign keys": sorted(
+                    (
+                        tuple(f["constrained_columns"]),
+                        f["referred_table"],
+                        tuple(f["referred_columns"]),
+                    )
+                    for f in found.get_foreign_keys(table)
+                ),
+                "unique": sorted(
+                    tuple(u["column_names"]) for u in found.get_unique_constraints(table)
+                ),
+            }
+    if engine.dialect.name == "sqlite":
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+    else:
+        query = (
+            "SELECT indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = 'public' AND tablename != 'alembic_version'"
+        )
+    with engine.connect() as conn:
+        tables["indexes"] = sorted(tuple(row) for row in conn.exec_driver_sql(query))
+    return tables
+
+
+def create_all_at_814cde7(engine: Engine) -> None:
+    """A database as a build from before migrations left it, with rows in it."""
+    words = {"serial": "INTEGER", "blob": "BLOB"}
+    if engine.dialect.name == "postgresql":
+        words = {"serial": "SERIAL", "blob": "BYTEA"}
+    with engine.begin() as conn:
+        for statement in CREATE_ALL_AT_814CDE7.format(**words).split(";"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+        conn.execute(
+            text("INSERT INTO connections (name, api_key, created_at) VALUES ('acme', :k, 1)"),
+            {"k": KEY},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO endpoints (id, name, connection_id, provider, event_types, "
+                "user_group, loops_event, sync_names, paused, created_at) VALUES "
+                "(:id, 'Stripe live', 1, 'stripe', 'invoice.paid', 'customers', "
+                "'successfulPayment', :yes, :no, 2)"
+            ),
+            {"id": ENDPOINT, "yes": True, "no": False},
+        )
+        conn.execute(
+            text("INSERT INTO secrets (endpoint_id, value, created_at) VALUES (:id, :s, 2)"),
+            {"id": ENDPOINT, "s": SECRET},
+        )
+        for n, status in enumerate(("delivered", "queued", "failed"), start=1):
+            conn.execute(
+                text(
+                    "INSERT INTO deliveries (endpoint_id, event_id, event_type, occurred_at, "
+                    "email, payload, status, reason, attempts, received_at, queued_at) VALUES "
+                    "(:id, :event, 'invoice.paid', 1700000000, :email, :payload, :status, "
+                    ":reason, 1, :at, :at)"
+                ),
+                {
+                    "id": ENDPOINT,
+                    "event": f"evt_{n}",
+                    "email": f"Jenny{n}@Example.com",
+                    "payload": b'{"id": "evt"}',
+                    "status": status,
+                    "reason": f"reason {n}",
+                    "at": 1700000000 + n,
+                },
+            )
+        conn.execute(
+            text(
+                "INSERT INTO loops_calls (delivery_id, method, path, request_body, status_code, "
+                "response_body, started_at, duration_ms) VALUES "
+                "(1, 'POST', '/contacts/create', '{}', 200, '{\"success\": true}', 1, 12.5)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO contacts (connection_id, email, created_at) "
+                "VALUES (1, 'jenny1@example.com', 3)"
+            )
+        )
+
+
+# -- the migrations ------------------------------------------------------------------------------
+
+
+def test_the_migrations_end_at_the_schema_of_the_models(engine):
+    alembic(engine, command.upgrade, "head")
+    assert differences(engine) == []
+    migrated = schema(engine)
+    alembic(engine, command.downgrade, "base")
+    assert schema(engine) == {"indexes": []}
+    SQLModel.metadata.create_all(engine)  # what a fresh database gets
+    assert schema(engine) == migrated
+
+
+def test_revision_0001_is_what_create_all_made_before_migrations(engine):
+    create_all_at_814cde7(engine)
+    before_migrations = schema(engine)
+    alembic(engine, command.stamp, "0001")
+    alembic(engine, command.downgrade, "base")
+    alembic(engine, command.upgrade, "0001")
+    assert schema(engine) == before_migrations
+
+
+# -- a database from before migrations -----------------------------------------------------------
+
+
+def test_migrate_upgrades_a_database_from_before_migrations_and_keeps_its_rows(
+    url, engine, tmp_path
+):
+    create_all_at_814cde7(engine)
+    env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=url)
+    shown = make_url(url).render_as_string(hide_password=True)
+    for refused in ("serve", "worker"):
+        done = cli(env, refused, check=False)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip() == (
+            f"error: The database at {shown} is at schema revision 0001 but this version of "
+            f"loops-bridge needs {db.head()}. Back it up, then run: loops-bridge migrate"
+        )
+    assert db.revision(engine) == "0001"
+
+    done = cli(env, "migrate")
+    assert done.stdout.strip() == (
+        f"Upgraded the database at {shown} from schema revision 0001 to {db.head()}."
+    )
+    assert db.is_current(engine)
+    assert differences(engine) == []
+
+    deliveries = cli(env, "deliveries", "list", "--json")
+    assert [(d["id"], d["status"], d["email"]) for d in deliveries] == [
+        (3, "failed", "Jenny3@Example.com"),
+        (2, "queued", "Jenny2@Example.com"),
+        (1, "delivered", "Jenny1@Example.com"),
+    ]
+    (endpoint,) = cli(env, "endpoints", "list", "--json")
+    assert endpoint["id"] == ENDPOINT and endpoint["connection"] == "acme"
+    assert endpoint["signing_secrets"] == ["whsec_…FFFF"]
+    with engine.connect() as conn:
+        calls = conn.execute(text("SELECT delivery_id, status_code FROM loops_calls")).all()
+        contacts = conn.execute(text("SELECT email, names_at FROM contacts")).all()
+    assert calls == [(1, 200)] and contacts == [("jenny1@example.com", None)]
+
+
+def test_a_fresh_database_is_at_the_current_revision_after_any_command(url, engine, tmp_path):
+    env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=url)
+    assert cli(env, "connections", "list", "--json") == []
+    assert db.revision(engine) == db.head()
+    assert differences(engine) == []
+
+
+def test_processes_starting_at_once_on_a_fresh_database_take_turns(url, engine, tmp_path):
+    env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=url)
+    starting = [
+        subprocess.Popen([str(BIN), "deliveries", "list"], env=env, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    for process in starting:
+        _, stderr = process.communicate(timeout=60)
+        assert process.wait() == 0, stderr.decode()
+    assert db.revision(engine) == db.head()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
+
+
+def test_migrate_says_when_there_is_nothing_to_do(url, tmp_path):
+    env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=url)
+    shown = make_url(url).render_as_string(hide_password=True)
+    assert cli(env, "migrate").stdout.strip() == (
+        f"Created the schema of the database at {shown}, at revision {db.head()}."
+    )
+    assert cli(env, "migrate").stdout.strip() == (
+        f"The database at {shown} is already up to date (schema revision {db.head()})."
+    )
+
+
+def test_a_schema_from_a_newer_version_is_refused(tmp_path):
+    env = bridge_env(tmp_path)
+    cli(env, "connections", "list")
+    engine = db.connect(env["BRIDGE_DATABASE_URL"], create_schema=False)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    engine.dispose()
+    for refused in (["connections", "list"], ["migrate"]):
+        done = cli(env, *refused, check=False)
+        assert done.returncode == 1, done.stderr
+        assert "schema revision 0099, which this version of loops-bridge does not know" in (
+            done.stderr
+        )
+        assert "Traceback" not in done.stderr
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+def json_lines(output: str) -> list[dict]:
+    """Every line of ``output`` as a JSON object, checking the fields every line has."""
+    entries = [json.loads(line) for line in output.splitlines() if line.strip()]
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= entry.keys(), entry
+        assert entry["time"].endswith("Z")
+        datetime.fromisoformat(entry["time"])
+    return entries
+
+
+def test_json_logs_carry_what_a_decision_concerns_and_errors_on_one_line():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JSONFormatter())
+    log = logging.getLogger("bridge.test_db")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        log.info(
+            "delivery %s delivered",
+            7,
+            extra={
+                "delivery_id": 7,
+                "endpoint_id": ENDPOINT,
+                "account": "acme",
+                "event_id": "evt_1",
+                "status": "delivered",
+            },
+        )
+        try:
+            raise RuntimeError("Loops went away")
+        except RuntimeError:
+            log.exception("delivery 8: unexpected error", extra={"delivery_id": 8})
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
+        log.propagate = True
+    decided, failed = json_lines(stream.getvalue())
+    assert decided == {
+        "time": decided["time"],
+        "level": "INFO",
+        "logger": "bridge.test_db",
+        "message": "delivery 7 delivered",
+        "delivery_id": 7,
+        "endpoint_id": ENDPOINT,
+        "account": "acme",
+        "event_id": "evt_1",
+        "status": "delivered",
+    }
+    assert failed["level"] == "ERROR" and failed["delivery_id"] == 8
+    assert "RuntimeError: Loops went away" in failed["error"]
+
+
+def test_commands_log_json_lines_on_request(tmp_path):
+    env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="json")
+    done = cli(env, "connections", "list")
+    (created,) = json_lines(done.stderr)
+    assert created["logger"] == "bridge.db" and "created the database schema" in created["message"]
+    done = cli(env, "deliveries", "show", "999", check=False)
+    assert done.returncode == 2
+    (error,) = json_lines(done.stderr)
+    assert error["level"] == "ERROR" and "No delivery 999" in error["message"]
+
+
+def test_a_bad_log_format_is_reported_in_text(tmp_path):
+    done = cli(bridge_env(tmp_path, BRIDGE_LOG_FORMAT="xml"), "connections", "list", check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: BRIDGE_LOG_FORMAT='xml' is not valid")
+
+
+def test_serve_logs_json_lines_uvicorn_included_and_no_secret(env, sandbox, tmp_path):
+    env["BRIDGE_LOG_FORMAT"] = "json"
+    env["BRIDGE_TEST_LOG"] = str(tmp_path / "bridge.log")  # the sandbox's log is apart
+    cli(env, "connections", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
+    created = cli(
+        env,
+        "endpoints",
+        "create",
+        "--name",
+        "e",
+        "--connection",
+        "acme",
+        "--events",
+        "invoice.paid",
+        "--signing-secret",
+        "-",
+        "--json",
+        stdin=SECRET,
+    )
+    body = fixture_bytes("captured-test-mode/invoice.paid.event.json")
+    bridge = Bridge(env)
+    try:
+        accepted = bridge.post(created["id"], body, signed_headers(body, SECRET))
+        assert accepted.status_code == 200, accepted.text
+        refused = bridge.post(created["id"], body, signed_headers(body, "whsec_wrongWRONGwrong"))
+        assert refused.status_code == 400
+        wait_until(lambda: sandbox.calls("/contacts/create"), what="the contact in Loops")
+    finally:
+        assert bridge.stop() in (0, -15)
+    output = bridge.log()
+    entries = json_lines(output)
+    assert any(e["logger"].startswith("uvicorn") for e in entries), output
+    assert any(e["logger"].startswith("bridge") for e in entries), output
+    assert any(
+        e.get("delivery_id") == 1 and e.get("endpoint_id") == created["id"] for e in entries
+    ), output
+    assert KEY not in output and SECRET not in output

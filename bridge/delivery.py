@@ -87,7 +87,6 @@ class Worker:
         self._paces = Paces(engine)
         self._client = LoopsClient(settings.loops_api_url)
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
-        self._reported_limits: dict[int, int] = {}
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -261,15 +260,13 @@ class Worker:
         return Settled(DELIVERED, "; ".join(done) or "contact already known, nothing to change")
 
     async def _call(self, job: Job, progress: Progress, method, *args: Any) -> Answer:  # type: ignore[no-untyped-def]
-        reported = self._reported_limits.get(job.connection_id, job.rate_limit)
-        await self._paces.wait_turn(job.connection_id, min(job.rate_limit, reported))
+        await self._paces.wait_turn(job.connection_id, job.rate_limit)
         answer: Answer = await method(job.api_key, *args)
         progress.calls.append(answer)
         metrics.loops_call(answer.status_code)
         if answer.status_code == 429:  # the whole account waits, not just this delivery
             await self._paces.hold(job.connection_id, answer.retry_after or 1.0)
-        if answer.rate_limit and answer.rate_limit != reported:
-            self._reported_limits[job.connection_id] = answer.rate_limit
+        if answer.rate_limit and self._paces.report_limit(job.connection_id, answer.rate_limit):
             await anyio.to_thread.run_sync(
                 self._queue.note_rate_limit, job.connection_id, answer.rate_limit
             )

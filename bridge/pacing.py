@@ -57,6 +57,7 @@ class _Account:
     slots: deque[float] = field(default_factory=deque)  # reserved, in time.monotonic()
     waiting: int = 0
     held: int = 0  # counts holds: a slot reserved before a hold is void
+    reported: int | None = None  # x-ratelimit-limit, as Loops last said it
     reserving: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -71,14 +72,15 @@ class Paces:
 
     async def wait_turn(self, connection_id: int, per_second: int) -> None:
         account = self._accounts.setdefault(connection_id, _Account())
-        interval = _MARGIN / per_second
         account.waiting += 1
         try:
             while True:
+                rate = min(per_second, account.reported or per_second)
+                interval = _MARGIN / rate
                 if not account.slots:
                     async with account.reserving:
                         if not account.slots:
-                            count = min(account.waiting, per_second)
+                            count = min(account.waiting, rate)
                             first = await anyio.to_thread.run_sync(
                                 self._reserve, connection_id, count, interval
                             )
@@ -90,6 +92,18 @@ class Paces:
                     return
         finally:
             account.waiting -= 1
+
+    def report_limit(self, connection_id: int, limit: int) -> bool:
+        """Loops said the account's limit (x-ratelimit-limit); True if that is news. A lower
+        limit voids the slots reserved at the old pace."""
+        account = self._accounts.setdefault(connection_id, _Account())
+        if limit == account.reported:
+            return False
+        if account.reported is None or limit < account.reported:
+            account.held += 1
+            account.slots.clear()
+        account.reported = limit
+        return True
 
     async def hold(self, connection_id: int, seconds: float) -> None:
         """Let no call to this account through for ``seconds``, in any process (a 429)."""

@@ -7,19 +7,23 @@ Errors are :class:`Invalid` with a message that says what to fix.
 
 from __future__ import annotations
 
+import enum
 import re
 import secrets
 import time
 from dataclasses import dataclass
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, delete, select
+from sqlmodel import Session, col, delete, select
 
 import providers
 from bridge.models import (
+    DEAD,
     DELIVERED,
     FAILED,
     QUEUED,
+    AccountState,
     Connection,
     Contact,
     Delivery,
@@ -30,6 +34,7 @@ from bridge.models import (
 )
 
 _LOOPS_EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
+RATE_LIMITS = range(1, 1001)  # requests per second a Loops account may be given
 
 
 class Invalid(ValueError):
@@ -88,9 +93,15 @@ def connection_problems(engine: Engine, name: str, api_key: str) -> dict[str, st
         with Session(engine) as session:
             if session.exec(select(Connection).where(Connection.name == name)).first():
                 found["name"] = f"A Loops account named {name!r} already exists; pick another name."
-    if not api_key:
-        found["api_key"] = "The Loops API key is empty: copy it from Loops, Settings → API."
+    if problem := _key_problem(api_key):
+        found["api_key"] = problem
     return found
+
+
+def _key_problem(api_key: str) -> str | None:
+    if not api_key.strip():
+        return "The Loops API key is empty: copy it from Loops, Settings → API."
+    return None
 
 
 def add_connection(engine: Engine, name: str, api_key: str) -> Connection:
@@ -109,27 +120,6 @@ def add_connection(engine: Engine, name: str, api_key: str) -> Connection:
 def list_connections(engine: Engine) -> list[Connection]:
     with Session(engine) as session:
         return list(session.exec(select(Connection).order_by(Connection.name)))
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionView:
-    """A Loops account as shown to people: its key only as a hint."""
-
-    id: int
-    name: str
-    key_hint: str
-    endpoints: list[str]  # names of the endpoints that deliver to it
-
-
-def connection_views(engine: Engine) -> list[ConnectionView]:
-    with Session(engine) as session:
-        users: dict[int, list[str]] = {}
-        for endpoint in session.exec(select(Endpoint).order_by(Endpoint.name)):
-            users.setdefault(endpoint.connection_id, []).append(endpoint.name)
-        return [
-            ConnectionView(c.id, c.name, mask(c.api_key), users.get(c.id, []))  # type: ignore[arg-type]
-            for c in session.exec(select(Connection).order_by(Connection.name))
-        ]
 
 
 def get_connection(engine: Engine, connection_id: int) -> Connection:
@@ -155,10 +145,100 @@ def delete_connection(engine: Engine, connection_id: int) -> str:
                 f"Loops account {name!r} is used by endpoint(s) {', '.join(in_use)}: move them "
                 "to another Loops account or delete them first."
             )
-        session.exec(delete(Contact).where(Contact.connection_id == connection_id))  # type: ignore[call-overload]
+        for model in (Contact, AccountState):
+            session.exec(delete(model).where(model.connection_id == connection_id))  # type: ignore[call-overload]
         session.delete(connection)
         session.commit()
         return name
+
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+KEEP = _Keep.KEEP  # update_connection(rate_limit=KEEP): leave the rate limit as it is
+
+
+def read_rate_limit(text: str) -> int | None:
+    """A rate limit as a person types it: blank is None (BRIDGE_LOOPS_RATE_LIMIT applies),
+    else a whole number of requests per second from 1 to 1000."""
+    text = text.strip()
+    if not text:
+        return None
+    low, high = RATE_LIMITS.start, RATE_LIMITS.stop - 1
+    if not text.isdigit():
+        raise Invalid(
+            f"{text[:20]!r} is not a whole number: enter requests per second from {low} to "
+            f"{high}, or leave it blank for the default (BRIDGE_LOOPS_RATE_LIMIT)."
+        )
+    return _checked_rate_limit(int(text))
+
+
+def _checked_rate_limit(rate_limit: int) -> int:
+    if rate_limit not in RATE_LIMITS:
+        low, high = RATE_LIMITS.start, RATE_LIMITS.stop - 1
+        raise Invalid(
+            f"{rate_limit} requests per second is out of range: enter {low} to {high}, or "
+            "leave it blank for the default (BRIDGE_LOOPS_RATE_LIMIT)."
+        )
+    return rate_limit
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionUpdate:
+    """What :func:`update_connection` did, for a notice or a CLI line."""
+
+    name: str
+    key_hint: str
+    rate_limit: int | None
+    made_due: int  # queued deliveries of the account made due now (a new key only)
+
+
+def update_connection(
+    engine: Engine,
+    connection_id: int,
+    *,
+    api_key: str | None = None,
+    rate_limit: int | _Keep | None = KEEP,
+) -> ConnectionUpdate:
+    """Change a Loops account's rate limit (None: the default) and/or replace its API key.
+
+    A new key ends the account's problem at once, in the same transaction: a key Loops
+    refused (or an outage seen through the old key) says nothing about the new one, so the
+    hold and the problem are cleared and the account's queued deliveries are due now. The
+    worker finds out for itself whether the new key works."""
+    if api_key is not None and (problem := _key_problem(api_key)):
+        raise Invalid(problem)
+    if rate_limit is not KEEP and rate_limit is not None:
+        _checked_rate_limit(rate_limit)
+    with Session(engine) as session:
+        connection = session.get(Connection, connection_id)
+        if connection is None:
+            raise NotFound(f"No Loops account with id {connection_id}.")
+        made_due = 0
+        if api_key is not None:
+            connection.api_key = api_key.strip()
+            state = session.get(AccountState, connection_id)
+            if state is not None:
+                state.problem = state.problem_kind = state.problem_since = None
+                state.failures, state.held_until = 0, None
+                session.add(state)
+            endpoints = select(Endpoint.id).where(Endpoint.connection_id == connection_id)
+            made_due = session.exec(  # type: ignore[call-overload]
+                update(Delivery)
+                .where(col(Delivery.status) == QUEUED, col(Delivery.endpoint_id).in_(endpoints))
+                .values(next_attempt_at=time.time())
+            ).rowcount
+        if rate_limit is not KEEP:
+            connection.rate_limit = rate_limit
+        session.add(connection)
+        session.commit()
+        return ConnectionUpdate(
+            connection.name,
+            mask(connection.api_key),
+            connection.rate_limit,
+            made_due,
+        )
 
 
 def _connection_by_name(session: Session, name: str) -> Connection:
@@ -336,29 +416,37 @@ def delete_endpoint(engine: Engine, endpoint_id: str) -> None:
 
 
 def retry_delivery(engine: Engine, delivery_id: int) -> None:
-    """Queue a failed delivery again, now. Steps that already succeeded are not repeated."""
-    _requeue(engine, delivery_id, FAILED, new_key=False)
+    """Queue a failed or dead delivery again, now, with a fresh max age (BRIDGE_MAX_AGE_HOURS
+    from now). Steps that already succeeded are not repeated."""
+    _requeue(engine, delivery_id, (FAILED, DEAD), new_key=False)
 
 
 def send_again(engine: Engine, delivery_id: int) -> None:
     """Deliver a delivered event once more, with a new idempotency key: this fires the
     Loops workflow again, so the admin asks for confirmation first."""
-    _requeue(engine, delivery_id, DELIVERED, new_key=True)
+    _requeue(engine, delivery_id, (DELIVERED,), new_key=True)
 
 
-def _requeue(engine: Engine, delivery_id: int, expected: str, *, new_key: bool) -> None:
+def _requeue(engine: Engine, delivery_id: int, expected: tuple[str, ...], *, new_key: bool) -> None:
     with Session(engine) as session:
         delivery = session.get(Delivery, delivery_id)
         if delivery is None:
             raise Invalid(f"No delivery {delivery_id}.")
-        if delivery.status != expected:
+        if delivery.status not in expected:
+            what = "sent again" if new_key else "retried"
             raise Invalid(
-                f"Delivery {delivery_id} is {delivery.status}; only a {expected} delivery "
-                "can be sent this way."
+                f"Delivery {delivery_id} is {delivery.status}; only a {' or '.join(expected)} "
+                f"delivery can be {what}."
+            )
+        if delivery.payload is None:
+            raise Invalid(
+                f"Delivery {delivery_id} cannot be sent again: its event was deleted after the "
+                "retention period (BRIDGE_RETENTION_DAYS). Its outcome and Loops calls are kept."
             )
         now = time.time()
         delivery.status, delivery.finished_at = QUEUED, None
-        delivery.queued_at = delivery.next_attempt_at = now  # a fresh 3 days of tries
+        delivery.claimed_by = delivery.lease_until = None
+        delivery.queued_at = delivery.next_attempt_at = now  # a fresh max age of tries
         delivery.reason = "sent again by an admin" if new_key else "retry requested by an admin"
         if new_key:
             delivery.idempotency_key = (

@@ -131,10 +131,19 @@ def test_retry_a_failed_delivery(page, sandbox: Sandbox, env):
 
 
 @pytest.mark.parametrize("width", [375, 1280], ids=["phone", "laptop"])
-def test_pages_fit_the_screen(page, width):
+def test_pages_fit_the_screen(page, env, width):
+    from tests.servers import cli
+
+    added = cli(env, "connections", "add", "--name", "acme", "--api-key", "k_1234567890", "--json")
     page.set_viewport_size({"width": width, "height": 800})
     sign_in(page)
-    for path in ("/admin/", "/admin/deliveries", "/admin/endpoints/new", "/admin/accounts"):
+    for path in (
+        "/admin/",
+        "/admin/deliveries",
+        "/admin/endpoints/new",
+        "/admin/accounts",
+        f"/admin/accounts/{added['id']}",
+    ):
         page.goto(path)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is wider than a {width}px screen by {overflow}px"

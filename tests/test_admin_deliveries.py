@@ -12,21 +12,30 @@ import html
 import itertools
 import random
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import Session
 
 import providers
 from bridge import db, registry
 from bridge.admin import deliveries
 from bridge.admin.deliveries import Filters, list_deliveries
-from bridge.admin.formats import pretty
+from bridge.admin.formats import pretty, when
 from bridge.admin.overview import busiest_second
-from bridge.models import STATUSES, Delivery
+from bridge.models import STATUSES, Delivery, LoopsCall
 from tests.helpers import signed_headers
 from tests.servers import ADMIN_PASSWORD, Bridge, Process, Sandbox, cli, free_port, wait_until
+from tests.test_admin_endpoints import (
+    Offline,
+    account_state,
+    stored_delivery,
+    stored_endpoint,
+    words,
+)
 
 SECRET = "whsec_adminDeliveriesSecretAAAAAAAA"
 STRIPE = providers.get("stripe")
@@ -41,6 +50,14 @@ def client(bridge: Bridge) -> Iterator[httpx.Client]:
     signed_in = bridge.admin()
     yield signed_in
     signed_in.close()
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Iterator[Offline]:
+    """The admin in-process without a delivery worker: stored rows stay as written."""
+    app = Offline(tmp_path)
+    yield app
+    app.close()
 
 
 def make_endpoint(env: dict, name: str = "Stripe test", **options: str) -> str:
@@ -289,7 +306,7 @@ def test_keyset_pages_under_every_filter_combination(tmp_path, monkeypatch, size
             "event_type": rng.choices(types, [70, 28, 2])[0],
             "occurred_at": n,
             "email": rng.choice(emails),
-            "status": rng.choices(STATUSES, [5, 80, 10, 5])[0],
+            "status": rng.choices(STATUSES, [5, 80, 10, 4, 1])[0],
             "received_at": float(n),
         }
         for n in range(160)
@@ -362,7 +379,8 @@ def test_failed_delivery_retried_after_the_cause_is_gone(
     # Retrying what is not failed explains itself instead of doing anything.
     again = post(client, f"/admin/deliveries/{delivery_id}/retry")
     assert again.status_code == 303
-    assert "only a failed delivery" in page(client, again.headers["location"])
+    said = "Delivery {} is delivered; only a failed or dead delivery can be retried."
+    assert said.format(delivery_id) in page(client, again.headers["location"])
 
 
 def test_send_again_fires_the_loops_event_with_a_new_key(
@@ -388,6 +406,166 @@ def test_send_again_fires_the_loops_event_with_a_new_key(
     shown = wait_for_status(client, delivery_id, "delivered")
     assert shown.count("POST /events/send → 200") == 2
     assert "(new, from “Send again”)" in shown
+
+
+def loops_call(offline: Offline, delivery_id: int, status_code: int, answer: str) -> None:
+    with Session(offline.engine) as session:
+        session.add(
+            LoopsCall(
+                delivery_id=delivery_id,
+                method="POST",
+                path="/contacts/create",
+                request_body='{"email": "jo@example.com"}',
+                status_code=status_code,
+                response_body=answer,
+                started_at=time.time() - 3 * 3600,
+                duration_ms=12.0,
+            )
+        )
+        session.commit()
+
+
+def test_dead_delivery_says_why_and_is_retried_with_a_fresh_max_age(tmp_path: Path):
+    offline = Offline(tmp_path, BRIDGE_MAX_AGE_HOURS="30")
+    try:
+        now = time.time()
+        registry.add_connection(offline.engine, "acme", "loops_key_acme_1234")
+        endpoint = stored_endpoint(offline.engine, "acme")
+        dead = stored_delivery(
+            offline.engine,
+            endpoint,
+            status="dead",
+            reason="Loops answered 503: Service Unavailable",
+            attempts=17,
+            received_at=now - 32 * 3600,
+            queued_at=now - 32 * 3600,
+            finished_at=now - 2 * 3600,
+            next_attempt_at=None,
+        )
+        loops_call(offline, dead, 503, '{"message": "Service Unavailable"}')
+        failed = stored_delivery(
+            offline.engine, endpoint, status="failed", reason="Loops answered 400: bad email"
+        )
+
+        shown = offline.page(f"/admin/deliveries/{dead}")
+        assert f'<h1>Delivery {dead} <span class="status status-dead">dead</span>' in (shown.source)
+        assert words(shown["why"]["text"]) == (
+            "Not delivered after 30 hours of retrying; last reason: Loops answered 503: "
+            "Service Unavailable"
+        )
+        assert shown.actions(rf"/admin/deliveries/{dead}/retry") == [
+            f"/admin/deliveries/{dead}/retry"
+        ]
+        assert "with a fresh 30 hours of tries (BRIDGE_MAX_AGE_HOURS)" in words(shown.text)
+        assert "POST /contacts/create → 503" in shown.text and "send-again" not in shown.source
+        # The list filters by it and badges it; the overview counts it.
+        listed = offline.get("/admin/deliveries?status=dead").text
+        assert re.findall(r'<td><a href="/admin/deliveries/(\d+)">', listed) == [str(dead)]
+        assert '<span class="status status-dead">dead</span>' in listed
+        assert '<option value="dead" selected>dead</option>' in listed
+        assert overview_of(offline)["dead-recent"] == "1"
+
+        retried = offline.post(f"/admin/deliveries/{dead}/retry")
+        assert (retried.status_code, retried.headers["location"]) == (
+            303,
+            f"/admin/deliveries/{dead}",
+        )
+        after = time.time()
+        shown = offline.page(f"/admin/deliveries/{dead}")
+        assert "Queued again" in shown.text
+        assert 'class="status status-queued">queued</span>' in shown.source
+        assert shown["why"]["text"] == "retry requested by an admin"
+        assert shown["next-try"]["text"] == "now"
+        # Thirty fresh hours from the retry, not from when it was first queued.
+        tries_until = words(shown["gives-up"]["text"])
+        assert tries_until.startswith(
+            tuple(words(when(at)) for at in range(int(now) + 30 * 3600, int(after) + 30 * 3600 + 2))
+        ), tries_until
+        assert "POST /contacts/create → 503" in shown.text  # the Loops calls are kept
+        assert overview_of(offline)["dead-recent"] == "0"
+
+        again = offline.post(f"/admin/deliveries/{dead}/retry")
+        assert again.status_code == 303
+        notice = f"Delivery {dead} is queued; only a failed or dead delivery can be retried."
+        assert notice in offline.page(f"/admin/deliveries/{dead}").text
+        # A failed delivery is retried the same way.
+        assert offline.post(f"/admin/deliveries/{failed}/retry").status_code == 303
+        assert offline.page(f"/admin/deliveries/{failed}")["next-try"]["text"] == "now"
+    finally:
+        offline.close()
+
+
+def test_pruned_payload_is_said_and_the_event_cannot_be_sent_again(tmp_path: Path):
+    offline = Offline(tmp_path, BRIDGE_RETENTION_DAYS="14")
+    try:
+        long_ago = time.time() - 20 * 86400
+        registry.add_connection(offline.engine, "acme", "loops_key_acme_1234")
+        endpoint = stored_endpoint(offline.engine, "acme")
+        pruned, ignored, kept = (
+            stored_delivery(
+                offline.engine,
+                endpoint,
+                status=status,
+                payload=payload,
+                reason=reason,
+                received_at=long_ago,
+                finished_at=long_ago,
+                next_attempt_at=None,
+            )
+            for status, payload, reason in (
+                ("delivered", None, "contact created"),
+                ("ignored", None, "customer.deleted is not enabled"),
+                ("delivered", b'{"id": "evt_kept"}', "contact created"),
+            )
+        )
+        loops_call(offline, pruned, 200, '{"success": true}')
+
+        shown = offline.page(f"/admin/deliveries/{pruned}")
+        assert words(shown["payload-deleted"]["text"]) == (
+            "Deleted 14 days after it was received (BRIDGE_RETENTION_DAYS). The outcome above "
+            "and the Loops calls are kept."
+        )
+        assert shown.actions(r"/admin/deliveries/\d+/send-again") == []
+        assert "It cannot be sent again" in shown["no-send-again"]["text"]
+        assert "POST /contacts/create → 200" in shown.text
+        assert shown["why"]["text"] == "contact created"
+        assert "payload-deleted" in offline.page(f"/admin/deliveries/{ignored}").by_id
+        control = offline.page(f"/admin/deliveries/{kept}")
+        assert "payload-deleted" not in control.by_id and "evt_kept" in control.text
+        assert control.actions(r"/admin/deliveries/\d+/send-again") == [
+            f"/admin/deliveries/{kept}/send-again"
+        ]
+
+        # Sent anyway (an old form, a script): refused, with why.
+        answer = offline.post(f"/admin/deliveries/{pruned}/send-again")
+        assert answer.status_code == 303
+        shown = offline.page(f"/admin/deliveries/{pruned}")
+        assert (
+            f"Delivery {pruned} cannot be sent again: its event was deleted after the retention "
+            "period (BRIDGE_RETENTION_DAYS)." in shown.text
+        )
+        assert 'class="status status-delivered">delivered</span>' in shown.source
+    finally:
+        offline.close()
+
+
+def test_queued_delivery_tells_when_its_account_is_held(offline: Offline):
+    now = time.time()
+    acme = registry.add_connection(offline.engine, "acme", "loops_key_acme_1234").id
+    delivery = stored_delivery(offline.engine, stored_endpoint(offline.engine, "acme"))
+    assert "account-problem" not in offline.page(f"/admin/deliveries/{delivery}").by_id
+    account_state(
+        offline.engine,
+        acme,
+        problem="no answer (ReadTimeout)",
+        problem_kind="outage",
+        problem_since=now - 120,
+        held_until=now + 10,
+        failures=2,
+    )
+    said = words(offline.page(f"/admin/deliveries/{delivery}")["account-problem"]["text"])
+    assert said.startswith("Its Loops account acme Loops unreachable")
+    assert f"Loops could not be reached since {words(when(now - 120))}" in said
 
 
 # --- rejected requests ----------------------------------------------------------------------
@@ -481,6 +659,11 @@ def test_overview_counts_what_was_sent(env, sandbox: Sandbox, bridge: Bridge, cl
     # Every Loops call was made within the last minute, at most 10 in any second.
     assert int(numbers["calls"]) == len(sandbox.calls())
     assert 1 <= int(numbers["busiest"]) <= 10
+
+
+def overview_of(offline: Offline) -> dict[str, str]:
+    text = offline.get("/admin/").text
+    return dict(re.findall(r'<strong id="([\w-]+)">(?:<a[^>]*>)?([^<]+)<', text))
 
 
 def test_busiest_second_slides_rather_than_counting_clock_seconds():

@@ -1,21 +1,36 @@
 """The Loops accounts and Endpoints admin pages, driven as an admin drives them: forms
 POSTed to ``loops-bridge serve``, real signed Stripe webhooks, the sandbox standing in for
-Loops."""
+Loops.
+
+How an account is doing is written by the delivery workers into ``account_states``; those
+tests write the rows themselves and read the pages of an app run in-process without a worker
+(:class:`Offline`), so nothing changes the rows while the pages are read."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
+from bridge import db, registry
+from bridge.admin.formats import when
+from bridge.app import create_app
+from bridge.models import QUEUED, AccountState, Delivery
+from bridge.settings import load
 from tests.helpers import fixture_bytes, signed_headers
-from tests.servers import Bridge, Sandbox, cli, wait_until
+from tests.servers import ADMIN_PASSWORD, Bridge, Sandbox, cli, wait_until
 
 KEY = "3f9a1c0e7b5d42a8b6c1e9f07d2a4c5e"  # shown only as …4c5e
 SECRET = "whsec_adminPageSecretAAAAAAAAAAA1"  # shown only as whsec_…AAA1
@@ -61,6 +76,93 @@ class Page(HTMLParser):
     def actions(self, pattern: str) -> list[str]:
         """The form actions on the page matching ``pattern``, in page order."""
         return re.findall(rf'action="({pattern})"', self.source)
+
+
+class Offline:
+    """The bridge app in this process without its delivery worker (httpx's ASGI transport on
+    one event loop), on a fresh SQLite database, signed in to /admin. What the tests write
+    into the database stays as written while they read the pages."""
+
+    def __init__(self, tmp_path: Path, **env: str) -> None:
+        self.settings = load(
+            {
+                "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'offline.db'}",
+                "BRIDGE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                **env,
+            }
+        )
+        self.engine: Engine = db.connect(self.settings.database_url)
+        app = create_app(self.settings, self.engine, run_worker=False)
+        self._loop = asyncio.new_event_loop()
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://bridge"
+        )
+        signed_in = self.post("/admin/login", password=ADMIN_PASSWORD, next="/admin/")
+        assert signed_in.status_code == 303, signed_in.text
+
+    def get(self, url: str) -> httpx.Response:
+        return self._loop.run_until_complete(self._client.get(url))
+
+    def post(self, url: str, **form: str) -> httpx.Response:
+        return self._loop.run_until_complete(self._client.post(url, data=form))
+
+    def page(self, url: str) -> Page:
+        response = self.get(url)
+        assert response.status_code == 200, (url, response.status_code, response.text[:500])
+        return Page(response)
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.run_until_complete(self._loop.shutdown_default_executor())
+        self._loop.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Iterator[Offline]:
+    app = Offline(tmp_path)
+    yield app
+    app.close()
+
+
+def words(text: str) -> str:
+    """``text`` with every run of white space (line breaks, no-break spaces) as one space."""
+    return " ".join(text.split())
+
+
+def account_state(engine: Engine, connection_id: int, **values: Any) -> None:
+    """Write an account's ``account_states`` row, as a delivery worker would."""
+    with Session(engine) as session:
+        session.merge(AccountState(connection_id=connection_id, **values))
+        session.commit()
+
+
+def stored_delivery(engine: Engine, endpoint_id: str, **values: Any) -> int:
+    """A delivery row as the inbox and the worker leave it; queued and due by default."""
+    now = time.time()
+    row: dict[str, Any] = {
+        "event_id": f"evt_{time.monotonic_ns()}",
+        "event_type": "invoice.paid",
+        "occurred_at": int(now),
+        "email": "jo@example.com",
+        "payload": b'{"id": "evt_stored"}',
+        "status": QUEUED,
+        "received_at": now,
+        "queued_at": now,
+        "next_attempt_at": now,
+        **values,
+    }
+    with Session(engine) as session:
+        delivery = Delivery(endpoint_id=endpoint_id, **row)
+        session.add(delivery)
+        session.commit()
+        return delivery.id  # type: ignore[return-value]
+
+
+def stored_endpoint(engine: Engine, connection: str, name: str = "Stripe live") -> str:
+    return registry.create_endpoint(
+        engine, name=name, connection=connection, provider="stripe", event_types=["invoice.paid"]
+    )
 
 
 @pytest.fixture
@@ -177,6 +279,269 @@ def test_account_in_use_is_not_deleted(env, admin: httpx.Client):
     assert "Deleted Loops account 'acme'." in page.text
     assert page.actions(r"/admin/accounts/\d+/delete") == []
     assert cli(env, "connections", "list", "--json") == []
+
+
+# --- how an account is doing ------------------------------------------------------------------
+
+
+def test_each_account_state_is_said_in_plain_words(offline: Offline):
+    engine, now = offline.engine, time.time()
+    ids = {
+        name: registry.add_connection(engine, name, f"loops_key_{name}_0000").id
+        for name in ("fine", "revoked", "down", "busy", "recovered")
+    }
+    account_state(
+        engine,
+        ids["revoked"],
+        problem="Loops answered 401: Invalid API key",
+        problem_kind="key",
+        problem_since=now - 3600,
+        held_until=now + 25,
+        failures=4,
+    )
+    account_state(
+        engine,
+        ids["down"],
+        problem="no answer (ConnectError)",
+        problem_kind="outage",
+        problem_since=now - 600,
+        held_until=now + 8,
+        failures=6,
+    )
+    account_state(engine, ids["busy"], held_until=now + 40)
+    account_state(engine, ids["recovered"], held_until=now - 5)  # a 429 hold that is over
+
+    said = {
+        name: words(offline.page(f"/admin/accounts/{i}")["account-state"]["text"])
+        for name, i in ids.items()
+    }
+    assert said["revoked"] == words(
+        f"Loops refused this API key since {when(now - 3600)}: Loops answered 401: Invalid API "
+        "key. Its deliveries are paused; the bridge checks again at "
+        f"{when(now + 25)} (in 25 s). Replace the key below if it was revoked."
+    )
+    assert said["down"].startswith(
+        words(
+            f"Loops could not be reached since {when(now - 600)}: no answer (ConnectError); next "
+            f"try at {when(now + 8)} (in 8 s) (6 tries failed in a row)."
+        )
+    )
+    assert said["busy"] == words(
+        f"Rate-limited by Loops (429) until {when(now + 40)} (in 40 s): no delivery starts "
+        "before then."
+    )
+    assert said["fine"].startswith("Healthy") and said["recovered"].startswith("Healthy")
+
+    # The list: a badge on every row, the sentence of each account in trouble above it.
+    listed = offline.page("/admin/accounts")
+    badges = {name: listed[f"account-{i}-state"]["text"] for name, i in ids.items()}
+    assert badges == {
+        "fine": "healthy",
+        "revoked": "key refused",
+        "down": "Loops unreachable",
+        "busy": "rate-limited",
+        "recovered": "healthy",
+    }
+    troubled = {i for i in ids.values() if f"account-{i}-problem" in listed.by_id}
+    assert troubled == {ids["revoked"], ids["down"], ids["busy"]}
+    revoked = words(listed[f"account-{ids['revoked']}-problem"]["text"])
+    assert "Replace the key on its page if it was revoked." in revoked
+    # The overview says the same of the accounts in trouble, and nothing of the others.
+    overview = offline.page("/admin/")
+    assert {i for i in ids.values() if f"trouble-{i}" in overview.by_id} == troubled
+    assert said["down"] in words(overview[f"trouble-{ids['down']}"]["text"])
+
+
+def test_account_shows_its_queue_and_the_rate_limit_in_use(tmp_path: Path):
+    offline = Offline(tmp_path, BRIDGE_LOOPS_RATE_LIMIT="8")
+    try:
+        engine, now = offline.engine, time.time()
+        acme = registry.add_connection(engine, "acme", "loops_key_acme_0000").id
+        other = registry.add_connection(engine, "other", "loops_key_other_000").id
+        live, test = stored_endpoint(engine, "acme"), stored_endpoint(engine, "acme", "Test")
+        oldest = stored_delivery(engine, test, received_at=now - 3 * 3600)
+        stored_delivery(engine, live, received_at=now - 60)
+        stored_delivery(engine, live, received_at=now - 30, next_attempt_at=now + 900)
+        stored_delivery(engine, live, status="delivered", received_at=now - 5 * 3600)
+        stored_delivery(engine, stored_endpoint(engine, "other", "Other"))
+
+        page = offline.page(f"/admin/accounts/{acme}")
+        assert words(page["account-queue"]["text"]) == "3 queued, the oldest received 3 h ago"
+        assert f'href="/admin/deliveries/{oldest}"' in page.source
+        assert words(page["account-rate"]["text"]) == (
+            "8 per second (the default, BRIDGE_LOOPS_RATE_LIMIT)"
+        )
+        assert "Test the key" in page.text and "Stripe live" in page.text
+        listed = offline.page("/admin/accounts")
+        assert words(listed[f"account-{acme}-queue"]["text"]).startswith("3 queued")
+        assert words(listed[f"account-{other}-queue"]["text"]).startswith("1 queued")
+
+        saved = offline.post(f"/admin/accounts/{acme}/rate-limit", rate_limit="25")
+        assert saved.status_code == 303
+        shown = words(offline.page(f"/admin/accounts/{acme}")["account-rate"]["text"])
+        assert shown == "25 per second (set for this account)"
+        # Loops reports the limit it keeps to: when lower, that is the one in use.
+        account_state(engine, acme, loops_limit=50)
+        shown = words(offline.page(f"/admin/accounts/{acme}")["account-rate"]["text"])
+        assert shown == "25 per second (set for this account)"
+        account_state(engine, acme, loops_limit=20)
+        account_state(engine, other, loops_limit=5)
+        assert words(offline.page(f"/admin/accounts/{acme}")["account-rate"]["text"]) == (
+            "20 per second: Loops reports a limit of 20 for this account, below the 25 set for it"
+        )
+        assert words(offline.page(f"/admin/accounts/{other}")["account-rate"]["text"]) == (
+            "5 per second: Loops reports a limit of 5 for this account, below the 8 set by default"
+        )
+        overview = offline.page("/admin/").source
+        limits = re.findall(
+            r'<th scope="row">(\w+)</th>.*?<td class="limit">(\d+)<', overview, re.S
+        )
+        assert limits == [("acme", "20"), ("other", "5")]
+    finally:
+        offline.close()
+
+
+def test_rate_limit_form_takes_a_whole_number_or_blank(offline: Offline):
+    acme = registry.add_connection(offline.engine, "acme", "loops_key_acme_0000").id
+    url = f"/admin/accounts/{acme}/rate-limit"
+    for typed, message in (
+        ("abc", "'abc' is not a whole number: enter requests per second from 1 to 1000"),
+        ("2.5", "'2.5' is not a whole number"),
+        ("-3", "'-3' is not a whole number"),
+        ("0", "0 requests per second is out of range: enter 1 to 1000"),
+        ("1001", "1001 requests per second is out of range"),
+    ):
+        refused = offline.post(url, rate_limit=typed)
+        assert refused.status_code == 400, typed
+        page = Page(refused)
+        assert "Nothing was saved" in page.text
+        assert page["rate_limit"]["aria-invalid"] == "true"
+        assert page["rate_limit"]["aria-describedby"].split() == [
+            "rate_limit-hint",
+            "rate_limit-error",
+        ]
+        assert message in page["rate_limit-error"]["text"], typed
+        assert page["rate_limit"]["value"] == typed  # what was typed is kept
+        assert "aria-invalid" not in page["api_key"]
+    assert "the default" in offline.page(f"/admin/accounts/{acme}")["account-rate"]["text"]
+
+    saved = offline.post(url, rate_limit=" 1000 ")
+    assert (saved.status_code, saved.headers["location"]) == (303, f"/admin/accounts/{acme}")
+    page = offline.page(f"/admin/accounts/{acme}")
+    assert "Loops account 'acme' now uses at most 1000 requests per second." in page.text
+    assert page["rate_limit"]["value"] == "1000"
+    assert offline.post(url, rate_limit="").status_code == 303
+    page = offline.page(f"/admin/accounts/{acme}")
+    assert (
+        "Loops account 'acme' now uses the default rate limit (10 per second, "
+        "BRIDGE_LOOPS_RATE_LIMIT)." in page.text
+    )
+    assert page["rate_limit"]["value"] == ""
+
+
+def test_replacing_the_key_ends_its_problem_and_sends_its_queue_now(offline: Offline):
+    engine, now = offline.engine, time.time()
+    old_key, new_key = "loops_key_revoked_OLD1", "loops_key_replaced_NEW2"
+    acme = registry.add_connection(engine, "acme", old_key).id
+    registry.add_connection(engine, "other", "loops_key_other_0000")
+    account_state(
+        engine,
+        acme,
+        problem="Loops answered 401: Invalid API key",
+        problem_kind="key",
+        problem_since=now - 600,
+        held_until=now + 30,
+        failures=3,
+    )
+    endpoint = stored_endpoint(engine, "acme")
+    waiting = [stored_delivery(engine, endpoint, next_attempt_at=now + 3000) for _ in range(2)]
+    elsewhere = stored_delivery(
+        engine, stored_endpoint(engine, "other", "Other"), next_attempt_at=now + 3000
+    )
+    before = offline.page(f"/admin/deliveries/{waiting[0]}")
+    assert "Loops refused this API key" in before["account-problem"]["text"]
+    assert before["next-try"]["text"].startswith(when(now + 3000))
+
+    refused = offline.post(f"/admin/accounts/{acme}/api-key", api_key="  ")
+    assert refused.status_code == 400
+    page = Page(refused)
+    assert page["api_key"]["aria-invalid"] == "true"
+    assert "The Loops API key is empty" in page["api_key-error"]["text"]
+    assert "Paste it again" in page.text
+    assert "Loops refused this API key" in page["account-state"]["text"]  # nothing changed
+
+    replaced = offline.post(f"/admin/accounts/{acme}/api-key", api_key=new_key)
+    assert (replaced.status_code, replaced.headers["location"]) == (303, f"/admin/accounts/{acme}")
+    page = offline.page(f"/admin/accounts/{acme}")
+    assert (
+        "Replaced the API key of Loops account 'acme' (now loops_…NEW2); any problem with the "
+        "old key is cleared. Its 2 queued deliveries are due now." in page.text
+    )
+    assert words(page["account-state"]["text"]).startswith("Healthy")
+    assert page["account-key-hint"]["text"] == "loops_…NEW2"
+    assert new_key not in page.source and old_key not in page.source
+    assert page["api_key"].get("value") is None  # the key field is never filled in
+    for delivery_id in waiting:
+        shown = offline.page(f"/admin/deliveries/{delivery_id}")
+        assert shown["next-try"]["text"] == "now"
+        assert "account-problem" not in shown.by_id
+    # Another account's queue is not touched.
+    shown = offline.page(f"/admin/deliveries/{elsewhere}")
+    assert shown["next-try"]["text"].startswith(when(now + 3000))
+    # And the key in use is the new one.
+    assert registry.get_connection(engine, acme).api_key == new_key
+
+
+def test_account_with_a_state_is_deleted_with_it(offline: Offline):
+    acme = registry.add_connection(offline.engine, "acme", "loops_key_acme_0000").id
+    account_state(offline.engine, acme, loops_limit=10, held_until=time.time() + 60)
+    deleted = offline.post(f"/admin/accounts/{acme}/delete?from=account")
+    assert (deleted.status_code, deleted.headers["location"]) == (303, "/admin/accounts")
+    page = offline.page("/admin/accounts")
+    assert "Deleted Loops account 'acme'." in page.text
+    assert f"account-{acme}" not in page.by_id
+    with Session(offline.engine) as session:
+        assert session.get(AccountState, acme) is None
+
+
+def test_refused_key_pauses_deliveries_until_it_is_replaced(env):
+    """End to end: the worker finds the key refused, the admin sees it and replaces the key,
+    and what waited goes out."""
+    picky = Sandbox(env, "--api-key", "loops_key_right_1234")
+    env["BRIDGE_LOOPS_API_URL"] = picky.api_url
+    server = Bridge(env)
+    try:
+        with closing(server.admin()) as admin:
+            add_account(admin, "acme", "loops_key_wrong_0000")
+            endpoint_id = create_endpoint(admin, SECRET, loops_event="stripeCustomer")
+            (account,) = Page(admin.get("/admin/accounts")).actions(r"/admin/accounts/\d+/test")
+            account_url = account.removesuffix("/test")
+            accepted = send(server, endpoint_id, customer_created()).json()
+            assert accepted["status"] == "queued"
+
+            def refused() -> Page | None:
+                page = Page(admin.get(account_url))
+                return page if "Loops refused this API key" in page.text else None
+
+            page = wait_until(refused, what="the account to show its key refused")
+            assert "Its deliveries are paused" in page["account-state"]["text"]
+            assert "1 queued" in page["account-queue"]["text"]
+            delivery = Page(admin.get(f"/admin/deliveries/{accepted['id']}"))
+            assert "Loops refused this API key" in delivery["account-problem"]["text"]
+
+            replaced = admin.post(
+                f"{account_url}/api-key", data={"api_key": "loops_key_right_1234"}
+            )
+            assert replaced.status_code == 303
+            wait_until(lambda: picky.get("events"), what="the waiting event to reach Loops")
+            (event,) = picky.get("events")
+            assert event["eventName"] == "stripeCustomer"
+            page = Page(admin.get(account_url))
+            assert words(page["account-state"]["text"]).startswith("Healthy")
+            assert "0 queued" in page["account-queue"]["text"]
+    finally:
+        server.stop()
+        picky.stop()
 
 
 def test_endpoint_made_in_the_form_takes_a_signed_webhook_once_its_secret_is_pasted(
@@ -372,6 +737,10 @@ def test_unknown_ids_answer_a_404_page(admin: httpx.Client):
         ("POST", "/admin/accounts/999/test"),
         ("POST", "/admin/accounts/999/delete"),
         ("POST", "/admin/accounts/abc/test"),
+        ("GET", "/admin/accounts/999"),
+        ("GET", "/admin/accounts/abc"),
+        ("POST", "/admin/accounts/999/rate-limit"),
+        ("POST", "/admin/accounts/999/api-key"),
     ]:
         answer = admin.request(method, path, data=endpoint_form())
         assert answer.status_code == 404, (method, path, answer.text)

@@ -142,6 +142,50 @@ def test_a_delivery_retried_past_its_maximum_age_is_dead(env):
         sandbox.stop()
 
 
+def test_a_storm_of_429s_for_one_account_never_slows_another(env, sandbox, bridge):
+    acme = make_endpoint(env, events="customer.created", signing_secret=SECRET)
+    cli(env, "connections", "add", "--name", "beta", "--api-key", "loops_key_beta_5678")
+    beta = make_endpoint(env, events="customer.created", connection="beta", signing_secret=SECRET)
+    sandbox.post("faults", {"status": 429, "key": "loops_key_acme_1234"}).raise_for_status()
+
+    post_all(bridge, acme, customers(20, "a"))
+    wait_until(lambda: len(sandbox.calls()) >= 5, what="acme to be refused")
+    post_all(bridge, beta, customers(40, "b"))
+    wait_until(lambda: len(sandbox.get("contacts", key="…5678")) == 40, timeout=30,
+               what="beta's deliveries")  # fmt: skip
+
+    calls = [c for c in sandbox.calls() if c["key"] == "…5678"]
+    assert {c["status"] for c in calls} == {200}
+    times = sorted(c["at"] for c in calls)
+    assert (len(times) - 1) / (times[-1] - times[0]) >= 8.0, "beta kept its own pace"
+    assert busiest_second(calls) <= 10
+    waiting = cli(env, "deliveries", "list", "--endpoint", acme, "--json")
+    assert {d["status"] for d in waiting} == {QUEUED}  # held back, not failed
+
+    httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
+    wait_until(lambda: len(sandbox.get("contacts", key="…1234")) == 20, timeout=30,
+               what="acme's deliveries once Loops takes them")  # fmt: skip
+
+
+def test_the_pace_follows_the_limit_loops_reports(tmp_path):
+    env = bridge_env(tmp_path)  # the bridge assumes 10/s; this account only has 4
+    sandbox = Sandbox(env, "--rate-limit", "4")
+    env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
+    bridge = Bridge(env)
+    try:
+        endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
+        post_all(bridge, endpoint, customers(24))
+        wait_until(lambda: statuses(env) == {DELIVERED: 24}, timeout=30, what="the deliveries")
+        calls = sandbox.calls()
+        first = min(c["at"] for c in calls)
+        later = [c for c in calls if c["at"] > first + 2]  # once Loops has said its limit
+        assert later and {c["status"] for c in later} == {200}
+        assert busiest_second(later) <= 4
+    finally:
+        bridge.stop()
+        sandbox.stop()
+
+
 # -- order ----------------------------------------------------------------------------------
 
 

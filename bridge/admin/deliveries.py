@@ -2,8 +2,11 @@
 
     GET  /deliveries                    newest first; ?endpoint= &status= &event_type= &email=
     GET  /deliveries/{id}               the event, what the bridge decided, every Loops call
-    POST /deliveries/{id}/retry         a failed delivery: queue it again, now
+    POST /deliveries/{id}/retry         a failed or dead delivery: queue it again, now
     POST /deliveries/{id}/send-again    a delivered one: again, with a new idempotency key
+
+A delivered or ignored event's payload is deleted after BRIDGE_RETENTION_DAYS; its page then
+says so, and it can no longer be sent again.
 
 The log pages with keysets, not offsets (https://use-the-index-luke.com/no-offset):
 ``?before=<id>`` shows the next older page, ``?after=<id>`` the next newer one. A page is a
@@ -35,8 +38,12 @@ from starlette.routing import BaseRoute, Route
 import providers
 from bridge import registry
 from bridge.admin import Admin
-from bridge.admin.formats import ago, int_or_none, pretty, when
+from bridge.admin.accounts import STATES, Account, read_accounts
+from bridge.admin.formats import ago, hours, int_or_none, pretty, when
 from bridge.models import (
+    DEAD,
+    DELIVERED,
+    IGNORED,
     QUEUED,
     STATUSES,
     Connection,
@@ -243,6 +250,7 @@ class Detail:
     endpoint_name: str | None
     endpoint_paused: bool
     connection_name: str | None
+    account: Account | None  # its Loops account's state, for a delivery still queued
     calls: list[LoopsCall]
     details: providers.Details | None  # names and Loops properties read from the payload
 
@@ -265,6 +273,11 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
             endpoint_name=endpoint.name if endpoint else None,
             endpoint_paused=bool(endpoint and endpoint.paused),
             connection_name=connection.name if connection else None,
+            account=(
+                next(iter(read_accounts(engine, connection.id, queues=False)), None)  # type: ignore[arg-type]
+                if connection and delivery.status == QUEUED
+                else None
+            ),
             calls=list(calls),
             details=_read_details(endpoint, delivery.payload),
         )
@@ -321,6 +334,12 @@ def routes(admin: Admin) -> list[BaseRoute]:
         if detail is None:
             return not_found(request, f"There is no delivery {request.path_params['delivery_id']}.")
         delivery = detail.delivery
+        settings, now = admin.settings, time.time()
+        tried = (
+            delivery.finished_at - delivery.queued_at
+            if delivery.finished_at and delivery.queued_at
+            else settings.max_age_hours * 3600
+        )
         return admin.render(
             request,
             "deliveries/show.html",
@@ -328,12 +347,19 @@ def routes(admin: Admin) -> list[BaseRoute]:
             d=delivery,
             detail=detail,
             queued=delivery.status == QUEUED,
+            dead=delivery.status == DEAD,
+            tried=hours(tried),
+            max_age=hours(settings.max_age_hours * 3600),
+            gives_up=(delivery.queued_at or now) + settings.max_age_hours * 3600,
+            pruned=delivery.payload is None and delivery.status in (DELIVERED, IGNORED),
+            retention_days=f"{settings.retention_days:g}",
+            states=STATES,
             payload=pretty(delivery.payload),
             properties=json.dumps(detail.details.properties, indent=2) if detail.details else None,
             pretty=pretty,
             when=when,
             ago=ago,
-            now=time.time(),
+            now=now,
         )
 
     def requeue(

@@ -1,11 +1,13 @@
-"""How the admin pages show stored values: times, JSON, numbers from URLs."""
+"""How the admin pages show stored values: times, JSON, counts, numbers from URLs."""
 
 from __future__ import annotations
 
 import json
 import time
 
-__all__ = ["ago", "int_or_none", "json_object", "pretty", "when"]
+__all__ = ["COUNT_CAP", "ago", "count", "hours", "int_or_none", "json_object", "pretty", "when"]
+
+COUNT_CAP = 100_000  # a count stops here, so that a page costs the same however busy
 
 
 def when(epoch: float | None, zone: bool = True) -> str:
@@ -28,6 +30,18 @@ def ago(epoch: float, now: float | None = None) -> str:
     else:
         text = f"{size / 86400:.0f} days"
     return f"{text} ago" if seconds >= 0 else f"in {text}"
+
+
+def hours(seconds: float) -> str:
+    """A stretch of time in hours: ``"72 hours"``, ``"1 hour"``, ``"0.5 hours"``."""
+    value = seconds / 3600
+    number = f"{value:.0f}" if value >= 10 else f"{value:.1f}".removesuffix(".0")
+    return f"{number} hour" if number == "1" else f"{number} hours"
+
+
+def count(number: int) -> str:
+    """``1234`` -> ``"1,234"``; past the cap, ``"100,000+"``."""
+    return f"{COUNT_CAP:,}+" if number > COUNT_CAP else f"{number:,}"
 
 
 def pretty(raw: bytes | str | None) -> str:

@@ -1,12 +1,14 @@
 """Admin pages: the overview at ``/admin/``. Is the bridge keeping up, and is any Loops
-account near its rate limit?
+account near its rate limit, or in trouble?
 
-    GET  /    counts per status of the last 24 hours, the queue, each Loops account's pace
+    GET  /    counts per status of the last 24 hours, the queue, dead deliveries of the last
+              7 days, Loops accounts with a problem, each Loops account's pace
 
 Every number is one bounded, indexed query. A count stops at ``COUNT_CAP`` (shown as
 "100,000+"), so the page costs the same however busy the day was. The pace of an account is
 read from the Loops calls of the last minute: their number over 60 s, and the most calls in
-any one-second window, against ``BRIDGE_LOOPS_RATE_LIMIT`` (Loops allows 10 per second:
+any one-second window, against the rate limit in use for it (its own, or
+``BRIDGE_LOOPS_RATE_LIMIT``, or the lower limit Loops reported; Loops allows 10 per second:
 https://loops.so/docs/api-reference/intro#rate-limiting).
 """
 
@@ -24,14 +26,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bridge.admin import Admin
-from bridge.admin.formats import ago, when
-from bridge.models import QUEUED, STATUSES, Connection, Delivery, Endpoint, LoopsCall
+from bridge.admin.accounts import STATES, Account, read_accounts
+from bridge.admin.formats import COUNT_CAP, ago, count, when
+from bridge.models import DEAD, QUEUED, STATUSES, Delivery, Endpoint, LoopsCall
 
 __all__ = ["COUNT_CAP", "Overview", "read_overview"]
 
 DAY = 24 * 3600.0
+DEAD_DAYS = 7  # dead deliveries are counted by the week: they are 3 days old when they die
 MINUTE = 60.0
-COUNT_CAP = 100_000
 _CALLS_READ = 60 * 100  # a minute of calls at ten times Loops' limit; more is not a pace
 
 
@@ -42,6 +45,7 @@ class Pace:
     name: str
     calls: int
     busiest: int  # most calls in any one-second window of that minute
+    limit: int  # the rate limit in use for the account
 
     @property
     def per_second(self) -> float:
@@ -53,6 +57,8 @@ class Overview:
     counts: dict[str, int]  # status -> received in the last 24 h, at most COUNT_CAP + 1
     queued: int  # queued now, at most COUNT_CAP + 1
     oldest_queued: tuple[int, float] | None  # (delivery id, received_at)
+    dead: int  # dead, received in the last DEAD_DAYS days, at most COUNT_CAP + 1
+    troubled: list[Account]  # Loops accounts that are not healthy
     paces: list[Pace]
     endpoints: int
     connections: int
@@ -75,8 +81,10 @@ def busiest_second(times: list[float]) -> int:
     return most
 
 
-def read_overview(engine: Engine, now: float | None = None) -> Overview:
+def read_overview(engine: Engine, default_limit: int, now: float | None = None) -> Overview:
+    """What the overview shows; ``default_limit`` is BRIDGE_LOOPS_RATE_LIMIT."""
     now = time.time() if now is None else now
+    accounts = read_accounts(engine, queues=False)
     status, received_at = col(Delivery.status), col(Delivery.received_at)
     with engine.connect() as db:
         counts = {
@@ -84,15 +92,14 @@ def read_overview(engine: Engine, now: float | None = None) -> Overview:
             for name in STATUSES
         }
         queued = _capped_count(db, status == QUEUED)
+        dead = _capped_count(db, and_(status == DEAD, received_at >= now - DEAD_DAYS * DAY))
         oldest = db.execute(
             select(col(Delivery.id), received_at)
             .where(status == QUEUED)
             .order_by(received_at)
             .limit(1)
         ).first()
-        accounts = select(col(Connection.id), col(Connection.name)).order_by(Connection.name)
-        names: dict[int, str] = {row.id: row.name for row in db.execute(accounts)}
-        times: dict[int, list[float]] = {connection_id: [] for connection_id in names}
+        times: dict[int, list[float]] = {account.id: [] for account in accounts}
         started_at = col(LoopsCall.started_at)
         calls = db.execute(
             select(col(Endpoint.connection_id), started_at)
@@ -110,30 +117,36 @@ def read_overview(engine: Engine, now: float | None = None) -> Overview:
         counts=counts,
         queued=queued,
         oldest_queued=(oldest.id, oldest.received_at) if oldest else None,
+        dead=dead,
+        troubled=[a for a in accounts if a.state(now) != "healthy"],
         paces=[
-            Pace(name, len(times[cid]), busiest_second(times[cid])) for cid, name in names.items()
+            Pace(
+                a.name,
+                len(times[a.id]),
+                busiest_second(times[a.id]),
+                a.rate_in_use(default_limit),
+            )
+            for a in accounts
         ],
         endpoints=endpoints,
-        connections=len(names),
+        connections=len(accounts),
     )
-
-
-def count(number: int) -> str:
-    """``1234`` -> ``"1,234"``; past the cap, ``"100,000+"``."""
-    return f"{COUNT_CAP:,}+" if number > COUNT_CAP else f"{number:,}"
 
 
 def routes(admin: Admin) -> list[BaseRoute]:
     async def overview(request: Request) -> Response:
         now = time.time()
-        seen = await admin.run(read_overview, admin.engine, now)
+        seen = await admin.run(read_overview, admin.engine, admin.settings.loops_rate_limit, now)
         return admin.render(
             request,
             "overview.html",
             title="Overview",
             o=seen,
             statuses=STATUSES,
-            limit=admin.settings.loops_rate_limit,
+            dead_days=DEAD_DAYS,
+            max_age=admin.settings.max_age_hours,
+            states=STATES,
+            now=now,
             count=count,
             when=when,
             ago=lambda epoch: ago(epoch, now),

@@ -73,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--api-key", required=True, help="Loops API key, or - to read stdin")
     _json_flag(add)
     _json_flag(sub.add_parser("list", help="list Loops accounts (keys masked)"))
+    change = sub.add_parser("set", help="change a Loops account's rate limit or API key")
+    change.add_argument("name", help="the Loops account's name")
+    change.add_argument(
+        "--rate-limit", help="requests per second, 1-1000, or 'default' (BRIDGE_LOOPS_RATE_LIMIT)"
+    )
+    change.add_argument(
+        "--api-key", help="a new Loops API key, or - to read stdin; its deliveries resume at once"
+    )
+    _json_flag(change)
 
     endpoints = commands.add_parser("endpoints", help="webhook endpoints")
     sub = endpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -251,12 +260,45 @@ def _connections(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
             f"Added Loops account {connection.name!r} (key {registry.mask(connection.api_key)}).",
         )
         return 0
+    if args.action == "set":
+        return _set_connection(args, engine)
     rows = [
-        {"id": c.id, "name": c.name, "api_key": registry.mask(c.api_key)}
+        {
+            "id": c.id,
+            "name": c.name,
+            "api_key": registry.mask(c.api_key),
+            "rate_limit": c.rate_limit,
+        }
         for c in registry.list_connections(engine)
     ]
     text = "\n".join(f"{r['name']}\tkey {r['api_key']}" for r in rows) or "No Loops accounts yet."
     _print(args, rows, text)
+    return 0
+
+
+def _set_connection(args: argparse.Namespace, engine: Engine) -> int:
+    if args.rate_limit is None and args.api_key is None:
+        raise registry.Invalid("Give --rate-limit, --api-key or both.")
+    found = [c for c in registry.list_connections(engine) if c.name == args.name]
+    if not found:
+        raise registry.Invalid(f"No Loops account named {args.name!r}: see `connections list`.")
+    rate: Any = registry.KEEP
+    if args.rate_limit is not None:
+        text = "" if args.rate_limit.strip().lower() == "default" else args.rate_limit
+        rate = registry.read_rate_limit(text)
+    key = _secret_arg(args.api_key) if args.api_key is not None else None
+    done = registry.update_connection(engine, found[0].id, api_key=key, rate_limit=rate)
+    data = {
+        "name": done.name,
+        "api_key": done.key_hint,
+        "rate_limit": done.rate_limit,
+        "deliveries_resumed": done.made_due,
+    }
+    limit = f"{done.rate_limit}/s" if done.rate_limit else "the default (BRIDGE_LOOPS_RATE_LIMIT)"
+    text = f"Loops account {done.name!r}: key {done.key_hint}, rate limit {limit}."
+    if key is not None:
+        text += f" {done.made_due} queued deliveries resume now."
+    _print(args, data, text)
     return 0
 
 

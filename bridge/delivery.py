@@ -299,12 +299,10 @@ class Worker:
         attempts = job.attempts + 1
         hours = self._settings.max_age_hours
         if time.time() - job.queued_at > hours * 3600:
-            reason = (
-                f"not delivered after {hours:g} hours of retrying ({attempts} tries): {message}"
-            )
+            reason = f"{message} (try {attempts}; tries stop {hours:g} hours after it was queued)"
             return Settled(DEAD, reason, None, account_problem, account_message)
         if delay is None:
             delay = backoff(attempts, self._settings.retry_base_seconds)
-        later = f", next try in {delay:.0f} s" if delay >= 1 else ""
+        later = f", next try in {delay:.{0 if delay >= 10 else 1}f} s" if delay > 0 else ""
         reason = f"{message}; try {attempts} failed{later}"
         return Settled(QUEUED, reason, time.time() + delay, account_problem, account_message)

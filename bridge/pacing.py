@@ -34,6 +34,7 @@ __all__ = ["Paces", "database_now", "ensure_account"]
 
 _MARGIN = 1.05  # absorbs jitter between our send time and Loops' receive time
 _LATE = 0.025  # seconds after its slot a caller may still send
+_LEAD = 0.05  # a new slot is at least this far ahead: time for the answer to come back
 
 _NOW = {
     "sqlite": "(julianday('now') - 2440587.5) * 86400.0",
@@ -58,6 +59,7 @@ class _Account:
     waiting: int = 0
     held: int = 0  # counts holds: a slot reserved before a hold is void
     reported: int | None = None  # x-ratelimit-limit, as Loops last said it
+    pace: int = 0  # requests per second the last reservation was made for
     reserving: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -75,7 +77,7 @@ class Paces:
         account.waiting += 1
         try:
             while True:
-                rate = min(per_second, account.reported or per_second)
+                rate = account.pace = min(per_second, account.reported or per_second)
                 interval = _MARGIN / rate
                 if not account.slots:
                     async with account.reserving:
@@ -99,7 +101,7 @@ class Paces:
         account = self._accounts.setdefault(connection_id, _Account())
         if limit == account.reported:
             return False
-        if account.reported is None or limit < account.reported:
+        if limit < account.pace:
             account.held += 1
             account.slots.clear()
         account.reported = limit
@@ -119,14 +121,18 @@ class Paces:
             if connection_id not in self._known:
                 ensure_account(conn, connection_id)
                 self._known.add(connection_id)
-            start = sa.case((state.next_slot > self._now, state.next_slot), else_=self._now)
+            soonest = self._now + _LEAD
+            start = sa.case((state.next_slot > soonest, state.next_slot), else_=soonest)
+            asked = time.monotonic()
             next_slot, now = conn.execute(
                 sa.update(AccountState)
                 .where(state.connection_id == connection_id)
                 .values(next_slot=start + count * interval)
                 .returning(state.next_slot, self._now)
             ).one()
-        return time.monotonic() + (next_slot - count * interval - now)
+            answered = time.monotonic()
+        # The database's "now" fell somewhere between asking and the answer: take the middle.
+        return (asked + answered) / 2 + (next_slot - count * interval - now)
 
     def _hold(self, connection_id: int, seconds: float) -> None:
         state = AccountState.__table__.c  # type: ignore[attr-defined]

@@ -345,6 +345,9 @@ class Queue:
             )
             return
         ensure_account(conn, job.connection_id)
+        key_now = select(Connection.api_key).where(Connection.id == job.connection_id)
+        if conn.execute(key_now).scalar() != job.api_key:
+            return  # the key was replaced while this attempt ran: it says nothing of the new one
         failures = conn.execute(select(state.failures).where(where)).scalar_one() + 1
         if settled.account_problem == KEY:
             wait = _KEY_PROBE_EVERY

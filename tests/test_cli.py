@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from bridge import db
-from tests.servers import cli
+from tests.servers import bridge_env, cli
 
 KEY = "loops_live_key_9f8e7d6c5b4a"
 SECRET = "whsec_cliTestSecretDDDDDDDDDDDDDDDD"
@@ -152,3 +152,22 @@ def test_endpoint_ids_can_always_be_typed_as_arguments():
     ids = [new_endpoint_id() for _ in range(2000)]
     assert not any(i.startswith("-") for i in ids)  # a bare base64url id would, 1 in 64
     assert len(set(ids)) == len(ids)
+
+
+def test_connections_set_changes_the_rate_limit_and_replaces_the_key(tmp_path):
+    env = bridge_env(tmp_path)
+    cli(env, "connections", "add", "--name", "acme", "--api-key", "loops_key_old_1111")
+    changed = cli(env, "connections", "set", "acme", "--rate-limit", "25", "--json")
+    assert changed["rate_limit"] == 25
+    replaced = cli(
+        env, "connections", "set", "acme", "--api-key", "-", stdin="loops_key_new_2222\n"
+    )
+    assert "…2222" in replaced.stdout and "loops_key_new_2222" not in replaced.stdout
+    (listed,) = cli(env, "connections", "list", "--json")
+    assert listed["rate_limit"] == 25 and listed["api_key"].endswith("2222")
+    back = cli(env, "connections", "set", "acme", "--rate-limit", "default", "--json")
+    assert back["rate_limit"] is None
+    wrong = cli(env, "connections", "set", "acme", "--rate-limit", "5000", check=False)
+    assert wrong.returncode == 2 and "1000" in wrong.stderr
+    missing = cli(env, "connections", "set", "nobody", "--rate-limit", "5", check=False)
+    assert missing.returncode == 2 and "No Loops account named 'nobody'" in missing.stderr

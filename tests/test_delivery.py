@@ -134,7 +134,7 @@ def test_a_delivery_retried_past_its_maximum_age_is_dead(env):
         sandbox.post("faults", {"status": 502}).raise_for_status()
         answer = deliver(bridge, endpoint, fixture_bytes(INVOICE_PAID))
         shown = delivery(env, answer["id"], until="dead")
-        assert shown["reason"].startswith("not delivered after ")
+        assert "tries stop 0.000416667 hours after it was queued" in shown["reason"]
         assert "502" in shown["reason"]
         assert cli(env, "deliveries", "list", "--status", "dead", "--json")[0]["id"] == answer["id"]
     finally:
@@ -320,14 +320,16 @@ def test_two_workers_and_a_server_on_postgresql_share_the_rate_limit(tmp_path, p
             env, events="customer.created", loops_event="signedUp", signing_secret=SECRET
         )
         post_all(bridge, endpoint, customers(count))
+        backlog_from = time.monotonic()  # the sandbox stamps calls with the same clock
         wait_until(lambda: statuses(env) == {DELIVERED: count}, timeout=60,
                    what="the backlog to be delivered")  # fmt: skip
         calls = sandbox.calls()
         assert {c["status"] for c in calls} == {200}, "no 429, no 409: no second over the limit"
         assert len(calls) == 2 * count
         assert busiest_second(calls) <= 10
-        times = sorted(c["at"] for c in calls)
+        times = sorted(c["at"] for c in calls if c["at"] >= backlog_from)
         used = (len(times) - 1) / (times[-1] - times[0])
+        assert len(times) > count
         assert used >= 9.0, f"{used:.2f} requests/s of 10 while there was a backlog"
         assert len(sandbox.get("events")) == count
         for worker in workers:  # every process took its share

@@ -194,7 +194,7 @@ def _settings(settings: Settings) -> int:
         value = getattr(settings, item.env.removeprefix("BRIDGE_").lower())
         if item.env == "BRIDGE_DATABASE_URL":
             value = make_url(value).render_as_string(hide_password=True)
-        elif item.env == "BRIDGE_ADMIN_PASSWORD":
+        elif item.env in ("BRIDGE_ADMIN_PASSWORD", "BRIDGE_SECRET_KEY"):
             value = "(set, not shown)" if value else "(unset)"
         print(f"{item.env}={value}\n    {item.help}")
     return 0

@@ -37,6 +37,12 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _admin(value: str) -> str:
+    if value in ("on", "off") or (value.isdigit() and 0 < int(value) < 65536):
+        return value
+    raise ValueError("must be on, off or a port number")
+
+
 def _log_format(value: str) -> str:
     if value not in ("text", "json"):
         raise ValueError("must be text or json")
@@ -74,6 +80,21 @@ DECLARED: tuple[Declared, ...] = (
         "",
         "Password of the admin web app at /admin. When unset, the first start generates "
         "one, prints it once to the console and keeps only a slow hash of it.",
+    ),
+    Declared(
+        "BRIDGE_ADMIN",
+        "on",
+        "Where the admin web app (and /metrics) is served: `on` at /admin on BRIDGE_PORT; a "
+        "port number to serve it only there (on BRIDGE_HOST), so BRIDGE_PORT answers only "
+        "/webhooks/* and /healthz; `off` for no admin at all.",
+        _admin,
+    ),
+    Declared(
+        "BRIDGE_SECRET_KEY",
+        "",
+        "Key that encrypts Loops API keys and signing secrets in the database. When unset, "
+        "the bridge creates secret.key in its data folder (owner-only) and uses that; keep a "
+        "copy of it with your backups.",
     ),
     Declared(
         "BRIDGE_LOOPS_RATE_LIMIT",
@@ -137,6 +158,8 @@ class Settings:
     port: int
     max_body_bytes: int
     admin_password: str = field(repr=False)
+    admin: str
+    secret_key: str = field(repr=False)
     loops_rate_limit: int
     retry_base_seconds: float
     max_age_hours: float

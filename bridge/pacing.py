@@ -32,8 +32,8 @@ from bridge.models import AccountState
 
 __all__ = ["Paces", "database_now", "ensure_account"]
 
-_MARGIN = 1.03  # absorbs jitter between our send time and Loops' receive time
-_LATE = 0.025  # seconds after its slot a caller may still send (< 1 s x (_MARGIN - 1))
+_MARGIN = 1.05  # absorbs jitter between our send time and Loops' receive time
+_LATE = 0.03  # seconds after its slot a caller may still send (< 1 s x (_MARGIN - 1))
 _LEAD = 0.05  # a new slot is at least this far ahead: time for the answer to come back
 
 _NOW = {

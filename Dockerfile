@@ -22,6 +22,8 @@ RUN pip install -e '.[postgres]' \
 USER bridge
 VOLUME ["/data"]
 EXPOSE 8000
+# With BRIDGE_ADMIN=8001 the admin and /metrics move to port 8001; publish it on the
+# host's loopback only: -p 127.0.0.1:8001:8001 (README: Exposing only the webhooks).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('BRIDGE_PORT', '8000')}/healthz\", timeout=4)"]
 CMD ["loops-bridge", "serve"]

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from bridge import db
+from bridge import db, vault
 from bridge.admin.deliveries import Filters, Page, list_deliveries
 from bridge.admin.overview import read_overview
 
@@ -66,6 +66,7 @@ def parse_args() -> argparse.Namespace:
 
 def fill(path: Path, rows: int) -> None:
     engine = db.connect(f"sqlite:///{path}")  # the bridge's own schema and indexes
+    api_key = vault.of(engine).encrypt("k")  # stored encrypted, as the bridge stores it
     engine.dispose()
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")
@@ -78,7 +79,8 @@ def fill(path: Path, rows: int) -> None:
         sys.exit(f"{path} holds {have:,} deliveries, fewer than --rows; remove it first")
     started = time.perf_counter()
     conn.execute(
-        "INSERT INTO connections (id, name, api_key, created_at) VALUES (1, 'acme', 'k', 0)"
+        "INSERT INTO connections (id, name, api_key, created_at) VALUES (1, 'acme', ?, 0)",
+        (api_key,),
     )
     conn.executemany(
         "INSERT INTO endpoints (id, name, connection_id, provider, event_types, sync_names, "

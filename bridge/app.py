@@ -1,6 +1,17 @@
-"""The web app: the webhook receiver (:mod:`bridge.webhooks`), the health check, the
+"""The web apps: the webhook receiver (:mod:`bridge.webhooks`), the health check, the
 Prometheus metrics (:mod:`bridge.metrics`), the admin, and the delivery worker running beside
-them."""
+them.
+
+Where the operator's parts (the admin and ``/metrics``) are served is ``BRIDGE_ADMIN``::
+
+    on      one app on BRIDGE_PORT: /webhooks/*, /healthz, /metrics, /admin
+    <port>  BRIDGE_PORT: /webhooks/*, /healthz     the port: /admin, /metrics, /healthz
+    off     BRIDGE_PORT: /webhooks/*, /healthz     (metrics: ``worker --metrics-port``)
+
+The public app answers any other path with the same JSON 404, so it does not tell the
+internet whether an admin exists elsewhere. The inbox writer and the delivery worker run in
+the public app's lifespan: once per process, whichever apps are served.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import anyio.to_thread
 from sqlalchemy import text
@@ -16,7 +28,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from bridge import metrics
 from bridge.admin import create_admin
@@ -25,20 +37,30 @@ from bridge.inbox import Inbox
 from bridge.settings import Settings
 from bridge.webhooks import WebhookReceiver
 
-__all__ = ["create_app"]
+__all__ = ["Apps", "create_app", "create_apps"]
 
 log = logging.getLogger("bridge.app")
 
 
+class Apps(NamedTuple):
+    public: Starlette
+    """For BRIDGE_PORT; it runs the inbox writer and the delivery worker."""
+    admin: Starlette | None
+    """For the port BRIDGE_ADMIN names; None with ``on`` (the admin is in ``public``) or
+    ``off``."""
+
+
 def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -> Starlette:
+    """The app on BRIDGE_PORT: with BRIDGE_ADMIN=on (the default), all of the bridge."""
+    return create_apps(settings, engine, run_worker=run_worker).public
+
+
+def create_apps(settings: Settings, engine: Engine, *, run_worker: bool = True) -> Apps:
     worker = Worker(engine, settings) if run_worker else None
     inbox = Inbox(engine, on_queued=worker.wake if worker else None)
-    exposition = metrics.Exposition(engine)
 
-    async def use_post(_: Request) -> JSONResponse:
-        return JSONResponse(
-            {"status": "rejected", "reason": "send webhooks with POST"}, status_code=405
-        )
+    async def not_found(_: Request, __: Exception) -> JSONResponse:
+        return JSONResponse({"status": "rejected", "reason": "not found"}, status_code=404)
 
     async def healthz(_: Request) -> JSONResponse:
         def ping() -> None:
@@ -52,10 +74,6 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
             return JSONResponse({"status": "unavailable", "database": "unreachable"}, 503)
         return JSONResponse({"status": "ok"})
 
-    async def metrics_page(_: Request) -> Response:
-        body = await anyio.to_thread.run_sync(exposition.render)
-        return Response(body, media_type=metrics.CONTENT_TYPE)
-
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         inbox.start()
@@ -68,23 +86,34 @@ def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -
                 worker.stop()
                 await task
 
+    public: list[BaseRoute] = [
+        # Every request under /webhooks/ is answered by WebhookReceiver, whatever its method.
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    operator = _operator_routes(settings, engine, inbox) if settings.admin != "off" else []
     app = Starlette(
-        routes=[
-            # POST is taken by WebhookReceiver before the app sees it.
-            Route(
-                "/webhooks/{endpoint_id}",
-                use_post,
-                methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"],
-            ),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics_page, methods=["GET"]),
-            Route("/admin", lambda _: RedirectResponse("/admin/", 308)),
-            Mount("/admin", create_admin(settings, engine, inbox)),
-        ],
+        routes=public + operator if settings.admin == "on" else public,
         lifespan=lifespan,
         middleware=[
             Middleware(WebhookReceiver, inbox=inbox, max_body_bytes=settings.max_body_bytes)
         ],
+        exception_handlers={404: not_found},
     )
     app.state.inbox = inbox  # for callers that run the app without its lifespan (tests)
-    return app
+    if settings.admin in ("on", "off"):
+        return Apps(app, None)
+    return Apps(app, Starlette(routes=[Route("/healthz", healthz, methods=["GET"]), *operator]))
+
+
+def _operator_routes(settings: Settings, engine: Engine, inbox: Inbox) -> list[BaseRoute]:
+    exposition = metrics.Exposition(engine)
+
+    async def metrics_page(_: Request) -> Response:
+        body = await anyio.to_thread.run_sync(exposition.render)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
+    return [
+        Route("/metrics", metrics_page, methods=["GET"]),
+        Route("/admin", lambda _: RedirectResponse("/admin/", 308)),
+        Mount("/admin", create_admin(settings, engine, inbox)),
+    ]

@@ -5,7 +5,7 @@
     loops-bridge endpoints create ... | list | add-secret ID SECRET | remove-secret ID SECRET
     loops-bridge deliveries list [--status S] | show ID
     loops-bridge settings
-    loops-bridge migrate
+    loops-bridge migrate | rotate-secret-key
 
 ``--json`` prints one JSON value on stdout, for scripts. Any command that uses the database
 creates the schema on a fresh one, and refuses to run on one whose schema is older than this
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -31,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 import providers
-from bridge import db, logs, registry
+from bridge import db, logs, registry, vault
 from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
@@ -64,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("settings", help="list the settings and their current values")
     commands.add_parser(
         "migrate", help="upgrade the database schema to this version's (back it up first)"
+    )
+    _json_flag(
+        commands.add_parser(
+            "rotate-secret-key",
+            help="re-encrypt the stored API keys and signing secrets under a new key "
+            "(stop serve and worker first)",
+        )
     )
 
     connections = commands.add_parser("connections", help="Loops accounts (API keys)")
@@ -152,11 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _settings(settings)
         if args.command == "migrate":
             return _migrate(settings)
-        engine = db.connect(settings.database_url)
+        engine = db.connect(settings.database_url, secret_key=settings.secret_key)
         return _COMMANDS[args.command](args, settings, engine)
     except (registry.Invalid, SettingsError) as exc:
         return _fail(settings, str(exc), 2)
-    except db.SchemaError as exc:
+    except (db.SchemaError, vault.VaultError) as exc:
         return _fail(settings, str(exc), 1)
     except SQLAlchemyError as exc:
         where = make_url(settings.database_url).render_as_string(hide_password=True)
@@ -176,7 +184,7 @@ def _fail(settings: Settings, message: str, code: int) -> int:
 def _migrate(settings: Settings) -> int:
     engine = db.connect(settings.database_url, create_schema=False)
     try:
-        before, after = db.upgrade(engine)
+        before, after = db.upgrade(engine, settings.secret_key)
     finally:
         engine.dispose()
     where = make_url(settings.database_url).render_as_string(hide_password=True)
@@ -203,10 +211,27 @@ def _settings(settings: Settings) -> int:
 def _serve(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     import uvicorn
 
-    from bridge.app import create_app
+    from bridge.app import create_apps
 
     host, port = args.host or settings.host, args.port or settings.port
-    app = create_app(settings, engine)
+    admin_port = int(settings.admin) if settings.admin.isdigit() else None
+    if admin_port == port:
+        raise SettingsError(
+            f"BRIDGE_ADMIN={admin_port} is the port the webhooks are served on (BRIDGE_PORT "
+            "or --port): give the admin a port of its own, or set BRIDGE_ADMIN=on"
+        )
+    apps = create_apps(settings, engine)
+    options: dict[str, Any] = {
+        "host": host,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+    }
+    servers = [uvicorn.Server(uvicorn.Config(apps.public, port=port, **options))]
+    if apps.admin:
+        # No lifespan: the inbox writer and the delivery worker run once, in the public app's.
+        admin = uvicorn.Config(apps.admin, port=admin_port, lifespan="off", **options)
+        servers.append(uvicorn.Server(admin))
     # What exists now lives as long as the process: keep the collector from walking it
     # again and again, and collect the young generation less often. Under a burst of
     # webhooks, full collections otherwise stop every request for ~60 ms at a time.
@@ -215,15 +240,47 @@ def _serve(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 100)
     log.info("webhook URLs: %s/webhooks/<endpoint id>", settings.public_url.rstrip("/"))
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
-    return 0
+    only_webhooks = f"port {port} serves only /webhooks/* and /healthz"
+    if admin_port:
+        log.info(
+            "admin at http://%s:%d/admin, metrics at /metrics there (BRIDGE_ADMIN=%d); %s",
+            host,
+            admin_port,
+            admin_port,
+            only_webhooks,
+        )
+    elif settings.admin == "on":
+        log.info("admin at http://%s:%d/admin, metrics at /metrics (BRIDGE_ADMIN=on)", host, port)
+    else:
+        log.info(
+            "no admin, no /metrics (BRIDGE_ADMIN=off); %s. For metrics: BRIDGE_ADMIN=<port>, "
+            "or loops-bridge worker --metrics-port <port>",
+            only_webhooks,
+        )
+
+    async def serve(server: uvicorn.Server) -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # it could not start (a port in use...); uvicorn logged why
+            pass
+        finally:  # the process serves all of its ports or none
+            for other in servers:
+                other.should_exit = True
+
+    async def run() -> None:
+        # One process, one event loop. Each server catches SIGTERM and SIGINT while it runs
+        # and, after its graceful shutdown, raises the signal again for the handler it had
+        # replaced (uvicorn's cooperative signal handling): the admin's server, started last,
+        # stops first, then the public one, whose lifespan stops the worker.
+        await asyncio.gather(*(serve(server) for server in servers))
+
+    try:  # the event loop uvicorn.run picks: uvloop, which uvicorn[standard] installs
+        from uvloop import new_event_loop as new_loop
+    except ImportError:
+        new_loop = None  # type: ignore[assignment]
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(run())
+    return 0 if all(server.started for server in servers) else 1
 
 
 def _worker(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
@@ -415,12 +472,68 @@ def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
     return 0
 
 
+def _rotate_secret_key(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
+    key = vault.new_key()
+    if vault.of(engine).path is not None:
+        done = vault.rotate(engine, key)
+        data = _rotated_dict(done)
+        text = (
+            f"Re-encrypted {_counted(done)} under a new key, now in {data['key_file']}. The "
+            f"previous key is kept in {data['old_key_file']}: a backup of the database made "
+            "before now needs it. Back up the new key with the database, and start serve "
+            "and worker again."
+        )
+        _print(args, data, text)
+        return 0
+
+    shown = []
+
+    def show(done: vault.Rotated) -> None:  # before the commit: the key cannot get lost
+        text = (
+            f"Re-encrypted {_counted(done)} under a new key. It is shown this once and the "
+            f"bridge stores it nowhere:\n\n    {key}\n\nSet BRIDGE_SECRET_KEY to it wherever "
+            "serve and worker run, keep a copy with the database backups, and start them "
+            "again. A backup of the database made before now needs the previous key. While "
+            "processes change over, BRIDGE_SECRET_KEY=NEW,OLD works too: the first key "
+            "encrypts, either opens."
+        )
+        _print(args, {**_rotated_dict(done), "secret_key": key}, text)
+        sys.stdout.flush()
+        shown.append(True)
+
+    try:
+        vault.rotate(engine, key, before_commit=show)
+    except Exception:
+        if shown:
+            print(
+                "The database was not changed: keep BRIDGE_SECRET_KEY as it is, and forget "
+                "the key shown above.",
+                file=sys.stderr,
+            )
+        raise
+    return 0
+
+
+def _counted(done: vault.Rotated) -> str:
+    return f"{done.accounts} Loops API key(s) and {done.secrets} signing secret(s)"
+
+
+def _rotated_dict(done: vault.Rotated) -> dict:
+    return {
+        "api_keys": done.accounts,
+        "signing_secrets": done.secrets,
+        "key_file": str(done.key_file.absolute()) if done.key_file else None,
+        "old_key_file": str(done.old_key_file.absolute()) if done.old_key_file else None,
+    }
+
+
 _COMMANDS = {
     "serve": _serve,
     "worker": _worker,
     "connections": _connections,
     "endpoints": _endpoints,
     "deliveries": _deliveries,
+    "rotate-secret-key": _rotate_secret_key,
 }
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ A fresh database gets ``create_all`` and a stamp rather than a run of every migr
 is faster, and tests/test_db.py proves the migrations end at the same schema. Creating,
 stamping and upgrading hold a lock (PostgreSQL: an advisory lock; SQLite: ``BEGIN
 IMMEDIATE``), so several processes starting on one database take turns.
+
+From revision 0003 on, Loops API keys and signing secrets are stored encrypted. Before any
+of them is read, :func:`connect` (or :func:`upgrade`, for ``loops-bridge migrate``) unlocks
+the engine's key with bridge/vault.py, and fails with :class:`bridge.vault.VaultError` if the
+key is not the database's.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
-from bridge import models  # noqa: F401  (registers the tables)
+from bridge import (
+    models,  # noqa: F401  (registers the tables)
+    settings,
+    vault,
+)
 
 __all__ = [
     "SchemaError",
@@ -56,6 +65,7 @@ log = logging.getLogger("bridge.db")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 BEFORE_MIGRATIONS = "0001"  # what a database made by create_all, without alembic_version, is
+ENCRYPTED_SINCE = "0003"  # the revision from which secrets are stored encrypted
 _LOCK_KEY = 0x6C6F6F70_73627267  # PostgreSQL advisory lock of schema changes ("loopsbrg")
 
 
@@ -71,15 +81,18 @@ class SchemaTooNew(SchemaError):
     pass
 
 
-def connect(url: str, *, create_schema: bool = True) -> Engine:
+def connect(url: str, *, create_schema: bool = True, secret_key: str | None = None) -> Engine:
     """An engine for ``url``. With ``create_schema``, the schema is made on an empty
-    database, and anything but the current schema raises :class:`SchemaError`; without it,
-    the schema is not looked at (a process whose parent has done so)."""
+    database, anything but the current schema raises :class:`SchemaError`, and the key of
+    the stored secrets is unlocked: ``secret_key`` is BRIDGE_SECRET_KEY's value (None: read
+    from the environment), and empty means the key file. Without ``create_schema``, neither
+    is looked at (a process whose parent has done so, and that reads no secret)."""
     engine = _engine(url)
     if create_schema:
         try:
             current = _prepare(engine)
             _check(engine, current)
+            vault.unlock(engine, _secret_key(secret_key))
         except BaseException:
             engine.dispose()
             raise
@@ -103,20 +116,23 @@ def is_current(engine: Engine) -> bool:
     return revision(engine) == head()
 
 
-def upgrade(engine: Engine) -> tuple[str | None, str]:
+def upgrade(engine: Engine, secret_key: str | None = None) -> tuple[str | None, str]:
     """Bring the schema to :func:`head`; returns the revision it was at (None: the database
     was empty) and the one it is at now. Raises :class:`SchemaTooNew` for a revision newer
-    than this version knows."""
+    than this version knows. The key is unlocked as :func:`connect` does; a database from
+    before :data:`ENCRYPTED_SINCE` has plain secrets, which the migration encrypts with it."""
     with engine.connect() as conn:
         before = _revision(conn)
     current = _prepare(engine)
     _check_known(engine, current)
+    vault.unlock(engine, _secret_key(secret_key), encrypted=_encrypted_at(current))
     if current != head():
         with _schema_lock(engine) as conn:
             config = alembic_config()
             config.attributes["connection"] = conn
             command.upgrade(config, "head")  # from wherever it is now, under the lock
             conn.commit()
+        vault.leave_no_copies(engine)  # 0003 rewrote the secrets
         log.info("upgraded the database schema from revision %s to %s", current, head())
     return before, head()
 
@@ -133,6 +149,17 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 # -- internals ---------------------------------------------------------------------------------
+
+
+def _secret_key(given: str | None) -> str:
+    return settings.load().secret_key if given is None else given
+
+
+def _encrypted_at(revision: str) -> bool:
+    """Whether a database at ``revision`` stores its secrets encrypted."""
+    return any(
+        s.revision == ENCRYPTED_SINCE for s in _scripts().iterate_revisions(revision, "base")
+    )
 
 
 def _engine(url: str) -> Engine:
@@ -156,6 +183,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA secure_delete=ON")  # a replaced or removed secret leaves no trace
     cursor.close()
 
 

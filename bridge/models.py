@@ -32,6 +32,8 @@ from __future__ import annotations
 from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, func
 from sqlmodel import Field, SQLModel
 
+from bridge.vault import EncryptedString
+
 QUEUED, DELIVERED, IGNORED, FAILED, DEAD = "queued", "delivered", "ignored", "failed", "dead"
 STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED, DEAD)
 
@@ -41,7 +43,7 @@ class Connection(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True)
-    api_key: str
+    api_key: str = Field(sa_type=EncryptedString)  # encrypted at rest: see bridge/vault.py
     rate_limit: int | None = None  # requests/second; None: BRIDGE_LOOPS_RATE_LIMIT
     created_at: float
 
@@ -69,7 +71,7 @@ class Secret(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     endpoint_id: str = Field(foreign_key="endpoints.id", index=True)
-    value: str
+    value: str = Field(sa_type=EncryptedString)  # encrypted at rest: see bridge/vault.py
     created_at: float
 
 

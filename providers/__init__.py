@@ -14,6 +14,19 @@ The shape of the data a provider hands on::
         -> Provider.details()  names and Loops event properties
 
 The split keeps the ingest path lean: it reads only what it needs to dedupe and filter.
+
+What every provider's ``verify`` and ``parse`` owe the public ingest path, which anyone on
+the internet can reach:
+
+- Compare signatures in constant time (:func:`hmac.compare_digest`, or a library that uses
+  it, as ``stripe`` does). A comparison that stops at the first differing byte answers a
+  little faster the fewer bytes match, and that lets a sender find a valid signature byte by
+  byte. Compare ASCII ``str`` or ``bytes``: ``compare_digest`` raises on other ``str``.
+- Accept a signed timestamp only within a window around this server's clock, both ways: an
+  old one is a replay, one from the future would stay replayable until its time comes.
+- Raise nothing but :class:`Rejected`, whatever the headers and bytes (any other exception
+  answers 503, and the sender retries it forever); tests/test_webhooks_fuzz.py holds the
+  ingest path to that.
 """
 
 from __future__ import annotations
@@ -65,7 +78,8 @@ class Provider(Protocol):
     event_types: Sequence[str]  # the event types an endpoint may accept, in display order
 
     def verify(self, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> None:
-        """Raise Rejected unless ``body`` is signed by one of ``secrets``. Constant-time."""
+        """Raise Rejected unless ``body`` is signed by one of ``secrets``, recently. The
+        signatures must be compared in constant time (see the module docstring)."""
 
     def parse(self, body: bytes) -> Event:
         """Read a verified body. Raise Rejected if it is not an event this provider knows.

@@ -162,3 +162,12 @@ def bridge_env(tmp: Path, **overrides: str) -> dict[str, str]:
     }
     env.update(overrides)
     return env
+
+
+def answers(url: str) -> bool:
+    """Whether anything answers HTTP at ``url``, whatever its status."""
+    try:
+        httpx.get(url, timeout=1)
+    except httpx.TransportError:
+        return False
+    return True

@@ -455,8 +455,10 @@ def test_json_logs_carry_what_a_decision_concerns_and_errors_on_one_line():
 def test_commands_log_json_lines_on_request(tmp_path):
     env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="json")
     done = cli(env, "connections", "list")
-    (created,) = json_lines(done.stderr)
+    created, key = json_lines(done.stderr)
     assert created["logger"] == "bridge.db" and "created the database schema" in created["message"]
+    assert key["logger"] == "bridge.vault" and key["level"] == "WARNING"
+    assert key["message"].startswith(f"created a new secret key at {tmp_path / 'secret.key'}")
     done = cli(env, "deliveries", "show", "999", check=False)
     assert done.returncode == 2
     (error,) = json_lines(done.stderr)

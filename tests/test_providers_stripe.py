@@ -196,6 +196,69 @@ def test_body_that_is_not_utf8_is_refused():
     assert "UTF-8" in reason
 
 
+def test_timestamp_from_the_future_is_refused():
+    # The stripe library refuses only old timestamps; one ahead of the clock is refused too.
+    body = fixture_bytes(INVOICE_PAID)
+    for ahead in (301, 86_400):
+        headers = lower(signed_headers(body, SECRET, timestamp=int(time.time()) + ahead))
+        reason = rejection(body, headers, [SECRET])
+        assert "300 seconds in the future" in reason
+        assert "clock" in reason
+    headers = lower(signed_headers(body, SECRET, timestamp=int(time.time()) + 240))
+    provider.verify(body, headers, [SECRET])  # a clock a little behind Stripe's is fine
+
+
+def test_future_check_reads_the_timestamp_as_the_stripe_library_does():
+    # The library reads the first t=, split on "=" at most twice: "t=<now>=<future>" is <now>.
+    body = fixture_bytes(INVOICE_PAID)
+    t = int(time.time())
+    v1 = stripe_signature(body, SECRET, t).split(",")[1]
+    provider.verify(body, {"stripe-signature": f"t={t}=99999999999,{v1}"}, [SECRET])
+    later = stripe_signature(body, SECRET, t + 3600).split(",")[1]
+    header = f"t={t + 3600},t={t},{later}"
+    assert "in the future" in rejection(body, {"stripe-signature": header}, [SECRET])
+
+
+def test_more_than_ten_v1_signatures_are_refused():
+    body = fixture_bytes(INVOICE_PAID)
+    valid = stripe_signature(body, SECRET)
+    ten = valid + "".join(f",v1={i:064x}" for i in range(9))
+    provider.verify(body, {"stripe-signature": ten}, [SECRET])
+    eleven = ten + f",v1={0:064x}"
+    reason = rejection(body, {"stripe-signature": eleven}, [SECRET])
+    assert "more than 10 v1 signatures" in reason
+
+
+def test_a_header_of_several_kilobytes_is_refused():
+    body = fixture_bytes(INVOICE_PAID)
+    header = stripe_signature(body, SECRET) + ",v0=" + "0" * 4000
+    assert "longer than 2048 characters" in rejection(body, {"stripe-signature": header}, [SECRET])
+
+
+def test_a_header_that_is_not_ascii_is_malformed_not_an_exception():
+    # hmac.compare_digest raises TypeError on a non-ASCII str, which would answer 503.
+    body = fixture_bytes(INVOICE_PAID)
+    header = f"t={int(time.time())},v1={'é' * 64}"
+    assert "malformed" in rejection(body, {"stripe-signature": header}, [SECRET])
+
+
+def test_signatures_are_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    compared = []
+    real = hmac.compare_digest
+
+    def spy(a, b):  # type: ignore[no-untyped-def]
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    body = fixture_bytes(INVOICE_PAID)
+    provider.verify(body, lower(signed_headers(body, SECRET)), [SECRET])
+    rejection(body, lower(signed_headers(body, OTHER_SECRET)), [SECRET])
+    assert len(compared) == 2
+
+
 # --- parse: real events ---
 
 
@@ -311,6 +374,64 @@ def test_thin_event_is_refused_with_snapshot_hint():
 )
 def test_bodies_that_are_not_stripe_events_are_refused(body, reason):
     with pytest.raises(providers.Rejected, match=reason):
+        provider.parse(body)
+
+
+def test_repeated_keys_are_refused_wherever_they_are():
+    body = fixture_bytes(INVOICE_PAID)
+    provider.parse(body)
+    for old, new in [
+        (b'"id": "evt_1PBX', b'"id": "evt_0", "id": "evt_1PBX'),
+        (b'"id": "evt_1PBX', b'"id": "evt_0", "\\u0069d": "evt_1PBX'),  # spelled otherwise
+        (b'"customer_email"', b'"customer_email": "a@b.c", "customer_email"'),
+        (b'"metadata": {}', b'"metadata": {"k": 1, "k": 2}'),
+        (b'"metadata": {}', b'"metadata": {"k": 1, "k": "\\u003a"}'),  # a colon, escaped
+        (b'"metadata": {}', b'"metadata": {"k\\u003a": 1, "k\\u003a": 1}'),
+    ]:
+        repeated = body.replace(old, new, 1)
+        assert repeated != body
+        with pytest.raises(providers.Rejected, match="same key twice"):
+            provider.parse(repeated)
+
+
+def test_escaped_colons_without_repeated_keys_are_fine():
+    body = fixture_bytes(INVOICE_PAID).replace(
+        b'"metadata": {}', b'"metadata": {"a\\u003ab": "\\u003A", "\\\\u003a": "x"}', 1
+    )
+    assert provider.parse(body).id == "evt_1PBXo9RxqlZt79sDnw7dd5cs"
+
+
+@pytest.mark.parametrize("depth", [254, 255, 1024, 1025, 100_000])
+def test_deep_nesting_is_refused_with_a_reason(depth):
+    body = fixture_bytes(INVOICE_PAID).replace(
+        b'"metadata": {}', b'"metadata": ' + b"[" * depth + b"]" * depth, 1
+    )
+    with pytest.raises(providers.Rejected, match="nested more than 254 levels"):
+        provider.parse(body)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", "evt_\u0000"),
+        ("id", "evt_" + "x" * 300),
+        ("type", "invoice.paid\n"),
+        ("created", 18446744073709551615),
+        ("created", -1),
+    ],
+)
+def test_values_that_cannot_be_stored_are_refused(field, value):
+    # A NUL, a 10 KB id or an integer past 64 bits would fail the insert in PostgreSQL, and
+    # with it every webhook of the same batch.
+    event = fixture_json(INVOICE_PAID)
+    raw = json.dumps(event).replace(json.dumps(event[field]), json.dumps(value), 1)
+    with pytest.raises(providers.Rejected, match=f"no valid {field}"):
+        provider.parse(raw.encode())
+
+
+def test_an_email_with_control_characters_is_refused():
+    body = fixture_bytes(INVOICE_PAID).replace(b"test12@email.com", b"test12@email.com\\u0000", 1)
+    with pytest.raises(providers.Rejected, match="not an email address"):
         provider.parse(body)
 
 

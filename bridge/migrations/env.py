@@ -2,8 +2,9 @@
 
 bridge.db hands over a connection that is already in a transaction and holds the schema lock
 (``config.attributes["connection"]``), so the migrations run inside it and are committed, or
-rolled back, as one. Without one (a developer running alembic's own commands through
-``bridge.db.alembic_config(url)``), a connection is made from ``sqlalchemy.url``.
+rolled back, as one; it has unlocked the key that secrets are encrypted with. Without one (a
+developer running alembic's own commands through ``bridge.db.alembic_config(url)``), a
+connection is made from ``sqlalchemy.url``, with the key of BRIDGE_SECRET_KEY or the key file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from alembic import context
 from sqlalchemy import Connection, create_engine
 from sqlmodel import SQLModel
 
-from bridge import models  # noqa: F401  (registers the tables)
+from bridge import (
+    models,  # noqa: F401  (registers the tables)
+    vault,
+)
+from bridge.settings import load
 
 
 def run(connection: Connection) -> None:
@@ -34,6 +39,7 @@ if given is not None:
     run(given)
 else:
     engine = create_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    vault.unlock(engine, load().secret_key, encrypted=False)  # 0003 reads and writes secrets
     with engine.begin() as connection:
         run(connection)
     engine.dispose()

@@ -1,0 +1,276 @@
+"""Secrets at rest (bridge/vault.py), as an operator meets them, on SQLite and PostgreSQL:
+
+- the stored Loops API keys and signing secrets are Fernet tokens: the database file, or
+  the raw column values, hold none of them;
+- without the key, or with a wrong one, every command fails with a message that says which
+  key and what to do, and no traceback;
+- the key file is made owner-only, once, and announced once;
+- ``loops-bridge rotate-secret-key`` re-encrypts everything, and webhooks still verify;
+- ``loops-bridge migrate`` encrypts the plain rows of an earlier version (and the downgrade
+  decrypts them).
+
+Every process runs in the test's folder, so PostgreSQL's key file (``./data/secret.key``)
+is the test's own.
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from alembic import command
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import create_engine, text
+
+from bridge import db, vault
+from bridge.registry import mask
+from tests.helpers import fixture_bytes, signed_headers
+from tests.servers import BIN, Bridge, Sandbox, bridge_env, cli, wait_until
+from tests.test_db import ENDPOINT, alembic, create_all_at_814cde7
+from tests.test_db import KEY as OLD_KEY
+from tests.test_db import SECRET as OLD_SECRET
+
+KEY = "loops_key_vaultTest_7a6b5c4d3e"
+SECRET = "whsec_vaultTestSecretGGGGGGGGGGGGGGGG"
+SECOND = "whsec_vaultSecondSecretHHHHHHHHHHHHHH"
+PLAIN = (KEY, SECRET, SECOND)
+INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
+CREATED = (
+    "created a new secret key at {path}: back it up with the database; without it the "
+    "stored API keys and signing secrets cannot be read"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def env(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)  # the processes started here find ./data/ here
+    if request.param == "sqlite":
+        return bridge_env(tmp_path)
+    return bridge_env(tmp_path, BRIDGE_DATABASE_URL=request.getfixturevalue("postgres_url"))
+
+
+def key_file(env: dict[str, str]) -> Path:
+    return vault.key_path(env["BRIDGE_DATABASE_URL"]).absolute()
+
+
+def stored(env: dict[str, str]) -> list[str]:
+    """The API keys and signing secrets as they are in the database, read without the
+    bridge."""
+    engine = create_engine(env["BRIDGE_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            keys = conn.execute(text("SELECT api_key FROM connections ORDER BY id")).all()
+            values = conn.execute(text("SELECT value FROM secrets ORDER BY id")).all()
+            return [row[0] for row in (*keys, *values)]
+    finally:
+        engine.dispose()
+
+
+def database_files(env: dict[str, str], folder: Path) -> list[bytes]:
+    """The bytes of the SQLite database and of its write-ahead log, if it has one (none for
+    PostgreSQL). Only while this process has no connection to it: closing a file of the
+    database drops the process's POSIX locks on it (so the WAL's -shm index is left alone)."""
+    if not env["BRIDGE_DATABASE_URL"].startswith("sqlite"):
+        return []
+    files = [folder / "bridge.db", folder / "bridge.db-wal"]
+    return [path.read_bytes() for path in files if path.exists()]
+
+
+def add_account_and_endpoint(env: dict[str, str]) -> str:
+    cli(env, "connections", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
+    created = cli(
+        env,
+        "endpoints",
+        "create",
+        "--name",
+        "Stripe live",
+        "--connection",
+        "acme",
+        "--events",
+        "invoice.paid",
+        "--loops-event",
+        "successfulPayment",
+        "--signing-secret",
+        "-",
+        "--json",
+        stdin=SECRET,
+    )
+    cli(env, "endpoints", "add-secret", created["id"], "-", stdin=SECOND)
+    return created["id"]
+
+
+def delivered(env: dict[str, str], endpoint_id: str, secret: str, api_key: str = KEY) -> None:
+    """A webhook signed with ``secret`` is accepted by ``loops-bridge serve`` and reaches a
+    Loops that takes only ``api_key``."""
+    sandbox = Sandbox(env, "--api-key", api_key)
+    bridge = Bridge({**env, "BRIDGE_LOOPS_API_URL": sandbox.api_url})
+    try:
+        body = fixture_bytes(INVOICE_PAID)
+        refused = bridge.post(endpoint_id, body, signed_headers(body, "whsec_notTheSecret"))
+        assert refused.status_code == 400, refused.text
+        answer = bridge.post(endpoint_id, body, signed_headers(body, secret))
+        assert answer.status_code == 200 and answer.json()["status"] == "queued", answer.text
+
+        def done() -> bool:
+            shown = cli(env, "deliveries", "show", str(answer.json()["id"]), "--json")
+            return shown["status"] == "delivered"
+
+        wait_until(done, what="the delivery to reach Loops with the stored API key")
+    finally:
+        assert bridge.stop() in (0, -15)
+        sandbox.stop()
+
+
+def assert_refused(done: subprocess.CompletedProcess, *expected: str) -> None:
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: "), done.stderr
+    for words in expected:
+        assert words in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    for secret in PLAIN:
+        assert secret not in done.stdout + done.stderr
+
+
+# -- what the database holds -----------------------------------------------------------------
+
+
+def test_a_copied_database_reveals_no_secret(env, tmp_path):
+    add_account_and_endpoint(env)
+    tokens = stored(env)
+    assert len(tokens) == 3
+    for token in tokens:
+        assert token.startswith("gAAAAA") and not any(s in token for s in PLAIN)
+    key = Fernet(key_file(env).read_text().strip())
+    assert [key.decrypt(t).decode() for t in tokens] == list(PLAIN)  # the key, and only it
+    for raw in database_files(env, tmp_path):
+        assert not any(s.encode() in raw for s in PLAIN)
+
+    # The database without its key: every command says what is missing, and makes no key.
+    key_file(env).rename(tmp_path / "elsewhere.key")
+    for args in (["connections", "list"], ["endpoints", "list", "--json"], ["serve"], ["worker"]):
+        assert_refused(
+            cli(env, *args, check=False),
+            "stores encrypted Loops API keys and signing secrets, but BRIDGE_SECRET_KEY is "
+            f"unset and there is no key file at {key_file(env)}. Put back the secret.key",
+        )
+    assert not key_file(env).exists()
+
+    # A wrong key, or something that is no key: the message names it, and never shows it.
+    wrong = vault.new_key()
+    done = cli({**env, "BRIDGE_SECRET_KEY": wrong}, "endpoints", "list", check=False)
+    assert_refused(done, "The key from BRIDGE_SECRET_KEY does not open the Loops API keys")
+    assert wrong not in done.stderr
+    done = cli({**env, "BRIDGE_SECRET_KEY": "hunter2hunter2"}, "serve", check=False)
+    assert_refused(done, "BRIDGE_SECRET_KEY does not hold a valid key")
+    assert "hunter2" not in done.stderr
+    (tmp_path / "elsewhere.key").write_text(wrong)
+    (tmp_path / "elsewhere.key").rename(key_file(env))
+    done = cli({**env, "BRIDGE_LOG_FORMAT": "json"}, "connections", "list", check=False)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1  # one JSON line
+    assert f"The key from the key file {key_file(env)} does not open" in done.stderr
+
+
+def test_the_key_file_is_made_owner_only_and_announced_once(env, tmp_path):
+    starting = [
+        subprocess.Popen([str(BIN), "connections", "list"], env=env, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    said = ""
+    for process in starting:
+        _, stderr = process.communicate(timeout=60)
+        assert process.wait() == 0, stderr.decode()
+        said += stderr.decode()
+    path = key_file(env)
+    assert said.count(CREATED.format(path=path)) == 1, said
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    Fernet(path.read_text().strip())  # one key, as Fernet makes them
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    assert "secret key" not in cli(env, "connections", "list").stderr
+
+
+# -- rotate-secret-key -----------------------------------------------------------------------
+
+
+def test_rotate_secret_key_in_the_key_file_and_webhooks_still_verify(env):
+    endpoint_id = add_account_and_endpoint(env)
+    path = key_file(env)
+    before = path.read_text()
+
+    done = cli(env, "rotate-secret-key", "--json")
+    assert done == {
+        "api_keys": 1,
+        "signing_secrets": 2,
+        "key_file": str(path),
+        "old_key_file": f"{path}.old",
+    }
+    after = path.read_text()
+    assert after != before and Path(f"{path}.old").read_text() == before
+    for kept in (path, Path(f"{path}.old")):
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    old, new = Fernet(before.strip()), Fernet(after.strip())
+    for token in stored(env):
+        with pytest.raises(InvalidToken):
+            old.decrypt(token)
+        assert new.decrypt(token).decode() in PLAIN
+
+    again = cli(env, "rotate-secret-key")
+    assert "Re-encrypted 1 Loops API key(s) and 2 signing secret(s)" in again.stdout
+    assert path.read_text().strip() not in again.stdout + again.stderr  # never shown
+    delivered(env, endpoint_id, SECOND)
+
+
+def test_rotate_secret_key_given_in_bridge_secret_key(tmp_path):
+    first = vault.new_key()
+    env = bridge_env(tmp_path, BRIDGE_SECRET_KEY=first)
+    add_account_and_endpoint(env)
+    assert not (tmp_path / "secret.key").exists()  # the variable is the key
+
+    done = cli(env, "rotate-secret-key")
+    assert "Re-encrypted 1 Loops API key(s) and 2 signing secret(s)" in done.stdout
+    (new,) = [line.strip() for line in done.stdout.splitlines() if line.startswith("    ")]
+    assert done.stdout.count(new) == 1 and first not in done.stdout
+    assert "Set BRIDGE_SECRET_KEY to it" in done.stdout
+    assert not (tmp_path / "secret.key").exists()
+    assert [Fernet(new).decrypt(t).decode() for t in stored(env)] == list(PLAIN)
+
+    refused = cli(env, "connections", "list", check=False)
+    assert_refused(refused, "The key from BRIDGE_SECRET_KEY does not open")
+    for keys in (new, f"{new},{first}", f" {new} , {first} "):
+        (listed,) = cli({**env, "BRIDGE_SECRET_KEY": keys}, "connections", "list", "--json")
+        assert listed["api_key"] == mask(KEY)
+
+
+# -- a database from before secrets were encrypted -------------------------------------------
+
+
+def test_migrate_encrypts_the_plain_secrets_of_an_earlier_version(env, tmp_path):
+    url = env["BRIDGE_DATABASE_URL"]
+    engine = db.connect(url, create_schema=False)
+    try:
+        create_all_at_814cde7(engine)
+        alembic(engine, command.stamp, "0001")
+        alembic(engine, command.upgrade, "0002")  # the version before this one
+    finally:
+        engine.dispose()  # closed before the file is read below: see database_files()
+    assert stored(env) == [OLD_KEY, OLD_SECRET]
+
+    done = cli(env, "migrate")
+    assert f"from schema revision 0002 to {db.head()}" in done.stdout
+    assert CREATED.format(path=key_file(env)) in done.stderr
+    tokens = stored(env)
+    assert all(t.startswith("gAAAAA") for t in tokens) and OLD_KEY not in tokens
+    for raw in database_files(env, tmp_path):
+        assert OLD_KEY.encode() not in raw and OLD_SECRET.encode() not in raw
+    (listed,) = cli(env, "connections", "list", "--json")
+    assert listed["api_key"] == mask(OLD_KEY)
+    delivered(env, ENDPOINT, OLD_SECRET, OLD_KEY)
+
+    engine = db.connect(url, create_schema=False)
+    try:
+        vault.unlock(engine, "")  # the key file that migrate made
+        alembic(engine, command.downgrade, "0002")
+    finally:
+        engine.dispose()
+    assert stored(env) == [OLD_KEY, OLD_SECRET]

@@ -327,7 +327,9 @@ def test_two_workers_and_a_server_on_postgresql_share_the_rate_limit(tmp_path, p
         assert {c["status"] for c in calls} == {200}, "no 429, no 409: no second over the limit"
         assert len(calls) == 2 * count
         assert busiest_second(calls) <= 10
-        times = sorted(c["at"] for c in calls if c["at"] >= backlog_from)
+        # From the end of the burst to the last second of work: after that, the few
+        # deliveries left wait on each other's answers, not on the pace.
+        times = sorted(c["at"] for c in calls if c["at"] >= backlog_from)[:-10]
         used = (len(times) - 1) / (times[-1] - times[0])
         assert len(times) > count
         assert used >= 9.0, f"{used:.2f} requests/s of 10 while there was a backlog"

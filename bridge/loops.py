@@ -100,6 +100,15 @@ class LoopsClient:
             )
         except httpx.TimeoutException:
             return self._no_answer(method, path, request_body, started, clock, "timed out")
+        except httpx.LocalProtocolError as exc:
+            # The request could not be written, and the message quotes the header refused:
+            # the one header that can hold such a character is the API key. Never repeat it.
+            reason = (
+                f"the request could not be sent ({type(exc).__name__}): the Loops API key "
+                "holds a character an HTTP header cannot carry, such as a line break. "
+                "Replace the key"
+            )
+            return self._no_answer(method, path, request_body, started, clock, reason)
         except httpx.TransportError as exc:
             reason = f"could not reach Loops ({type(exc).__name__}: {exc})"
             return self._no_answer(method, path, request_body, started, clock, reason)

@@ -99,8 +99,16 @@ def connection_problems(engine: Engine, name: str, api_key: str) -> dict[str, st
 
 
 def _key_problem(api_key: str) -> str | None:
-    if not api_key.strip():
+    api_key = api_key.strip()
+    if not api_key:
         return "The Loops API key is empty: copy it from Loops, Settings → API."
+    if not all("!" <= c <= "~" for c in api_key):
+        # The key goes into an HTTP header, and no Loops key has such a character. The
+        # message never repeats the key, nor the character, which may be part of it.
+        return (
+            "The Loops API key holds a space, a line break or a character that is not plain "
+            "ASCII, and no Loops key does: copy it again from Loops, Settings → API."
+        )
     return None
 
 

@@ -8,12 +8,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests import leaks
 from tests.servers import Bridge, Sandbox, bridge_env
 
 POSTGRES_HINT = (
     "PostgreSQL tests need a server: set BRIDGE_TEST_POSTGRES=postgresql+psycopg://"
     "postgres@127.0.0.1:5432/postgres (see README)"
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # No secret the tests use may come back out in a log, a CLI output or a page.
+    leaks.install(config)
 
 
 @pytest.fixture

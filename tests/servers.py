@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from tests import leaks
+
 BIN = Path(sys.executable).parent / "loops-bridge"
 ADMIN_PASSWORD = "correct horse battery staple"
 
@@ -45,6 +47,7 @@ class Process:
         self.url = url
         self.log_path = Path(env["BRIDGE_TEST_LOG"])
         self._log = self.log_path.open("ab")
+        leaks.process(args, env, self.log_path)
         self.proc = subprocess.Popen(
             [str(BIN), *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
@@ -118,6 +121,7 @@ class Worker:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
+        leaks.process(["worker"], env, log_path)
         self.proc = subprocess.Popen(
             [str(BIN), "worker"], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
@@ -141,6 +145,7 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None, check: bool =
     done = subprocess.run(
         [str(BIN), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60
     )
+    leaks.command(args, env, stdin, done)
     if check and done.returncode != 0:
         raise AssertionError(f"loops-bridge {' '.join(args)} failed:\n{done.stderr}")
     if "--json" in args and done.returncode == 0:

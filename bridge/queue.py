@@ -139,7 +139,9 @@ class Queue:
                 for connection_id, email in conn.execute(
                     select(Endpoint.connection_id, Delivery.email)
                     .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
-                    .where(Delivery.claimed_by.is_not(None), Delivery.lease_until > now)  # type: ignore[union-attr, operator]
+                    # "> ''" and not "IS NOT NULL": SQLite scans the whole table for the
+                    # latter, and this runs up to 20 times a second (found by profiling).
+                    .where(Delivery.claimed_by > "", Delivery.lease_until > now)  # type: ignore[operator]
                 )
             }
             states = {

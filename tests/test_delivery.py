@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable, Iterator
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from bridge import db
@@ -62,84 +64,84 @@ def busiest_second(calls: list[dict]) -> int:
     return max((sum(1 for t in times if s <= t < s + 1.0) for s in times), default=0)
 
 
+@pytest.fixture
+def start(env: dict[str, str]) -> Iterator[Callable[..., tuple[Sandbox, Bridge]]]:
+    """Start the Loops sandbox (with these arguments) and the bridge pointed at it, once the
+    test has put what it needs in ``env``; both are stopped at the end."""
+    started: list[Sandbox | Bridge] = []
+
+    def start_(*sandbox_args: str) -> tuple[Sandbox, Bridge]:
+        sandbox = Sandbox(env, *sandbox_args)
+        env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
+        started.append(sandbox)
+        started.append(Bridge(env))
+        return sandbox, started[-1]  # type: ignore[return-value]
+
+    yield start_
+    for server in reversed(started):
+        server.stop()
+
+
 # -- faults at Loops ------------------------------------------------------------------------
 
 
-def test_after_an_outage_everything_resumes_within_30_s_of_loops_answering(env):
+def test_after_an_outage_everything_resumes_within_30_s_of_loops_answering(env, start):
     # Each delivery's own backoff would be a minute or more: the account's probe, not the
     # delivery's schedule, must bring them back.
     env["BRIDGE_RETRY_BASE_SECONDS"] = "60"
-    sandbox = Sandbox(env)
-    env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
-    bridge = Bridge(env)
-    try:
-        endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
-        sandbox.post("faults", {"status": 503}).raise_for_status()
-        answers = post_all(bridge, endpoint, [
-            with_email(INVOICE_PAID, f"o{i}@example.com", f"evt_o{i}") for i in range(6)
-        ])  # fmt: skip
-        # The account is probed one delivery at a time, 1 s, 2 s, 4 s ... apart.
-        wait_until(lambda: len(sandbox.calls()) >= 3, what="the account to be probed")
-        met = [delivery(env, a["id"]) for a in answers]
-        assert {d["status"] for d in met} == {QUEUED}
-        assert any("503" in (d["reason"] or "") and "next try in" in d["reason"] for d in met)
-        httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
-        wait_until(lambda: statuses(env) == {DELIVERED: 6}, timeout=30,
-                   what="every delivery within 30 s of Loops answering again")  # fmt: skip
-        # The account was probed one request at a time, not hammered by every delivery.
-        during = [c for c in sandbox.calls() if c["status"] == 503]
-        assert len(during) <= 6, [c["at"] for c in during]
-        assert len(sandbox.get("events")) == 6
-    finally:
-        bridge.stop()
-        sandbox.stop()
+    sandbox, bridge = start()
+    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
+    sandbox.post("faults", {"status": 503}).raise_for_status()
+    answers = post_all(bridge, endpoint, [
+        with_email(INVOICE_PAID, f"o{i}@example.com", f"evt_o{i}") for i in range(6)
+    ])  # fmt: skip
+    # The account is probed one delivery at a time, 1 s, 2 s, 4 s ... apart.
+    wait_until(lambda: len(sandbox.calls()) >= 3, what="the account to be probed")
+    met = [delivery(env, a["id"]) for a in answers]
+    assert {d["status"] for d in met} == {QUEUED}
+    assert any("503" in (d["reason"] or "") and "next try in" in d["reason"] for d in met)
+    httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
+    wait_until(lambda: statuses(env) == {DELIVERED: 6}, timeout=30,
+               what="every delivery within 30 s of Loops answering again")  # fmt: skip
+    # The account was probed one request at a time, not hammered by every delivery.
+    during = [c for c in sandbox.calls() if c["status"] == 503]
+    assert len(during) <= 6, [c["at"] for c in during]
+    assert len(sandbox.get("events")) == 6
 
 
-def test_a_refused_key_pauses_the_account_until_loops_takes_it_again(env):
-    sandbox = Sandbox(env)
-    env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
-    bridge = Bridge(env)
-    try:
-        endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
-        sandbox.post("faults", {"status": 401}).raise_for_status()
-        answers = post_all(bridge, endpoint, [
-            with_email(INVOICE_PAID, f"k{i}@example.com", f"evt_k{i}") for i in range(4)
-        ])  # fmt: skip
-        wait_until(lambda: "paused" in (delivery(env, answers[0]["id"])["reason"] or "")
-                   or "paused" in (delivery(env, answers[-1]["id"])["reason"] or ""),
-                   what="the account to be paused")  # fmt: skip
-        paused = [delivery(env, a["id"]) for a in answers]
-        assert {d["status"] for d in paused} == {QUEUED}  # paused, not failed
-        (first,) = [d for d in paused if d["reason"]]  # the others were not even tried
-        assert "API key of account 'acme'" in first["reason"]
-        assert "loops_key_acme_1234" not in bridge.log()
-        refused = len(sandbox.calls())
-        httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
-        wait_until(lambda: statuses(env) == {DELIVERED: 4}, timeout=45,
-                   what="the paused deliveries to resume by themselves")  # fmt: skip
-        assert refused <= 4 + 2  # one probe at a time while the key was refused
-        assert len(sandbox.get("events")) == 4
-    finally:
-        bridge.stop()
-        sandbox.stop()
+def test_a_refused_key_pauses_the_account_until_loops_takes_it_again(env, start):
+    sandbox, bridge = start()
+    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
+    sandbox.post("faults", {"status": 401}).raise_for_status()
+    answers = post_all(bridge, endpoint, [
+        with_email(INVOICE_PAID, f"k{i}@example.com", f"evt_k{i}") for i in range(4)
+    ])  # fmt: skip
+    wait_until(lambda: "paused" in (delivery(env, answers[0]["id"])["reason"] or "")
+               or "paused" in (delivery(env, answers[-1]["id"])["reason"] or ""),
+               what="the account to be paused")  # fmt: skip
+    paused = [delivery(env, a["id"]) for a in answers]
+    assert {d["status"] for d in paused} == {QUEUED}  # paused, not failed
+    (first,) = [d for d in paused if d["reason"]]  # the others were not even tried
+    assert "API key of account 'acme'" in first["reason"]
+    assert "loops_key_acme_1234" not in bridge.log()
+    refused = len(sandbox.calls())
+    httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
+    wait_until(lambda: statuses(env) == {DELIVERED: 4}, timeout=45,
+               what="the paused deliveries to resume by themselves")  # fmt: skip
+    assert refused <= 4 + 2  # one probe at a time while the key was refused
+    assert len(sandbox.get("events")) == 4
 
 
-def test_a_delivery_retried_past_its_maximum_age_is_dead(env):
+def test_a_delivery_retried_past_its_maximum_age_is_dead(env, start):
     env["BRIDGE_MAX_AGE_HOURS"] = str(1.5 / 3600)  # 1.5 s
-    sandbox = Sandbox(env)
-    env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
-    bridge = Bridge(env)
-    try:
-        endpoint = make_endpoint(env, signing_secret=SECRET)
-        sandbox.post("faults", {"status": 502}).raise_for_status()
-        answer = deliver(bridge, endpoint, fixture_bytes(INVOICE_PAID))
-        shown = delivery(env, answer["id"], until="dead")
-        assert "tries stop 0.000416667 hours after it was queued" in shown["reason"]
-        assert "502" in shown["reason"]
-        assert cli(env, "deliveries", "list", "--status", "dead", "--json")[0]["id"] == answer["id"]
-    finally:
-        bridge.stop()
-        sandbox.stop()
+    sandbox, bridge = start()
+    endpoint = make_endpoint(env, signing_secret=SECRET)
+    sandbox.post("faults", {"status": 502}).raise_for_status()
+    answer = deliver(bridge, endpoint, fixture_bytes(INVOICE_PAID))
+    shown = delivery(env, answer["id"], until="dead")
+    assert "tries stop 0.000416667 hours after it was queued" in shown["reason"]
+    assert "502" in shown["reason"]
+    assert cli(env, "deliveries", "list", "--status", "dead", "--json")[0]["id"] == answer["id"]
 
 
 def test_a_storm_of_429s_for_one_account_never_slows_another(env, sandbox, bridge):
@@ -167,23 +169,17 @@ def test_a_storm_of_429s_for_one_account_never_slows_another(env, sandbox, bridg
                what="acme's deliveries once Loops takes them")  # fmt: skip
 
 
-def test_the_pace_follows_the_limit_loops_reports(tmp_path):
-    env = bridge_env(tmp_path)  # the bridge assumes 10/s; this account only has 4
-    sandbox = Sandbox(env, "--rate-limit", "4")
-    env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
-    bridge = Bridge(env)
-    try:
-        endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
-        post_all(bridge, endpoint, customers(24))
-        wait_until(lambda: statuses(env) == {DELIVERED: 24}, timeout=30, what="the deliveries")
-        calls = sandbox.calls()
-        first = min(c["at"] for c in calls)
-        later = [c for c in calls if c["at"] > first + 2]  # once Loops has said its limit
-        assert later and {c["status"] for c in later} == {200}
-        assert busiest_second(later) <= 4
-    finally:
-        bridge.stop()
-        sandbox.stop()
+def test_the_pace_follows_the_limit_loops_reports(env, start):
+    # The bridge assumes 10/s; this account only has 4.
+    sandbox, bridge = start("--rate-limit", "4")
+    endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
+    post_all(bridge, endpoint, customers(24))
+    wait_until(lambda: statuses(env) == {DELIVERED: 24}, timeout=30, what="the deliveries")
+    calls = sandbox.calls()
+    first = min(c["at"] for c in calls)
+    later = [c for c in calls if c["at"] > first + 2]  # once Loops has said its limit
+    assert later and {c["status"] for c in later} == {200}
+    assert busiest_second(later) <= 4
 
 
 # -- order ----------------------------------------------------------------------------------

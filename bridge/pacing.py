@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from bridge.models import AccountState
 
-__all__ = ["Paces", "database_now", "ensure_account"]
+__all__ = ["Paces", "database_now", "ensure_account", "rate_in_use"]
 
 _MARGIN = 1.05  # absorbs jitter between our send time and Loops' receive time
 _LATE = 0.03  # seconds after its slot a caller may still send (< 1 s x (_MARGIN - 1))
@@ -40,6 +40,13 @@ _NOW = {
     "sqlite": "(julianday('now') - 2440587.5) * 86400.0",
     "postgresql": "extract(epoch from clock_timestamp())::float8",
 }
+
+
+def rate_in_use(own: int | None, default: int, reported: int | None) -> int:
+    """Requests per second an account is paced to: its own limit or the default, or the
+    limit Loops reported (x-ratelimit-limit) when that is lower."""
+    configured = own or default
+    return min(configured, reported) if reported else configured
 
 
 def database_now(dialect: str) -> sa.ColumnElement[float]:

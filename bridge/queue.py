@@ -48,7 +48,7 @@ from bridge.models import (
     Endpoint,
     LoopsCall,
 )
-from bridge.pacing import database_now, ensure_account
+from bridge.pacing import database_now, ensure_account, rate_in_use
 
 __all__ = ["KEY", "OUTAGE", "Job", "Progress", "Queue", "Settled"]
 
@@ -235,8 +235,7 @@ class Queue:
     def _job(self, row: sa.Row) -> Job:
         values = dict(row._mapping)
         own, reported = values.pop("rate_limit"), values.pop("loops_limit")
-        rate = min(own or self._default_rate, reported or own or self._default_rate)
-        return Job(**values, rate_limit=rate)
+        return Job(**values, rate_limit=rate_in_use(own, self._default_rate, reported))
 
     def renew(self, ids: Iterable[int]) -> None:
         """Extend this worker's lease on the deliveries it is still working on."""

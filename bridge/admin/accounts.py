@@ -38,6 +38,7 @@ from bridge.admin import Admin
 from bridge.admin.formats import COUNT_CAP, ago, count, when
 from bridge.loops import Answer, LoopsClient
 from bridge.models import QUEUED, AccountState, Connection, Delivery, Endpoint
+from bridge.pacing import rate_in_use
 
 __all__ = ["Account", "read_accounts"]
 
@@ -79,10 +80,8 @@ class Account:
         return self.own_rate_limit or default
 
     def rate_in_use(self, default: int) -> int:
-        """Requests per second the workers keep to: the account's own limit or the default,
-        or Loops' reported limit when that is lower (the same rule as ``bridge.queue``)."""
-        configured = self.configured_rate(default)
-        return min(configured, self.loops_limit) if self.loops_limit else configured
+        """Requests per second the workers keep to (see :func:`bridge.pacing.rate_in_use`)."""
+        return rate_in_use(self.own_rate_limit, default, self.loops_limit)
 
 
 def read_accounts(

@@ -2,9 +2,9 @@
 VENV ?= .venv
 PYTHON ?= python3
 
-.PHONY: run test lint bench clean
+.PHONY: run test wheel smoke lint bench clean
 
-$(VENV)/.run: pyproject.toml
+$(VENV)/.run: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e .
@@ -21,8 +21,18 @@ test: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
+# dist/loops_bridge-<version>-py3-none-any.whl: what `pip install`, pipx, uv and the
+# Dockerfile install.
+wheel: $(VENV)/.run
+	rm -rf dist
+	$(VENV)/bin/pip wheel --quiet --no-deps --wheel-dir dist .
+
+# The wheel, installed into a fresh venv outside the checkout, serving one webhook (.ci/run).
+smoke: $(VENV)/.run
+	$(VENV)/bin/python .ci/smoke
+
 bench: $(VENV)/.test
 	$(VENV)/bin/python bench/ingest.py
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache build dist *.egg-info

@@ -79,11 +79,11 @@ def fill(path: Path, rows: int) -> None:
         sys.exit(f"{path} holds {have:,} deliveries, fewer than --rows; remove it first")
     started = time.perf_counter()
     conn.execute(
-        "INSERT INTO connections (id, name, api_key, created_at) VALUES (1, 'acme', ?, 0)",
+        "INSERT INTO accounts (id, name, api_key, created_at) VALUES (1, 'acme', ?, 0)",
         (api_key,),
     )
     conn.executemany(
-        "INSERT INTO endpoints (id, name, connection_id, provider, event_types, sync_names, "
+        "INSERT INTO endpoints (id, name, account_id, provider, event_types, sync_names, "
         "paused, created_at) VALUES (?, ?, 1, 'stripe', 'invoice.paid', 1, 0, 0)",
         [(e, f"Endpoint {n}") for n, e in enumerate(ENDPOINTS)],
     )

@@ -38,7 +38,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent / "loops-bridge"
-FIXTURE = HERE.parents[1] / "shared/stripe-fixtures/captured-test-mode/invoice.paid.event.json"
+FIXTURE = HERE.parent / "tests/fixtures/stripe/captured-test-mode/invoice.paid.event.json"
 SECRET = "whsec_benchbenchbenchbenchbenchbench"
 MARK = "{{N}}"  # where the event number goes, in the event id and the customer email
 BAR = 0.5
@@ -254,8 +254,8 @@ def bench(wrk: str, args: argparse.Namespace, work: Path) -> int:
             fail(f"loops-bridge {argv[0]} {argv[1]} failed:\n{done.stderr}")
         return done.stdout
 
-    cli("connections", "add", "--name", "bench", "--api-key", "k")
-    create = "endpoints create --name bench --connection bench --events invoice.paid --json"
+    cli("accounts", "add", "--name", "bench", "--api-key", "k")
+    create = "endpoints create --name bench --account bench --events invoice.paid --json"
     endpoint = json.loads(cli(*create.split(), "--signing-secret", SECRET))
     path = f"/webhooks/{endpoint['id']}"
     print(

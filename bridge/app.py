@@ -1,4 +1,4 @@
-"""The web apps: the webhook receiver (:mod:`bridge.webhooks`), the health check, the
+"""The web apps: the webhook route (:mod:`bridge.webhooks`), the health check, the
 Prometheus metrics (:mod:`bridge.metrics`), the admin, and the delivery worker running beside
 them.
 
@@ -9,8 +9,9 @@ Where the operator's parts (the admin and ``/metrics``) are served is ``BRIDGE_A
     off     BRIDGE_PORT: /webhooks/*, /healthz     (metrics: ``worker --metrics-port``)
 
 The public app answers any other path with the same JSON 404, so it does not tell the
-internet whether an admin exists elsewhere. The inbox writer and the delivery worker run in
-the public app's lifespan: once per process, whichever apps are served.
+internet whether an admin exists elsewhere. The delivery worker runs in the public app's
+lifespan, once per process whichever apps are served; on the way out, the lifespan waits for
+the inbox to have written every webhook it was handed.
 """
 
 from __future__ import annotations
@@ -25,17 +26,15 @@ import anyio.to_thread
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from bridge import metrics
+from bridge import metrics, webhooks
 from bridge.admin import create_admin
 from bridge.delivery import Worker
 from bridge.inbox import Inbox
 from bridge.settings import Settings
-from bridge.webhooks import WebhookReceiver
 
 __all__ = ["Apps", "create_app", "create_apps"]
 
@@ -44,19 +43,28 @@ log = logging.getLogger("bridge.app")
 
 class Apps(NamedTuple):
     public: Starlette
-    """For BRIDGE_PORT; it runs the inbox writer and the delivery worker."""
+    """For BRIDGE_PORT; it runs the delivery worker."""
     admin: Starlette | None
     """For the port BRIDGE_ADMIN names; None with ``on`` (the admin is in ``public``) or
     ``off``."""
 
 
-def create_app(settings: Settings, engine: Engine, *, run_worker: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, engine: Engine, *, run_worker: bool = True, worker: Worker | None = None
+) -> Starlette:
     """The app on BRIDGE_PORT: with BRIDGE_ADMIN=on (the default), all of the bridge."""
-    return create_apps(settings, engine, run_worker=run_worker).public
+    return create_apps(settings, engine, run_worker=run_worker, worker=worker).public
 
 
-def create_apps(settings: Settings, engine: Engine, *, run_worker: bool = True) -> Apps:
-    worker = Worker(engine, settings) if run_worker else None
+def create_apps(
+    settings: Settings, engine: Engine, *, run_worker: bool = True, worker: Worker | None = None
+) -> Apps:
+    """``worker``: the delivery worker to run in the lifespan, if not the default one (tests
+    give one that calls the Loops sandbox in-process); none with ``run_worker=False``."""
+    if run_worker and worker is None:
+        worker = Worker(engine, settings)
+    elif not run_worker:
+        worker = None
     inbox = Inbox(engine, on_queued=worker.wake if worker else None)
 
     async def not_found(_: Request, __: Exception) -> JSONResponse:
@@ -76,7 +84,6 @@ def create_apps(settings: Settings, engine: Engine, *, run_worker: bool = True) 
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        inbox.start()
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
         try:
             yield
@@ -86,19 +93,14 @@ def create_apps(settings: Settings, engine: Engine, *, run_worker: bool = True) 
                 worker.stop()
                 await task
 
-    public: list[BaseRoute] = [
-        # Every request under /webhooks/ is answered by WebhookReceiver, whatever its method.
-        Route("/healthz", healthz, methods=["GET"]),
-    ]
+    public: list[BaseRoute] = [webhooks.ROUTE, Route("/healthz", healthz, methods=["GET"])]
     operator = _operator_routes(settings, engine, inbox) if settings.admin != "off" else []
     app = Starlette(
         routes=public + operator if settings.admin == "on" else public,
         lifespan=lifespan,
-        middleware=[
-            Middleware(WebhookReceiver, inbox=inbox, max_body_bytes=settings.max_body_bytes)
-        ],
         exception_handlers={404: not_found},
     )
+    app.state.webhooks = webhooks.Receiver(inbox, settings.max_body_bytes)
     app.state.inbox = inbox  # for callers that run the app without its lifespan (tests)
     if settings.admin in ("on", "off"):
         return Apps(app, None)

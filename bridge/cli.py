@@ -1,7 +1,7 @@
 """The ``loops-bridge`` command.
 
     loops-bridge serve | worker | sandbox [--port 8025]
-    loops-bridge connections add --name N --api-key KEY | list
+    loops-bridge accounts add --name N --api-key KEY | list | set NAME  (alias: connections)
     loops-bridge endpoints create ... | list | add-secret ID SECRET | remove-secret ID SECRET
     loops-bridge deliveries list [--status S] | show ID
     loops-bridge settings
@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loops-bridge", description="Stripe webhooks in, Loops contacts and events out."
     )
+    parser.add_argument("--version", action="version", version=f"loops-bridge {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the web app and the delivery worker")
@@ -74,8 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
 
-    connections = commands.add_parser("connections", help="Loops accounts (API keys)")
-    sub = connections.add_subparsers(dest="action", required=True, metavar="ACTION")
+    # "connections" was the first name of this command: scripts still use it.
+    accounts = commands.add_parser(
+        "accounts", aliases=["connections"], help="Loops accounts (API keys)"
+    )
+    sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = sub.add_parser("add", help="add a Loops account")
     add.add_argument("--name", required=True, help="a name for this Loops account")
     add.add_argument("--api-key", required=True, help="Loops API key, or - to read stdin")
@@ -95,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = endpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = sub.add_parser("create", help="create an endpoint and print its URL")
     create.add_argument("--name", required=True)
-    create.add_argument("--connection", required=True, help="name of the Loops account")
+    create.add_argument(
+        "--account", "--connection", dest="account", required=True, help="name of the Loops account"
+    )
     create.add_argument("--provider", default="stripe", choices=providers.names())
     create.add_argument("--events", required=True, help="comma-separated event types")
     create.add_argument("--user-group", help="userGroup given to contacts this creates")
@@ -123,6 +129,15 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     _json_flag(show)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("loops-bridge")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return _migrate(settings)
         engine = db.connect(settings.database_url, secret_key=settings.secret_key)
-        return _COMMANDS[args.command](args, settings, engine)
+        try:
+            return _COMMANDS[args.command](args, settings, engine)
+        finally:
+            engine.dispose()  # its connections closed, whether main() ends the process or not
     except (registry.Invalid, SettingsError) as exc:
         return _fail(settings, str(exc), 2)
     except (db.SchemaError, vault.VaultError) as exc:
@@ -303,22 +321,22 @@ def _worker(args: argparse.Namespace, settings: Settings, engine: Engine) -> int
     return 0
 
 
-def _connections(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
+def _accounts(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
     if args.action == "add":
-        connection = registry.add_connection(engine, args.name, _secret_arg(args.api_key))
+        account = registry.add_account(engine, args.name, _secret_arg(args.api_key))
         data = {
-            "id": connection.id,
-            "name": connection.name,
-            "api_key": registry.mask(connection.api_key),
+            "id": account.id,
+            "name": account.name,
+            "api_key": registry.mask(account.api_key),
         }
         _print(
             args,
             data,
-            f"Added Loops account {connection.name!r} (key {registry.mask(connection.api_key)}).",
+            f"Added Loops account {account.name!r} (key {registry.mask(account.api_key)}).",
         )
         return 0
     if args.action == "set":
-        return _set_connection(args, engine)
+        return _set_account(args, engine)
     rows = [
         {
             "id": c.id,
@@ -326,25 +344,27 @@ def _connections(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
             "api_key": registry.mask(c.api_key),
             "rate_limit": c.rate_limit,
         }
-        for c in registry.list_connections(engine)
+        for c in registry.list_accounts(engine)
     ]
     text = "\n".join(f"{r['name']}\tkey {r['api_key']}" for r in rows) or "No Loops accounts yet."
     _print(args, rows, text)
     return 0
 
 
-def _set_connection(args: argparse.Namespace, engine: Engine) -> int:
+def _set_account(args: argparse.Namespace, engine: Engine) -> int:
     if args.rate_limit is None and args.api_key is None:
         raise registry.Invalid("Give --rate-limit, --api-key or both.")
-    found = [c for c in registry.list_connections(engine) if c.name == args.name]
+    found = [c for c in registry.list_accounts(engine) if c.name == args.name]
     if not found:
-        raise registry.Invalid(f"No Loops account named {args.name!r}: see `connections list`.")
+        raise registry.Invalid(
+            f"No Loops account named {args.name!r}: see `loops-bridge accounts list`."
+        )
     rate: Any = registry.KEEP
     if args.rate_limit is not None:
         text = "" if args.rate_limit.strip().lower() == "default" else args.rate_limit
         rate = registry.read_rate_limit(text)
     key = _secret_arg(args.api_key) if args.api_key is not None else None
-    done = registry.update_connection(engine, found[0].id, api_key=key, rate_limit=rate)
+    done = registry.update_account(engine, found[0].id, api_key=key, rate_limit=rate)
     data = {
         "name": done.name,
         "api_key": done.key_hint,
@@ -365,7 +385,7 @@ def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> 
         endpoint_id = registry.create_endpoint(
             engine,
             name=args.name,
-            connection=args.connection,
+            account=args.account,
             provider=args.provider,
             event_types=args.events.split(","),
             user_group=args.user_group,
@@ -396,7 +416,7 @@ def _describe(view: registry.EndpointView, settings: Settings) -> str:
     )
     return "\n".join(
         [
-            f"{view.name}  [{view.provider} → Loops account {view.connection}]",
+            f"{view.name}  [{view.provider} → Loops account {view.account}]",
             f"  id:             {view.id}",
             f"  URL:            {settings.endpoint_url(view.id)}",
             f"  events:         {', '.join(view.event_types)}",
@@ -530,7 +550,8 @@ def _rotated_dict(done: vault.Rotated) -> dict:
 _COMMANDS = {
     "serve": _serve,
     "worker": _worker,
-    "connections": _connections,
+    "accounts": _accounts,
+    "connections": _accounts,
     "endpoints": _endpoints,
     "deliveries": _deliveries,
     "rotate-secret-key": _rotate_secret_key,

@@ -38,7 +38,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy import ColumnElement, Connection, Float, event, inspect, literal_column, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -57,6 +57,7 @@ __all__ = [
     "connect",
     "head",
     "is_current",
+    "now",
     "revision",
     "upgrade",
 ]
@@ -259,3 +260,15 @@ def _check(engine: Engine, current: str) -> None:
         f"The database at {_where(engine)} is at schema revision {current} but this version "
         f"of loops-bridge needs {head()}. Back it up, then run: loops-bridge migrate"
     )
+
+
+_NOW = {
+    "sqlite": "(julianday('now') - 2440587.5) * 86400.0",
+    "postgresql": "extract(epoch from clock_timestamp())::float8",
+}
+
+
+def now(dialect: str) -> ColumnElement[float]:
+    """The database's clock in unix seconds, for use in a query: one clock for every worker
+    on every machine (leases, holds, the pace)."""
+    return literal_column(_NOW[dialect], Float)

@@ -14,8 +14,8 @@ event. The calls, fewest first:
 
 Each step that succeeded is remembered (the contact table), so a retry resumes where the
 last attempt stopped and never re-creates a contact or re-fires a workflow. Every call is
-recorded with its answer. Outcomes (see :mod:`bridge.loops`): RETRY puts the delivery back in
-the queue, GIVE_UP fails it with Loops' message.
+recorded with its answer. What each answer does is decided by its verdict (the table in
+:mod:`bridge.loops`): the delivery's new state here, the account's in :mod:`bridge.accounts`.
 
 Retry schedule: 5 s (BRIDGE_RETRY_BASE_SECONDS), 10 s, 20 s, ... doubling up to 1 hour
 between tries, each +-20 % jitter, for 72 hours after it was queued (BRIDGE_MAX_AGE_HOURS,
@@ -47,14 +47,15 @@ from collections import Counter
 from typing import Any
 
 import anyio.to_thread
+import httpx
 from sqlalchemy.engine import Engine
 
 import providers
-from bridge import metrics
-from bridge.loops import Answer, LoopsClient, Outcome
+from bridge import accounts, metrics
+from bridge.loops import Answer, LoopsClient, Verdict
 from bridge.models import DEAD, DELIVERED, FAILED, QUEUED
 from bridge.pacing import Paces
-from bridge.queue import KEY, OUTAGE, Job, Progress, Queue, Settled
+from bridge.queue import Job, Progress, Queue, Settled
 from bridge.settings import Settings
 
 __all__ = ["Worker", "backoff", "idempotency_key"]
@@ -63,7 +64,6 @@ log = logging.getLogger("bridge.delivery")
 
 LONGEST_WAIT = 3600.0
 _LOOK_AGAIN_AFTER = 0.05
-_SHUTDOWN_GRACE = 5.0
 _PRUNE_EVERY = 3600.0
 
 
@@ -79,13 +79,29 @@ def idempotency_key(endpoint_id: str, event_id: str) -> str:
 
 
 class Worker:
-    def __init__(self, engine: Engine, settings: Settings, *, poll_seconds: float = 1.0) -> None:
+    """Delivers queued deliveries until stopped. Leases, backoff and the rate limit come from
+    ``settings``; the rest can be passed in, so tests run the worker in-process against the
+    Loops sandbox (``transport=httpx.ASGITransport(app=sandbox)``) with short intervals."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        intervals: accounts.Intervals | None = None,
+        poll_seconds: float = 1.0,
+        shutdown_grace: float = 5.0,
+    ) -> None:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._settings = settings
         self._poll_seconds = poll_seconds
-        self._queue = Queue(engine, self.name, settings.lease_seconds, settings.loops_rate_limit)
+        self._shutdown_grace = shutdown_grace
+        self._queue = Queue(
+            engine, self.name, settings.lease_seconds, settings.loops_rate_limit, intervals
+        )
         self._paces = Paces(engine)
-        self._client = LoopsClient(settings.loops_api_url)
+        self._client = LoopsClient(settings.loops_api_url, transport=transport)
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._stopping = False
@@ -133,7 +149,7 @@ class Worker:
         # Half the worker at most for one account: a storm of 429s for one account never
         # takes every slot from the others.
         per_account = max(1, self._settings.worker_concurrency // 2)
-        running = Counter(job.connection_id for job, _ in self._running.values())
+        running = Counter(job.account_id for job, _ in self._running.values())
         jobs = await anyio.to_thread.run_sync(self._queue.claim, room, running, per_account)
         for job in jobs:
             task = asyncio.create_task(self._deliver(job), name=f"delivery-{job.id}")
@@ -155,10 +171,10 @@ class Worker:
         if tasks:
             log.info(
                 "stopping: waiting up to %.0f s for %d deliveries in flight",
-                _SHUTDOWN_GRACE,
+                self._shutdown_grace,
                 len(tasks),
             )
-            _, late = await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE)
+            _, late = await asyncio.wait(tasks, timeout=self._shutdown_grace)
             for task in late:
                 task.cancel()
             if late:
@@ -172,7 +188,7 @@ class Worker:
         fields = {
             "delivery_id": job.id,
             "endpoint_id": job.endpoint_id,
-            "account": job.connection_name,
+            "account": job.account_name,
         }
         try:
             try:
@@ -226,10 +242,10 @@ class Worker:
             if job.user_group:
                 contact["userGroup"] = job.user_group
             answer = await self._call(job, progress, self._client.create_contact, contact | names)
-            if answer.outcome is Outcome.DONE:
+            if answer.verdict is Verdict.DONE:
                 progress.names_sent = bool(names)
                 names, done = {}, ["contact created", *done]
-            elif answer.outcome is Outcome.ALREADY:
+            elif answer.verdict is Verdict.ALREADY:
                 done.insert(0, "contact already in Loops")
             else:
                 return self._failure(job, answer)
@@ -243,9 +259,9 @@ class Worker:
             }
             key = job.idempotency_key or idempotency_key(job.endpoint_id, job.event_id)
             answer = await self._call(job, progress, self._client.send_event, event, key)
-            if answer.outcome is Outcome.ALREADY:
+            if answer.verdict is Verdict.ALREADY:
                 done.append(f"event {job.loops_event} had already been sent (same idempotency key)")
-            elif answer.outcome is Outcome.DONE:
+            elif answer.verdict is Verdict.DONE:
                 done.append(f"event {job.loops_event} sent")
             else:
                 return self._failure(job, answer)
@@ -253,46 +269,42 @@ class Worker:
         elif names:
             contact = {"email": job.email, **names}
             answer = await self._call(job, progress, self._client.update_contact, contact)
-            if answer.outcome is not Outcome.DONE:
+            if answer.verdict is not Verdict.DONE:
                 return self._failure(job, answer)
             progress.names_sent = True
             done.append("names updated")
-        return Settled(DELIVERED, "; ".join(done) or "contact already known, nothing to change")
+        reason = "; ".join(done) or "contact already known, nothing to change"
+        return Settled(DELIVERED, reason, last=progress.calls[-1] if progress.calls else None)
 
     async def _call(self, job: Job, progress: Progress, method, *args: Any) -> Answer:  # type: ignore[no-untyped-def]
-        await self._paces.wait_turn(job.connection_id, job.rate_limit)
+        await self._paces.wait_turn(job.account_id, job.rate_limit)
         answer: Answer = await method(job.api_key, *args)
         progress.calls.append(answer)
         metrics.loops_call(answer.status_code)
-        if answer.status_code == 429:  # the whole account waits, not just this delivery
-            await self._paces.hold(job.connection_id, answer.retry_after or 1.0)
-        if answer.rate_limit and self._paces.report_limit(job.connection_id, answer.rate_limit):
+        if answer.verdict is Verdict.RETRY_AFTER:  # the whole account waits, not just this one
+            await self._paces.hold(job.account_id, answer.retry_after or 1.0)
+        if answer.rate_limit and self._paces.report_limit(job.account_id, answer.rate_limit):
             await anyio.to_thread.run_sync(
-                self._queue.note_rate_limit, job.connection_id, answer.rate_limit
+                self._queue.note_rate_limit, job.account_id, answer.rate_limit
             )
         return answer
 
     def _failure(self, job: Job, answer: Answer) -> Settled:
-        if answer.status_code in (401, 403):
+        if answer.verdict is Verdict.KEY_REFUSED:
             reason = (
-                f"paused: Loops refused the API key of account {job.connection_name!r} "
+                f"paused: Loops refused the API key of account {job.account_name!r} "
                 f"({answer.message}). If the key was revoked, replace it under Loops accounts "
                 "in the admin; the bridge checks the key every 30 s and resumes by itself"
             )
-            return self._again(job, reason, 0.0, KEY, answer.message)
-        if answer.status_code == 429:
-            return self._again(job, answer.message, answer.retry_after or 1.0)
-        if answer.outcome is Outcome.RETRY:
-            return self._again(job, answer.message, None, OUTAGE, answer.message)
-        return Settled(FAILED, answer.message)
+            return self._again(job, reason, answer, 0.0)
+        if answer.verdict is Verdict.RETRY_AFTER:
+            return self._again(job, answer.message, answer, answer.retry_after or 1.0)
+        if answer.verdict is Verdict.HOLD:
+            return self._again(job, answer.message, answer)
+        return Settled(FAILED, answer.message, last=answer)
 
     def _again(
-        self,
-        job: Job,
-        message: str,
-        delay: float | None = None,
-        account_problem: str | None = None,
-        account_message: str = "",
+        self, job: Job, message: str, answer: Answer | None = None, delay: float | None = None
     ) -> Settled:
         """Queue ``job`` again after ``delay`` (default: the backoff schedule), or mark it
         dead when it has been retried for longer than the maximum age."""
@@ -300,9 +312,9 @@ class Worker:
         hours = self._settings.max_age_hours
         if time.time() - job.queued_at > hours * 3600:
             reason = f"{message} (try {attempts}; tries stop {hours:g} hours after it was queued)"
-            return Settled(DEAD, reason, None, account_problem, account_message)
+            return Settled(DEAD, reason, None, answer)
         if delay is None:
             delay = backoff(attempts, self._settings.retry_base_seconds)
         later = f", next try in {delay:.{0 if delay >= 10 else 1}f} s" if delay > 0 else ""
         reason = f"{message}; try {attempts} failed{later}"
-        return Settled(QUEUED, reason, time.time() + delay, account_problem, account_message)
+        return Settled(QUEUED, reason, time.time() + delay, answer)

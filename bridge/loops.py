@@ -1,14 +1,25 @@
 """The Loops API client: every call the bridge makes to Loops, and what each answer means.
 
 https://loops.so/docs/api-reference — the contract is summarised in
-``../shared/reference/loops-api.md``. One shared httpx client serves every Loops account; the
-API key travels with each call. :func:`judge` is the one place that turns an HTTP answer into
-an :class:`Outcome`::
+``../shared/reference/loops-api.md``. One httpx client serves every Loops account; the API
+key travels with each call. :func:`judge` is the one place that turns an answer into a
+:class:`Verdict`, and the verdict is all the rest of the bridge looks at. What each one does
+(the delivery: bridge.delivery; the account: bridge.accounts)::
 
-    2xx                          DONE
-    409                          ALREADY   contact exists / idempotency key already used
-    429, 5xx, timeout, network   RETRY     transient: try again later
-    400, 401, 403, 404, other    GIVE_UP   Loops refused; its message is kept
+    Loops answers               verdict      the delivery                  the account
+    2xx                         DONE         delivered                     healthy
+    409                         ALREADY      delivered (contact exists,    healthy
+                                             or the event was sent)
+    429                         RETRY_AFTER  queued, after Loops' wait     rate-limited for
+                                             (1 s if it does not say)      that wait
+    5xx, 408, timeout, network  HOLD         queued, backoff               outage: held,
+                                                                           probed 1 s .. 20 s
+    401, 403, or a key HTTP     KEY_REFUSED  queued, paused with the       key refused: held,
+    cannot carry                             account                       probed every 30 s
+    400, 404, other 4xx, or a   GIVE_UP      failed, with Loops' message   healthy
+    request that cannot be                   or why it could not be sent
+    built (an Idempotency-Key
+    outside ASCII)
 """
 
 from __future__ import annotations
@@ -20,19 +31,26 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["Answer", "LoopsClient", "Outcome", "judge"]
+__all__ = ["Answer", "LoopsClient", "Verdict", "judge"]
 
 
-class Outcome(enum.Enum):
+class Verdict(enum.Enum):
     DONE = "done"
     ALREADY = "already"
-    RETRY = "retry"
+    RETRY_AFTER = "retry_after"
+    HOLD = "hold"
+    KEY_REFUSED = "key_refused"
     GIVE_UP = "give_up"
+
+    @property
+    def delivered(self) -> bool:
+        """Loops has what the call asked for."""
+        return self in (Verdict.DONE, Verdict.ALREADY)
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    outcome: Outcome
+    verdict: Verdict
     status_code: int | None  # None: Loops never answered (timeout, connection refused)
     message: str  # what happened, for a person: Loops' own message where it gave one
     method: str
@@ -61,20 +79,35 @@ def _loops_message(status: int, text: str) -> str:
     return f"Loops answered {status}" + (f": {snippet}" if snippet else "")
 
 
-def judge(status: int) -> Outcome:
+def judge(status: int | None) -> Verdict:
+    """The verdict on an HTTP status; None is no answer at all (timeout, network)."""
+    if status is None or status == 408 or status >= 500:
+        return Verdict.HOLD
     if 200 <= status < 300:
-        return Outcome.DONE
+        return Verdict.DONE
     if status == 409:
-        return Outcome.ALREADY
-    if status in (408, 429) or status >= 500:
-        return Outcome.RETRY
-    return Outcome.GIVE_UP
+        return Verdict.ALREADY
+    if status == 429:
+        return Verdict.RETRY_AFTER
+    if status in (401, 403):
+        return Verdict.KEY_REFUSED
+    return Verdict.GIVE_UP
 
 
 class LoopsClient:
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+    """``transport``: where requests go; by default the network. Tests pass
+    ``httpx.ASGITransport(app=sandbox)`` to call the Loops sandbox in-process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
+            transport=transport,
             timeout=httpx.Timeout(timeout, connect=5.0),
             headers={"User-Agent": "loops-bridge/0.1", "Content-Type": "application/json"},
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
@@ -100,15 +133,20 @@ class LoopsClient:
             )
         except httpx.TimeoutException:
             return self._no_answer(method, path, request_body, started, clock, "timed out")
-        except httpx.LocalProtocolError as exc:
-            # The request could not be written, and the message quotes the header refused:
-            # the one header that can hold such a character is the API key. Never repeat it.
+        except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
+            # A header holds a character HTTP cannot carry, and the library's message quotes
+            # it: never repeat it. A key stored before keys were checked pauses the account
+            # until it is replaced; anything else (an Idempotency-Key made from an event id
+            # outside ASCII) cannot be sent however often it is tried.
+            bad_key = not api_key.isascii() or not api_key.isprintable()
+            what = "the Loops API key" if bad_key else "a header of the request"
             reason = (
-                f"the request could not be sent ({type(exc).__name__}): the Loops API key "
-                "holds a character an HTTP header cannot carry, such as a line break. "
-                "Replace the key"
+                f"the request could not be sent ({type(exc).__name__}): {what} holds a "
+                "character an HTTP header cannot carry, such as a line break or a letter "
+                "outside ASCII" + (". Replace the key" if bad_key else "")
             )
-            return self._no_answer(method, path, request_body, started, clock, reason)
+            verdict = Verdict.KEY_REFUSED if bad_key else Verdict.GIVE_UP
+            return self._no_answer(method, path, request_body, started, clock, reason, verdict)
         except httpx.TransportError as exc:
             reason = f"could not reach Loops ({type(exc).__name__}: {exc})"
             return self._no_answer(method, path, request_body, started, clock, reason)
@@ -116,7 +154,7 @@ class LoopsClient:
         retry_after = response.headers.get("retry-after", "")
         rate_limit = response.headers.get("x-ratelimit-limit", "")
         return Answer(
-            outcome=judge(status),
+            verdict=judge(status),
             status_code=status,
             message="OK" if 200 <= status < 300 else _loops_message(status, text),
             method=method,
@@ -131,10 +169,16 @@ class LoopsClient:
 
     @staticmethod
     def _no_answer(
-        method: str, path: str, request_body: str, started: float, clock: float, reason: str
+        method: str,
+        path: str,
+        request_body: str,
+        started: float,
+        clock: float,
+        reason: str,
+        verdict: Verdict = Verdict.HOLD,
     ) -> Answer:
         return Answer(
-            outcome=Outcome.RETRY,
+            verdict=verdict,
             status_code=None,
             message=f"Loops did not answer: {reason}",
             method=method,

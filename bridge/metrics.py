@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
 
-from bridge.models import QUEUED, STATUSES, AccountState, Connection, Delivery, Endpoint
+from bridge.models import QUEUED, STATUSES, Account, AccountState, Delivery, Endpoint
 
 __all__ = [
     "CONTENT_TYPE",
@@ -150,7 +150,7 @@ class _Database:
 def _gauges(conn: DBConnection, now: float) -> list[Metric]:
     deliveries = Delivery.__table__  # type: ignore[attr-defined]
     endpoints = Endpoint.__table__  # type: ignore[attr-defined]
-    connections = Connection.__table__  # type: ignore[attr-defined]
+    accounts = Account.__table__  # type: ignore[attr-defined]
     states = AccountState.__table__  # type: ignore[attr-defined]
 
     by_status = dict.fromkeys(STATUSES, 0)
@@ -164,13 +164,13 @@ def _gauges(conn: DBConnection, now: float) -> list[Metric]:
         .group_by(deliveries.c.endpoint_id)
     ).all()
     account_endpoints = conn.execute(
-        select(connections.c.name, endpoints.c.id).select_from(
-            connections.outerjoin(endpoints, endpoints.c.connection_id == connections.c.id)
+        select(accounts.c.name, endpoints.c.id).select_from(
+            accounts.outerjoin(endpoints, endpoints.c.account_id == accounts.c.id)
         )
     ).all()
     problems = conn.execute(
-        select(connections.c.name, states.c.problem_kind)
-        .join(states, states.c.connection_id == connections.c.id)
+        select(accounts.c.name, states.c.problem_kind)
+        .join(states, states.c.account_id == accounts.c.id)
         .where(states.c.problem_kind.is_not(None))
     ).all()
 

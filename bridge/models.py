@@ -1,6 +1,6 @@
 """The tables. One row type per thing a person would name.
 
-    Connection   a Loops account: a name and its API key
+    Account      a Loops account: a name, its API key and its own rate limit
     Endpoint     one webhook URL: which provider, which event types, what to do in Loops
     Secret       a provider signing secret of an endpoint (several during secret rolling)
     Delivery     one accepted provider event and its way to Loops
@@ -38,8 +38,8 @@ QUEUED, DELIVERED, IGNORED, FAILED, DEAD = "queued", "delivered", "ignored", "fa
 STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED, DEAD)
 
 
-class Connection(SQLModel, table=True):
-    __tablename__ = "connections"
+class Account(SQLModel, table=True):
+    __tablename__ = "accounts"
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True)
@@ -53,7 +53,7 @@ class Endpoint(SQLModel, table=True):
 
     id: str = Field(primary_key=True)  # 128 random bits, url-safe: it is the webhook URL
     name: str
-    connection_id: int = Field(foreign_key="connections.id", index=True)
+    account_id: int = Field(foreign_key="accounts.id", index=True)
     provider: str
     event_types: str  # comma-separated, in the provider's order
     user_group: str | None = None  # userGroup for contacts this endpoint creates
@@ -133,7 +133,7 @@ class LoopsCall(SQLModel, table=True):
 class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
 
-    connection_id: int = Field(foreign_key="connections.id", primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id", primary_key=True)
     email: str = Field(primary_key=True)  # lowercased
     created_at: float
     names_at: int | None = None  # provider event time of the names last sent to Loops
@@ -142,7 +142,7 @@ class Contact(SQLModel, table=True):
 class AccountState(SQLModel, table=True):
     __tablename__ = "account_states"
 
-    connection_id: int = Field(foreign_key="connections.id", primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id", primary_key=True)
     next_slot: float = 0.0  # unix time of the account's next free request slot
     held_until: float | None = None  # no delivery starts before (429, outage, refused key)
     problem: str | None = Field(default=None, sa_column=Column(Text))  # for the admin

@@ -10,23 +10,15 @@ promise that no two deliveries for the same contact in the same Loops account ru
 A claim takes a few milliseconds, a worker makes at most 20 a second, and the claim is only
 attempted when a read without locks found something due.
 
-Accounts. What one Loops account is doing is shared in ``account_states`` (see
-:mod:`bridge.models`). While an account is held (after a 429, or while it has a problem), no
-delivery of it is claimed. An account with a problem gets one *probe* at a time: its next
-queued delivery, due or not, is claimed when the hold ends. The probe's outcome decides for
-the whole account::
-
-    Loops answers (2xx, 409, 400, 404)   healthy: problem cleared, its queued deliveries due now
-    5xx, timeout, connection error       outage: next probe in 1 s, 2 s, 4 s ... at most 20 s
-    401, 403                             key refused: deliveries paused, probe every 30 s
-
-So after an outage of any length, deliveries resume within about 20 s of Loops answering
-again, however long each delivery's own backoff had grown.
+Accounts. While an account is held (rate-limited, or with a problem: see
+:mod:`bridge.accounts`, the one module that changes an account's state), no delivery of it
+is claimed, except one *probe* for an account with a problem: its next queued delivery, due
+or not, claimed when the hold ends. What an attempt showed of the account is handed to
+:func:`bridge.accounts.record` in the same transaction as the attempt's outcome.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,26 +28,24 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from bridge import accounts
+from bridge.db import now as database_now
 from bridge.loops import Answer
 from bridge.models import (
     DELIVERED,
     IGNORED,
     QUEUED,
+    Account,
     AccountState,
-    Connection,
     Contact,
     Delivery,
     Endpoint,
     LoopsCall,
 )
-from bridge.pacing import database_now, ensure_account, rate_in_use
 
-__all__ = ["KEY", "OUTAGE", "Job", "Progress", "Queue", "Settled"]
+__all__ = ["Job", "Progress", "Queue", "Settled"]
 
-OUTAGE, KEY = "outage", "key"  # account problems
 _CLAIM_LOCK = 0x100B5B71D6E  # pg_advisory_xact_lock key of the claim step
-_KEY_PROBE_EVERY = 30.0
-_OUTAGE_PROBE_MAX = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +61,19 @@ class Job:
     received_at: float
     queued_at: float
     idempotency_key: str | None
-    connection_id: int
-    connection_name: str
+    account_id: int
+    account_name: str
     api_key: str
     rate_limit: int  # requests per second for this account, all workers together
     provider: str
     user_group: str | None
     loops_event: str | None
     sync_names: bool
-    account_problem: str | None  # OUTAGE or KEY: this delivery is the account's probe
+    account_problem: str | None  # a problem_kind (bridge.accounts): this is its probe
 
     @property
     def contact_key(self) -> tuple[int, str]:
-        return self.connection_id, self.email.lower()
+        return self.account_id, self.email.lower()
 
 
 @dataclass(slots=True)
@@ -100,13 +90,20 @@ class Settled:
     status: str
     reason: str
     next_attempt_at: float | None = None
-    account_problem: str | None = None  # OUTAGE or KEY: what this attempt saw of the account
-    account_message: str = ""
+    last: Answer | None = None  # the attempt's last answer: what it showed of the account
 
 
 class Queue:
-    def __init__(self, engine: Engine, worker: str, lease_seconds: float, rate_limit: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        worker: str,
+        lease_seconds: float,
+        rate_limit: int,
+        intervals: accounts.Intervals | None = None,
+    ) -> None:
         self._engine = engine
+        self._intervals = intervals or accounts.Intervals()
         self._worker = worker
         self._lease = lease_seconds
         self._default_rate = rate_limit
@@ -121,7 +118,7 @@ class Queue:
         with self._engine.connect() as conn:  # most polls find nothing: no lock for those
             due = conn.execute(self._due_query(1).with_only_columns(Delivery.id)).first()
             probe_due = conn.execute(
-                select(AccountState.connection_id).where(
+                select(AccountState.account_id).where(
                     AccountState.problem_kind.is_not(None),  # type: ignore[union-attr]
                     sa.func.coalesce(AccountState.held_until, 0) <= self._now,
                 )
@@ -135,9 +132,9 @@ class Queue:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             now = conn.execute(select(self._now)).scalar_one()
             busy = {
-                (connection_id, email.lower())
-                for connection_id, email in conn.execute(
-                    select(Endpoint.connection_id, Delivery.email)
+                (account_id, email.lower())
+                for account_id, email in conn.execute(
+                    select(Endpoint.account_id, Delivery.email)
                     .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
                     # "> ''" and not "IS NOT NULL": SQLite scans the whole table for the
                     # latter, and this runs up to 20 times a second (found by profiling).
@@ -145,7 +142,7 @@ class Queue:
                 )
             }
             states = {
-                row.connection_id: row
+                row.account_id: row
                 for row in conn.execute(
                     select(AccountState).where(
                         sa.or_(
@@ -161,26 +158,22 @@ class Queue:
             def take(job: Job) -> None:
                 jobs.append(job)
                 busy.add(job.contact_key)
-                counts[job.connection_id] = counts.get(job.connection_id, 0) + 1
+                counts[job.account_id] = counts.get(job.account_id, 0) + 1
 
-            for connection_id, state in states.items():
+            for account_id, state in states.items():
                 if state.problem_kind and (state.held_until or 0) <= now and len(jobs) < room:
-                    probe = conn.execute(self._due_query(1, now, probe_of=connection_id)).first()
+                    probe = conn.execute(self._due_query(1, now, probe_of=account_id)).first()
                     if probe is not None and self._job(probe).contact_key not in busy:
                         take(self._job(probe))
-                        conn.execute(
-                            update(AccountState)
-                            .where(AccountState.connection_id == connection_id)
-                            .values(held_until=now + self._lease)
-                        )
+                        accounts.claim_probe(conn, account_id, now, self._lease)
             for row in conn.execute(self._due_query(room * 4, now)):
                 if len(jobs) >= room:
                     break
                 job = self._job(row)
                 if (
-                    job.connection_id in states
+                    job.account_id in states
                     or job.contact_key in busy
-                    or counts.get(job.connection_id, 0) >= per_account
+                    or counts.get(job.account_id, 0) >= per_account
                 ):
                     continue
                 take(job)
@@ -205,10 +198,10 @@ class Queue:
                 Delivery.received_at,
                 Delivery.queued_at,
                 Delivery.idempotency_key,
-                Connection.id.label("connection_id"),  # type: ignore[union-attr]
-                Connection.name.label("connection_name"),
-                Connection.api_key,
-                Connection.rate_limit,
+                Account.id.label("account_id"),  # type: ignore[union-attr]
+                Account.name.label("account_name"),
+                Account.api_key,
+                Account.rate_limit,
                 AccountState.loops_limit,
                 AccountState.problem_kind.label("account_problem"),  # type: ignore[union-attr]
                 Endpoint.provider,
@@ -217,8 +210,8 @@ class Queue:
                 Endpoint.sync_names,
             )
             .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
-            .join(Connection, Connection.id == Endpoint.connection_id)
-            .outerjoin(AccountState, AccountState.connection_id == Connection.id)
+            .join(Account, Account.id == Endpoint.account_id)
+            .outerjoin(AccountState, AccountState.account_id == Account.id)
             .where(
                 Delivery.status == QUEUED,
                 sa.or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),  # type: ignore[union-attr, operator]
@@ -229,13 +222,13 @@ class Queue:
             .with_for_update(of=Delivery, skip_locked=True)  # type: ignore[arg-type]
         )
         if probe_of is not None:  # the probe goes whether its own next try is due or not
-            return query.where(Connection.id == probe_of)
+            return query.where(Account.id == probe_of)
         return query.where(Delivery.next_attempt_at <= now)  # type: ignore[operator]
 
     def _job(self, row: sa.Row) -> Job:
         values = dict(row._mapping)
         own, reported = values.pop("rate_limit"), values.pop("loops_limit")
-        return Job(**values, rate_limit=rate_in_use(own, self._default_rate, reported))
+        return Job(**values, rate_limit=accounts.rate_in_use(own, self._default_rate, reported))
 
     def renew(self, ids: Iterable[int]) -> None:
         """Extend this worker's lease on the deliveries it is still working on."""
@@ -268,7 +261,7 @@ class Queue:
             ).scalar_one()
             contact = conn.execute(
                 select(Contact.names_at).where(
-                    Contact.connection_id == job.connection_id, Contact.email == job.contact_key[1]
+                    Contact.account_id == job.account_id, Contact.email == job.contact_key[1]
                 )
             ).first()
         return payload, contact is not None, contact.names_at if contact else None
@@ -304,7 +297,7 @@ class Queue:
         conn.execute(
             insert_(Contact)
             .values(
-                connection_id=job.connection_id, email=job.contact_key[1], created_at=time.time()
+                account_id=job.account_id, email=job.contact_key[1], created_at=time.time()
             )
             .on_conflict_do_nothing()
         )
@@ -312,7 +305,7 @@ class Queue:
             conn.execute(
                 update(Contact)
                 .where(
-                    Contact.connection_id == job.connection_id,
+                    Contact.account_id == job.account_id,
                     Contact.email == job.contact_key[1],
                     sa.or_(Contact.names_at.is_(None), Contact.names_at < job.occurred_at),  # type: ignore[union-attr, operator]
                 )
@@ -320,62 +313,23 @@ class Queue:
             )
 
     def _account_seen(self, conn: sa.Connection, job: Job, settled: Settled) -> None:
-        state = AccountState.__table__.c  # type: ignore[attr-defined]
-        where = state.connection_id == job.connection_id
-        if settled.account_problem is None:
-            if job.account_problem is None:
-                return
-            # The probe got through: the account is healthy, and its deliveries go now.
-            conn.execute(
-                update(AccountState)
-                .where(where)
-                .values(
-                    problem=None, problem_kind=None, problem_since=None, failures=0, held_until=None
-                )
-            )
-            conn.execute(
-                update(Delivery)
-                .where(
-                    Delivery.status == QUEUED,
-                    Delivery.next_attempt_at > self._now,  # type: ignore[operator]
-                    Delivery.endpoint_id.in_(  # type: ignore[attr-defined]
-                        select(Endpoint.id).where(Endpoint.connection_id == job.connection_id)
-                    ),
-                )
-                .values(next_attempt_at=self._now)
-            )
-            return
-        ensure_account(conn, job.connection_id)
-        key_now = select(Connection.api_key).where(Connection.id == job.connection_id)
-        if conn.execute(key_now).scalar() != job.api_key:
-            return  # the key was replaced while this attempt ran: it says nothing of the new one
-        failures = conn.execute(select(state.failures).where(where)).scalar_one() + 1
-        if settled.account_problem == KEY:
-            wait = _KEY_PROBE_EVERY
-        else:
-            wait = min(_OUTAGE_PROBE_MAX, 2.0 ** (failures - 1)) * random.uniform(0.8, 1.0)
-        conn.execute(
-            update(AccountState)
-            .where(where)
-            .values(
-                problem=settled.account_message,
-                problem_kind=settled.account_problem,
-                problem_since=sa.func.coalesce(state.problem_since, self._now),
-                failures=failures,
-                held_until=self._now + wait,
-            )
+        last = settled.last
+        current_key = conn.execute(select(Account.api_key).where(Account.id == job.account_id))
+        accounts.record(
+            conn,
+            job.account_id,
+            verdict=last.verdict if last else None,
+            message=last.message if last else "",
+            api_key=job.api_key,
+            current_key=current_key.scalar_one(),
+            was_probe=job.account_problem is not None,
+            intervals=self._intervals,
         )
 
-    def note_rate_limit(self, connection_id: int, reported: int) -> None:
-        """Loops reported this account's limit (x-ratelimit-limit) and it differs from the
-        one on record: every worker paces to it from its next claim."""
+    def note_rate_limit(self, account_id: int, reported: int) -> None:
+        """Loops reported this account's limit (x-ratelimit-limit), and it is news."""
         with self._engine.begin() as conn:
-            ensure_account(conn, connection_id)
-            conn.execute(
-                update(AccountState)
-                .where(AccountState.connection_id == connection_id)
-                .values(loops_limit=reported)
-            )
+            accounts.note_limit(conn, account_id, reported)
 
     # -- retention ----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Loops accounts (connections) and endpoints: create, list, change.
+"""Loops accounts and endpoints: create, list, change.
 
 The CLI and the admin pages both go through these functions, so every rule (names unique,
 event types known to the provider, secrets never read back) is checked in one place.
@@ -13,18 +13,17 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
 
 import providers
+from bridge import accounts
 from bridge.models import (
     DEAD,
     DELIVERED,
     FAILED,
     QUEUED,
-    AccountState,
-    Connection,
+    Account,
     Contact,
     Delivery,
     Endpoint,
@@ -57,7 +56,7 @@ class EndpointView:
 
     id: str
     name: str
-    connection: str
+    account: str
     provider: str
     event_types: list[str]
     user_group: str | None
@@ -71,7 +70,7 @@ class EndpointView:
             "id": self.id,
             "url": url,
             "name": self.name,
-            "connection": self.connection,
+            "account": self.account,
             "provider": self.provider,
             "event_types": self.event_types,
             "user_group": self.user_group,
@@ -83,7 +82,7 @@ class EndpointView:
         }
 
 
-def connection_problems(engine: Engine, name: str, api_key: str) -> dict[str, str]:
+def account_problems(engine: Engine, name: str, api_key: str) -> dict[str, str]:
     """Field (``name``, ``api_key``) -> what to fix; empty when the account can be added."""
     name, api_key = name.strip(), api_key.strip()
     found: dict[str, str] = {}
@@ -91,7 +90,7 @@ def connection_problems(engine: Engine, name: str, api_key: str) -> dict[str, st
         found["name"] = "Give the Loops account a name, e.g. acme."
     else:
         with Session(engine) as session:
-            if session.exec(select(Connection).where(Connection.name == name)).first():
+            if session.exec(select(Account).where(Account.name == name)).first():
                 found["name"] = f"A Loops account named {name!r} already exists; pick another name."
     if problem := _key_problem(api_key):
         found["api_key"] = problem
@@ -112,50 +111,50 @@ def _key_problem(api_key: str) -> str | None:
     return None
 
 
-def add_connection(engine: Engine, name: str, api_key: str) -> Connection:
-    problems = connection_problems(engine, name, api_key)
+def add_account(engine: Engine, name: str, api_key: str) -> Account:
+    problems = account_problems(engine, name, api_key)
     if problems:
         raise Invalid(" ".join(problems.values()))
     name, api_key = name.strip(), api_key.strip()
     with Session(engine) as session:
-        connection = Connection(name=name, api_key=api_key, created_at=time.time())
-        session.add(connection)
+        account = Account(name=name, api_key=api_key, created_at=time.time())
+        session.add(account)
         session.commit()
-        session.refresh(connection)
-        return connection
+        session.refresh(account)
+        return account
 
 
-def list_connections(engine: Engine) -> list[Connection]:
+def list_accounts(engine: Engine) -> list[Account]:
     with Session(engine) as session:
-        return list(session.exec(select(Connection).order_by(Connection.name)))
+        return list(session.exec(select(Account).order_by(Account.name)))
 
 
-def get_connection(engine: Engine, connection_id: int) -> Connection:
+def get_account(engine: Engine, account_id: int) -> Account:
     with Session(engine) as session:
-        connection = session.get(Connection, connection_id)
-        if connection is None:
-            raise NotFound(f"No Loops account with id {connection_id}.")
-        return connection
+        account = session.get(Account, account_id)
+        if account is None:
+            raise NotFound(f"No Loops account with id {account_id}.")
+        return account
 
 
-def delete_connection(engine: Engine, connection_id: int) -> str:
+def delete_account(engine: Engine, account_id: int) -> str:
     """Delete a Loops account no endpoint uses, with what the bridge knows of its contacts.
     Returns its name."""
     with Session(engine) as session:
-        connection = session.get(Connection, connection_id)
-        if connection is None:
-            raise NotFound(f"No Loops account with id {connection_id}.")
-        name = connection.name
-        users = session.exec(select(Endpoint.name).where(Endpoint.connection_id == connection_id))
+        account = session.get(Account, account_id)
+        if account is None:
+            raise NotFound(f"No Loops account with id {account_id}.")
+        name = account.name
+        users = session.exec(select(Endpoint.name).where(Endpoint.account_id == account_id))
         in_use = sorted(users)
         if in_use:
             raise Invalid(
                 f"Loops account {name!r} is used by endpoint(s) {', '.join(in_use)}: move them "
                 "to another Loops account or delete them first."
             )
-        for model in (Contact, AccountState):
-            session.exec(delete(model).where(model.connection_id == connection_id))  # type: ignore[call-overload]
-        session.delete(connection)
+        session.exec(delete(Contact).where(col(Contact.account_id) == account_id))
+        accounts.forget(session.connection(), account_id)
+        session.delete(account)
         session.commit()
         return name
 
@@ -164,7 +163,7 @@ class _Keep(enum.Enum):
     KEEP = "keep"
 
 
-KEEP = _Keep.KEEP  # update_connection(rate_limit=KEEP): leave the rate limit as it is
+KEEP = _Keep.KEEP  # update_account(rate_limit=KEEP): leave the rate limit as it is
 
 
 def read_rate_limit(text: str) -> int | None:
@@ -193,8 +192,8 @@ def _checked_rate_limit(rate_limit: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionUpdate:
-    """What :func:`update_connection` did, for a notice or a CLI line."""
+class AccountUpdate:
+    """What :func:`update_account` did, for a notice or a CLI line."""
 
     name: str
     key_hint: str
@@ -202,13 +201,13 @@ class ConnectionUpdate:
     made_due: int  # queued deliveries of the account made due now (a new key only)
 
 
-def update_connection(
+def update_account(
     engine: Engine,
-    connection_id: int,
+    account_id: int,
     *,
     api_key: str | None = None,
     rate_limit: int | _Keep | None = KEEP,
-) -> ConnectionUpdate:
+) -> AccountUpdate:
     """Change a Loops account's rate limit (None: the default) and/or replace its API key.
 
     A new key ends the account's problem at once, in the same transaction: a key Loops
@@ -220,44 +219,34 @@ def update_connection(
     if rate_limit is not KEEP and rate_limit is not None:
         _checked_rate_limit(rate_limit)
     with Session(engine) as session:
-        connection = session.get(Connection, connection_id)
-        if connection is None:
-            raise NotFound(f"No Loops account with id {connection_id}.")
+        account = session.get(Account, account_id)
+        if account is None:
+            raise NotFound(f"No Loops account with id {account_id}.")
         made_due = 0
         if api_key is not None:
-            connection.api_key = api_key.strip()
-            state = session.get(AccountState, connection_id)
-            if state is not None:
-                state.problem = state.problem_kind = state.problem_since = None
-                state.failures, state.held_until = 0, None
-                session.add(state)
-            endpoints = select(Endpoint.id).where(Endpoint.connection_id == connection_id)
-            made_due = session.exec(  # type: ignore[call-overload]
-                update(Delivery)
-                .where(col(Delivery.status) == QUEUED, col(Delivery.endpoint_id).in_(endpoints))
-                .values(next_attempt_at=time.time())
-            ).rowcount
+            account.api_key = api_key.strip()
+            made_due = accounts.key_replaced(session.connection(), account_id)
         if rate_limit is not KEEP:
-            connection.rate_limit = rate_limit
-        session.add(connection)
+            account.rate_limit = rate_limit
+        session.add(account)
         session.commit()
-        return ConnectionUpdate(
-            connection.name,
-            mask(connection.api_key),
-            connection.rate_limit,
+        return AccountUpdate(
+            account.name,
+            mask(account.api_key),
+            account.rate_limit,
             made_due,
         )
 
 
-def _connection_by_name(session: Session, name: str) -> Connection:
-    connection = session.exec(select(Connection).where(Connection.name == name)).first()
-    if connection is None:
-        known = ", ".join(c.name for c in session.exec(select(Connection))) or "none yet"
+def _account_by_name(session: Session, name: str) -> Account:
+    account = session.exec(select(Account).where(Account.name == name)).first()
+    if account is None:
+        known = ", ".join(c.name for c in session.exec(select(Account))) or "none yet"
         raise Invalid(
             f"No Loops account named {name!r} (known: {known}). "
-            "Add it first: loops-bridge connections add --name NAME --api-key KEY"
+            "Add it first: loops-bridge accounts add --name NAME --api-key KEY"
         )
-    return connection
+    return account
 
 
 def _check_event_types(provider: providers.Provider, event_types: list[str]) -> str:
@@ -292,7 +281,7 @@ class EndpointForm:
     """What a person sets on an endpoint, checked by :func:`check` before anything is saved."""
 
     name: str
-    connection: str  # the Loops account's name
+    account: str  # the Loops account's name
     provider: str
     event_types: list[str]
     user_group: str | None = None
@@ -329,7 +318,7 @@ class EndpointForm:
             raise Invalid(" ".join(problems.values()))
         plugin = providers.get(self.provider)
         endpoint.name = self.name.strip()
-        endpoint.connection_id = _connection_by_name(session, self.connection).id  # type: ignore[assignment]
+        endpoint.account_id = _account_by_name(session, self.account).id  # type: ignore[assignment]
         endpoint.provider = plugin.name
         endpoint.event_types = _check_event_types(plugin, self.event_types)
         endpoint.user_group = (self.user_group or "").strip() or None
@@ -342,11 +331,11 @@ def endpoint_problems(engine: Engine, form: EndpointForm) -> dict[str, str]:
     found = form.problems()
     with Session(engine) as session:
         try:
-            _connection_by_name(session, form.connection)
+            _account_by_name(session, form.account)
         except Invalid:
-            found["connection"] = (
+            found["account"] = (
                 "Pick one of the Loops accounts, or add the account first."
-                if form.connection
+                if form.account
                 else "Pick the Loops account this endpoint delivers to."
             )
     return found
@@ -356,7 +345,7 @@ def create_endpoint(
     engine: Engine,
     *,
     name: str,
-    connection: str,
+    account: str,
     provider: str,
     event_types: list[str],
     user_group: str | None = None,
@@ -366,7 +355,7 @@ def create_endpoint(
 ) -> str:
     """Create an endpoint and return its id (the last part of its webhook URL)."""
     form = EndpointForm(
-        name, connection, provider, event_types, user_group, loops_event, sync_names
+        name, account, provider, event_types, user_group, loops_event, sync_names
     )
     problems = form.problems()
     if problems:
@@ -377,7 +366,7 @@ def create_endpoint(
         endpoint = Endpoint(
             id=new_endpoint_id(),
             name="",
-            connection_id=0,
+            account_id=0,
             provider=provider,
             event_types="",
             created_at=now,
@@ -531,7 +520,7 @@ def endpoint_view(engine: Engine, endpoint_id: str) -> EndpointView:
 
 
 def _views(session: Session, endpoints: list[Endpoint]) -> list[EndpointView]:
-    names = {c.id: c.name for c in session.exec(select(Connection))}
+    names = {c.id: c.name for c in session.exec(select(Account))}
     hints: dict[str, list[str]] = {}
     ids = [e.id for e in endpoints]
     for secret in session.exec(
@@ -542,7 +531,7 @@ def _views(session: Session, endpoints: list[Endpoint]) -> list[EndpointView]:
         EndpointView(
             id=e.id,
             name=e.name,
-            connection=names[e.connection_id],
+            account=names[e.account_id],
             provider=e.provider,
             event_types=e.accepted_types(),
             user_group=e.user_group,

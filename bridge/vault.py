@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "secret.key"
 SETTING = "BRIDGE_SECRET_KEY"
 # Every encrypted column: (table, primary key, column).
-STORED = (("connections", "id", "api_key"), ("secrets", "id", "value"))
+STORED = (("accounts", "id", "api_key"), ("secrets", "id", "value"))
 
 
 class VaultError(Exception):
@@ -376,7 +376,7 @@ def _reencrypt(conn: sa.Connection, current: Vault, new: Vault) -> tuple[int, in
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, before reading
     else:
-        conn.exec_driver_sql("LOCK TABLE connections, secrets IN EXCLUSIVE MODE")
+        conn.exec_driver_sql("LOCK TABLE accounts, secrets IN EXCLUSIVE MODE")
     counts = []
     for table, key, column in STORED:
         rows = sa.table(table, sa.column(key), sa.column(column))

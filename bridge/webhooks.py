@@ -1,15 +1,16 @@
 """``POST /webhooks/{endpoint_id}``: the public ingest route, the hot path.
 
 It reads the body (refusing it past the size limit while reading), verifies the provider's
-signature on the raw bytes, parses only what the inbox needs, waits for one durable write
-and answers. Loops is never called here: the delivery worker does that after the answer,
-so the provider is never kept waiting on Loops.
+signature on the raw bytes, parses only what the inbox needs, waits for the inbox to have
+the event on disk (:mod:`bridge.inbox`) and answers. Loops is never called here: the
+delivery worker does that after the answer, so the provider is never kept waiting on Loops.
 
-It is plain ASGI in front of the Starlette app rather than a Starlette route: on this path
-the framework's request and response objects and its middleware stack cost about as much
-as the bridge's own work (see bench/ingest.py). It answers every request under
-``/webhooks/``, whatever the method, so that nothing about an endpoint id shows in how a
-request for it is answered; everything else goes on to the app.
+It is a plain Starlette route, :data:`ROUTE`. Every method reaches it, and anything but
+POST gets the same 405 whatever the id, so that nothing about an endpoint id shows in how a
+request for it is answered. Before issue 9 it was
+hand-written ASGI in front of the app, to skip Starlette's request and response objects;
+measured with bench/ingest.py, the route costs a few microseconds a request, and the
+bridge keeps the floor it is held to (the README's Speed section has the numbers).
 
 Answers, as JSON ``{"status": ..., "id" / "reason": ...}``:
 
@@ -17,7 +18,7 @@ Answers, as JSON ``{"status": ..., "id" / "reason": ...}``:
     400  rejected: signature, secret, not an event, Content-Length not the body's length
     404  rejected: no such endpoint. An unknown id and a malformed one (too long, bad
          characters, a '/', empty) get the very same bytes, so ids cannot be probed
-    405  rejected: a method other than POST (any id, known or not)
+    405  rejected: a method other than POST (any id, known or not), with Allow: POST
     408  rejected: the body did not arrive within :data:`BODY_SECONDS`
     413  rejected: larger than BRIDGE_MAX_BODY_BYTES, refused while reading
     415  rejected: a Content-Encoding other than identity (Stripe never compresses)
@@ -28,6 +29,9 @@ Never a 500. Each answer to a POST is counted in ``loops_bridge_webhooks_total``
 (:mod:`bridge.metrics`). A refusal for a known endpoint is logged and kept for the admin at
 most :data:`REFUSALS_RECORDED_PER_SECOND` times a second per endpoint, so a flood of refused
 requests costs no more than that in log lines and database writes.
+
+The app puts a :class:`Receiver` in ``app.state.webhooks``: the inbox, the body limit, and
+the count of refusals recorded per endpoint.
 """
 
 from __future__ import annotations
@@ -40,8 +44,12 @@ from typing import Any
 
 import anyio.to_thread
 import orjson
+from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.endpoints import HTTPEndpoint
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 import providers
 from bridge import metrics
@@ -50,14 +58,14 @@ from bridge.inbox import Inbox, StorageUnavailable
 __all__ = [
     "BODY_SECONDS",
     "MAX_HEADER_BYTES",
-    "PREFIX",
     "REFUSALS_RECORDED_PER_SECOND",
-    "WebhookReceiver",
+    "ROUTE",
+    "Receiver",
+    "receive_webhook",
 ]
 
 log = logging.getLogger("bridge.webhooks")
 
-PREFIX = "/webhooks/"
 # The whole body must have arrived this long after the headers. A sender that stalls, or
 # whose Content-Length is larger than its body, would otherwise hold the request forever:
 # uvicorn has no body timeout of its own.
@@ -70,11 +78,10 @@ REFUSALS_RECORDED_PER_SECOND = 5
 # the bare form of ids made before the prefix. Anything else is not looked up at all.
 _ENDPOINT_ID = re.compile(r"(?:ep_)?[A-Za-z0-9_-]{22}")
 
-_JSON = [(b"content-type", b"application/json")]
 # The metrics outcome of an answer is its "status", except for these two refusals.
 _OUTCOME_BY_CODE = {404: "not_found", 413: "too_large"}
 _NOT_FOUND = (404, {"status": "rejected", "reason": "unknown endpoint: check the URL"})
-_USE_POST = orjson.dumps({"status": "rejected", "reason": "send webhooks with POST"})
+_USE_POST = {"status": "rejected", "reason": "send webhooks with POST"}
 _BAD_LENGTH = (
     400,
     {
@@ -93,6 +100,40 @@ _HEADERS_TOO_LARGE = (
 )
 
 
+class Receiver:
+    """What the route keeps between requests."""
+
+    def __init__(self, inbox: Inbox, max_body_bytes: int) -> None:
+        self.inbox = inbox
+        self.max_body_bytes = max_body_bytes
+        # Per endpoint: [second, refusals recorded in it, refusals not recorded since].
+        self._refusals: dict[str, list[int]] = {}
+
+    def to_record(self, endpoint_id: str) -> int | None:
+        """Whether to log and keep this refusal: None if the endpoint has had its share this
+        second (it is only counted), else how many went unrecorded before it."""
+        second = int(time.monotonic())
+        window = self._refusals.get(endpoint_id)
+        if window is None or window[0] != second:
+            if len(self._refusals) > 10_000:  # many endpoints refused: start counting again
+                self._refusals.clear()
+            self._refusals[endpoint_id] = [second, 1, 0]
+            return window[2] if window else 0
+        if window[1] < REFUSALS_RECORDED_PER_SECOND:
+            window[1] += 1
+            unrecorded, window[2] = window[2], 0
+            return unrecorded
+        window[2] += 1
+        return None
+
+
+class _JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 class _TooLarge(Exception):
     pass
 
@@ -101,182 +142,138 @@ class _BadLength(Exception):
     pass
 
 
-class _Gone(Exception):
-    """The sender hung up before the body was complete: there is no one to answer."""
+async def receive_webhook(request: Request) -> Response:
+    """``POST /webhooks/{endpoint_id}``."""
+    receiver: Receiver = request.app.state.webhooks
+    endpoint_id: str = request.path_params["endpoint_id"]
+    try:
+        status, answer = await _receive(receiver, endpoint_id, request)
+    except ClientDisconnect:  # the sender hung up before its body was whole: no one to answer
+        return Response(status_code=400)
+    metrics.webhook_answered(_OUTCOME_BY_CODE.get(status) or answer["status"])
+    refused = answer["status"] == "rejected" and status != 404
+    unrecorded = receiver.to_record(endpoint_id) if refused else None
+    if unrecorded is None:
+        return _JSON(answer, status)
+    record = BackgroundTask(
+        _record_refusal, receiver.inbox, endpoint_id, status, answer["reason"], unrecorded,
+        request.headers,
+    )  # fmt: skip
+    return _JSON(answer, status, background=record)
 
 
-class WebhookReceiver:
-    def __init__(self, app: ASGIApp, inbox: Inbox, max_body_bytes: int) -> None:
-        self.app = app
-        self.inbox = inbox
-        self.max_body_bytes = max_body_bytes
-        self._slow: set[asyncio.Task[Any]] = set()  # reading a body past BODY_SECONDS
-        # Per endpoint: [second, refusals recorded in it, refusals not recorded since].
-        self._refusals: dict[str, list[int]] = {}
+class _Webhooks(HTTPEndpoint):
+    post = staticmethod(receive_webhook)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] != "POST":
-            await _answer(send, 405, _USE_POST, [(b"allow", b"POST")])
-            return
-        endpoint_id = scope["path"][len(PREFIX) :]
-        headers = Headers(scope=scope)
-        try:
-            status, answer = await self._receive(endpoint_id, headers, receive)
-        except _Gone:
-            return
-        metrics.webhook_answered(_OUTCOME_BY_CODE.get(status) or answer["status"])
-        await _answer(send, status, orjson.dumps(answer))
-        if answer["status"] == "rejected" and status != 404:
-            await self._refused(endpoint_id, status, answer["reason"], headers)
+    async def method_not_allowed(self, request: Request) -> Response:
+        return _JSON(_USE_POST, 405, headers={"allow": "POST"})
 
-    async def _receive(
-        self, endpoint_id: str, headers: Headers, receive: Receive
-    ) -> tuple[int, dict[str, Any]]:
-        try:
-            # A malformed id is not looked up: it answers as an unknown one does.
-            known = _ENDPOINT_ID.fullmatch(endpoint_id)
-            route = await self.inbox.route(endpoint_id) if known else None
-            if route is None:
-                return _NOT_FOUND
-            # One pass over the headers (ASGI names are lower-case) for what the body needs.
-            size, declared, encoding = 0, None, None
-            for name, value in headers.raw:
-                size += len(name) + len(value)
-                if name == b"content-length":
-                    declared = value
-                elif name == b"content-encoding":
-                    encoding = value
-            if size > MAX_HEADER_BYTES:
-                return _HEADERS_TOO_LARGE
-            if encoding and encoding.strip().lower() != b"identity":
-                reason = (
-                    f"Content-Encoding {encoding[:40].decode('latin-1')!r} is not accepted: "
-                    "send the body uncompressed, as Stripe does (turn off request compression "
-                    "in any proxy in between)"
-                )
-                return 415, {"status": "rejected", "reason": reason}
-            try:
-                body = await self._read_body(declared, receive)
-            except _TooLarge:
-                limit = self.max_body_bytes
-                reason = f"body larger than BRIDGE_MAX_BODY_BYTES ({limit})"
-                return 413, {"status": "rejected", "reason": reason}
-            except _BadLength:
-                return _BAD_LENGTH
-            except TimeoutError:
-                reason = (
-                    f"the body did not arrive within {BODY_SECONDS:g} seconds; a "
-                    "Content-Length larger than the body has the same effect"
-                )
-                return 408, {"status": "rejected", "reason": reason}
-            route.provider.verify(body, headers, route.secrets)
-            event = route.provider.parse(body)
-            receipt = await self.inbox.accept(route, event, body)
-        except providers.Rejected as exc:
-            return 400, {"status": "rejected", "reason": str(exc)}
-        except StorageUnavailable:
-            return 503, {"status": "unavailable", "reason": "storage unavailable; retry later"}
-        except _Gone:
-            raise
-        except Exception:  # never a 500 with a stack trace: make the sender retry instead
-            log.exception("endpoint %s: unexpected error while receiving a webhook", endpoint_id)
-            return 503, {"status": "unavailable", "reason": "internal error; retry later"}
-        if receipt.status == "queued":
-            return 200, {"status": "queued", "id": receipt.delivery_id}
-        if receipt.status == "ignored":
-            log.info(
-                "delivery %s ignored: %s",
-                receipt.delivery_id,
-                receipt.reason,
-                extra={
-                    "delivery_id": receipt.delivery_id,
-                    "endpoint_id": endpoint_id,
-                    "event_id": event.id,
-                    "status": "ignored",
-                },
+
+ROUTE = Route("/webhooks/{endpoint_id:path}", _Webhooks)
+
+
+async def _receive(
+    receiver: Receiver, endpoint_id: str, request: Request
+) -> tuple[int, dict[str, Any]]:
+    try:
+        # A malformed id is not looked up: it answers as an unknown one does.
+        known = _ENDPOINT_ID.fullmatch(endpoint_id)
+        route = await receiver.inbox.route(endpoint_id) if known else None
+        if route is None:
+            return _NOT_FOUND
+        # One pass over the headers (ASGI names are lower-case) for what the body needs.
+        size, declared, encoding = 0, None, None
+        for name, value in request.headers.raw:
+            size += len(name) + len(value)
+            if name == b"content-length":
+                declared = value
+            elif name == b"content-encoding":
+                encoding = value
+        if size > MAX_HEADER_BYTES:
+            return _HEADERS_TOO_LARGE
+        if encoding and encoding.strip().lower() != b"identity":
+            reason = (
+                f"Content-Encoding {encoding[:40].decode('latin-1')!r} is not accepted: "
+                "send the body uncompressed, as Stripe does (turn off request compression "
+                "in any proxy in between)"
             )
-        return 200, {"status": receipt.status, "id": receipt.delivery_id, "reason": receipt.reason}
-
-    async def _read_body(self, declared: bytes | None, receive: Receive) -> bytes:
-        if declared is not None:
-            if not (declared.isascii() and declared.isdigit()):
-                raise _BadLength
-            if len(declared) > 15 or int(declared) > self.max_body_bytes:
-                raise _TooLarge
-        chunks, size, more = [], 0, True
-        # What asyncio.timeout() does, at a third of its cost on every request.
-        task = asyncio.current_task()
-        assert task is not None
-        cancelling = task.cancelling()
-        timer = asyncio.get_running_loop().call_later(BODY_SECONDS, self._too_slow, task)
+            return 415, {"status": "rejected", "reason": reason}
         try:
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _Gone
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise _TooLarge
-                chunks.append(chunk)
-                more = message.get("more_body", False)
-        except asyncio.CancelledError:
-            if task in self._slow:
-                self._slow.discard(task)
-                if task.uncancel() <= cancelling:  # cancelled by the timer alone
-                    raise TimeoutError from None
-            raise
-        finally:
-            timer.cancel()
-        # The server holds a request to its Content-Length; this is for one that does not.
-        if declared is not None and size != int(declared):
-            raise _BadLength
-        return b"".join(chunks)
-
-    def _too_slow(self, task: asyncio.Task[Any]) -> None:
-        self._slow.add(task)
-        task.cancel()
-
-    async def _refused(self, endpoint_id: str, status: int, reason: str, headers: Headers) -> None:
-        """Log the refusal and keep it for the admin, unless this endpoint has had its share
-        of records this second: then it is only counted, and told with the next record."""
-        second = int(time.monotonic())
-        window = self._refusals.get(endpoint_id)
-        if window is None or window[0] != second:
-            unrecorded = window[2] if window else 0
-            self._refusals[endpoint_id] = [second, 1, 0]
-        elif window[1] < REFUSALS_RECORDED_PER_SECOND:
-            window[1] += 1
-            unrecorded, window[2] = window[2], 0
-        else:
-            window[2] += 1
-            return
-        also = f" ({unrecorded} more refused before this one, not logged)" if unrecorded else ""
+            async with asyncio.timeout(BODY_SECONDS):
+                body = await _read_body(request, declared, receiver.max_body_bytes)
+        except _TooLarge:
+            reason = f"body larger than BRIDGE_MAX_BODY_BYTES ({receiver.max_body_bytes})"
+            return 413, {"status": "rejected", "reason": reason}
+        except _BadLength:
+            return _BAD_LENGTH
+        except TimeoutError:
+            reason = (
+                f"the body did not arrive within {BODY_SECONDS:g} seconds; a "
+                "Content-Length larger than the body has the same effect"
+            )
+            return 408, {"status": "rejected", "reason": reason}
+        route.provider.verify(body, request.headers, route.secrets)
+        event = route.provider.parse(body)
+        receipt = await receiver.inbox.accept(route, event, body)
+    except providers.Rejected as exc:
+        return 400, {"status": "rejected", "reason": str(exc)}
+    except StorageUnavailable:
+        return 503, {"status": "unavailable", "reason": "storage unavailable; retry later"}
+    except ClientDisconnect:
+        raise
+    except Exception:  # never a 500 with a stack trace: make the sender retry instead
+        log.exception("endpoint %s: unexpected error while receiving a webhook", endpoint_id)
+        return 503, {"status": "unavailable", "reason": "internal error; retry later"}
+    if receipt.status == "queued":
+        return 200, {"status": "queued", "id": receipt.delivery_id}
+    if receipt.status == "ignored":
         log.info(
-            "endpoint %s refused a request (%s): %s%s",
-            endpoint_id,
-            status,
-            reason,
-            also,
-            extra={"endpoint_id": endpoint_id, "status": "rejected"},
+            "delivery %s ignored: %s",
+            receipt.delivery_id,
+            receipt.reason,
+            extra={
+                "delivery_id": receipt.delivery_id,
+                "endpoint_id": endpoint_id,
+                "event_id": event.id,
+                "status": "ignored",
+            },
         )
-        await anyio.to_thread.run_sync(
-            self.inbox.record_rejection, endpoint_id, status, reason, dict(headers)
-        )
+    return 200, {"status": receipt.status, "id": receipt.delivery_id, "reason": receipt.reason}
 
 
-async def _answer(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+async def _read_body(request: Request, declared: bytes | None, limit: int) -> bytes:
+    """The body, refused as soon as it is past ``limit`` (so it is never whole in memory)."""
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise _BadLength
+        if len(declared) > 15 or int(declared) > limit:
+            raise _TooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    # The server holds a request to its Content-Length; this is for one that does not.
+    if declared is not None and size != int(declared):
+        raise _BadLength
+    return b"".join(chunks)
+
+
+async def _record_refusal(
+    inbox: Inbox, endpoint_id: str, status: int, reason: str, unrecorded: int, headers: Headers
 ) -> None:
-    length = [(b"content-length", str(len(body)).encode())]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": _JSON + length + (headers or []),
-        }
+    """After the answer: log the refusal and keep it for the admin, telling how many went
+    unrecorded before it."""
+    also = f" ({unrecorded} more refused before this one, not logged)" if unrecorded else ""
+    log.info(
+        "endpoint %s refused a request (%s): %s%s",
+        endpoint_id,
+        status,
+        reason,
+        also,
+        extra={"endpoint_id": endpoint_id, "status": "rejected"},
     )
-    await send({"type": "http.response.body", "body": body})
+    await anyio.to_thread.run_sync(
+        inbox.record_rejection, endpoint_id, status, reason, dict(headers)
+    )

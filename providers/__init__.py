@@ -1,8 +1,11 @@
 """Providers: the plug-ins that turn a platform's signed webhook into a plain event.
 
-A provider is one module in this package exposing a module-level ``provider`` object that
-satisfies :class:`Provider`. The core looks providers up by name (``get("stripe")``) and never
-imports one directly, so adding Clerk or Supabase means adding one module here.
+A provider is a module-level object that satisfies :class:`Provider`, registered under its
+name in the entry-point group ``loops_bridge.providers`` (pyproject.toml:
+``stripe = "providers.stripe:provider"``). The core looks providers up by name
+(``get("stripe")``) and never imports one directly, so adding Clerk or Supabase means adding
+one module here and one line to pyproject.toml, or installing a distribution that registers
+one in that group.
 
 The shape of the data a provider hands on::
 
@@ -31,15 +34,15 @@ the internet can reach:
 
 from __future__ import annotations
 
-import importlib
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol
 
 __all__ = ["Details", "Event", "Provider", "Rejected", "get", "names"]
 
-# Every provider module lives in this package; the registry is just this list of names.
-_NAMES = ("stripe",)
+GROUP = "loops_bridge.providers"  # the entry-point group providers are registered in
 
 
 class Rejected(Exception):
@@ -96,12 +99,20 @@ class Provider(Protocol):
         """A realistic signed test request for ``event_type``: (body, headers)."""
 
 
+@functools.cache
+def _registered() -> dict[str, EntryPoint]:
+    # Read once: get() is on the ingest path, and scanning the installed metadata is not free.
+    return {ep.name: ep for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.name)}
+
+
 def names() -> tuple[str, ...]:
-    return _NAMES
+    return tuple(_registered())
 
 
+@functools.cache
 def get(name: str) -> Provider:
-    if name not in _NAMES:
-        raise KeyError(f"unknown provider {name!r}; known providers: {', '.join(_NAMES)}")
-    module = importlib.import_module(f"providers.{name}")
-    return module.provider  # type: ignore[no-any-return]
+    registered = _registered()
+    if name not in registered:
+        known = ", ".join(registered) or "none (is loops-bridge installed? `pip install -e .`)"
+        raise KeyError(f"unknown provider {name!r}; known providers: {known}")
+    return registered[name].load()  # type: ignore[no-any-return]

@@ -1,25 +1,47 @@
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from tests import leaks
+from tests.harness import Harness
 from tests.servers import Bridge, Sandbox, bridge_env
 
-POSTGRES_HINT = (
-    "PostgreSQL tests need a server: set BRIDGE_TEST_POSTGRES=postgresql+psycopg://"
-    "postgres@127.0.0.1:5432/postgres (see README)"
+# The PostgreSQL tests use the server BRIDGE_TEST_POSTGRES names or, when it is unset, this
+# one if it answers; without either they are skipped, and pytest's summary says why.
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+POSTGRES_ELSEWHERE = (
+    "set BRIDGE_TEST_POSTGRES=postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE "
+    "(a user that may create databases) to use another server"
 )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # No secret the tests use may come back out in a log, a CLI output or a page.
     leaks.install(config)
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    """The bridge, its worker and the Loops sandbox, in-process (tests/harness.py)."""
+    with Harness(tmp_path) as started:
+        yield started
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Iterator[Harness]:
+    """The bridge in-process without its delivery worker, signed in to /admin: what a test
+    writes into the database stays as written while it reads the pages."""
+    with Harness(tmp_path, worker=False) as started:
+        started.sign_in()
+        yield started
 
 
 @pytest.fixture
@@ -44,25 +66,60 @@ def bridge(env: dict[str, str], sandbox: Sandbox) -> Iterator[Bridge]:
     assert "Application shutdown complete" in server.log(), server.log()
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """The URL of a new, empty PostgreSQL database, dropped afterwards. It is made on the
-    server of ``BRIDGE_TEST_POSTGRES`` (whose user may create databases): without that
-    variable the test is skipped; with it, a server that cannot be used fails the test."""
-    server = os.environ.get("BRIDGE_TEST_POSTGRES", "").strip()
-    if not server:
-        pytest.skip(POSTGRES_HINT)
+@functools.cache
+def postgres_server() -> tuple[str, bool, str]:
+    """The server the PostgreSQL tests make their databases on: (its URL, whether
+    BRIDGE_TEST_POSTGRES names it, why it cannot be used or ""). Without the variable it is
+    DEFAULT_POSTGRES, tried once per session with a connect of at most 2 s."""
+    given = os.environ.get("BRIDGE_TEST_POSTGRES", "").strip()
+    server = given or DEFAULT_POSTGRES
     try:
         import psycopg
     except ImportError:
-        psycopg = None  # type: ignore[assignment]
-    if psycopg is None:  # failed out here, so the report is not a chain of exceptions
-        pytest.fail(
-            "BRIDGE_TEST_POSTGRES is set but psycopg is not installed: "
-            "pip install -e '.[postgres]'",
-            pytrace=False,
-        )
+        return server, bool(given), "psycopg is not installed: pip install -e '.[postgres]'"
+    if given:
+        return server, True, ""  # each test's CREATE DATABASE says what is wrong, if anything
+    admin = make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(admin, connect_timeout=2):
+            pass
+    except psycopg.Error as exc:
+        return server, False, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return server, False, ""
+
+
+def pytest_report_header() -> str:
+    server, given, problem = postgres_server()
+    shown = make_url(server).render_as_string(hide_password=True)
+    if given:
+        return f"PostgreSQL tests: on {shown} (BRIDGE_TEST_POSTGRES)"
+    if problem:
+        return f"PostgreSQL tests: skipped, nothing usable at {shown} ({problem})"
+    return f"PostgreSQL tests: on {shown} (answered; BRIDGE_TEST_POSTGRES is unset)"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards, made on the server of
+    :func:`postgres_server`. A server that BRIDGE_TEST_POSTGRES names and that cannot be used
+    fails the test; without the variable, the test is skipped unless a server at
+    DEFAULT_POSTGRES takes it, and the skip says what was tried."""
+    server, given, problem = postgres_server()
     url = make_url(server)
+    shown = url.render_as_string(hide_password=True)
+
+    def unusable(problem: str) -> NoReturn:
+        if given:  # failed out here, so the report is not a chain of exceptions
+            pytest.fail(f"BRIDGE_TEST_POSTGRES={shown} cannot be used: {problem}", pytrace=False)
+        pytest.skip(
+            f"PostgreSQL tests skipped: nothing usable at {shown} ({problem}). Start a server "
+            f"there, or {POSTGRES_ELSEWHERE}."
+        )
+
+    if problem:
+        unusable(problem)
+    import psycopg
+
     admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
     name = f"loops_bridge_test_{uuid.uuid4().hex[:12]}"
     problem = ""
@@ -70,13 +127,9 @@ def postgres_url() -> Iterator[str]:
         with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f"CREATE DATABASE {name}")
     except psycopg.Error as exc:
-        problem = str(exc)
+        problem = f"cannot create a test database there: {exc}"
     if problem:
-        shown = url.render_as_string(hide_password=True)
-        pytest.fail(
-            f"BRIDGE_TEST_POSTGRES={shown}: cannot create a test database there: {problem}",
-            pytrace=False,
-        )
+        unusable(problem)
     try:
         yield url.set(drivername="postgresql+psycopg", database=name).render_as_string(
             hide_password=False

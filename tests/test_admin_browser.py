@@ -102,14 +102,14 @@ def test_set_up_and_watch_a_test_event_arrive(page, sandbox: Sandbox, env):
 def test_retry_a_failed_delivery(page, sandbox: Sandbox, env):
     from tests.servers import cli
 
-    cli(env, "connections", "add", "--name", "acme", "--api-key", "loops_browser_key_1234")
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", "loops_browser_key_1234")
     endpoint = cli(
         env,
         "endpoints",
         "create",
         "--name",
         "e",
-        "--connection",
+        "--account",
         "acme",
         "--events",
         "customer.created",
@@ -134,7 +134,7 @@ def test_retry_a_failed_delivery(page, sandbox: Sandbox, env):
 def test_pages_fit_the_screen(page, env, width):
     from tests.servers import cli
 
-    added = cli(env, "connections", "add", "--name", "acme", "--api-key", "k_1234567890", "--json")
+    added = cli(env, "accounts", "add", "--name", "acme", "--api-key", "k_1234567890", "--json")
     page.set_viewport_size({"width": width, "height": 800})
     sign_in(page)
     for path in (

@@ -61,9 +61,9 @@ def offline(tmp_path: Path) -> Iterator[Offline]:
 
 
 def make_endpoint(env: dict, name: str = "Stripe test", **options: str) -> str:
-    if not cli(env, "connections", "list", "--json"):
-        cli(env, "connections", "add", "--name", "acme", "--api-key", "loops_key_acme_1234")
-    args = ["--connection", "acme", "--events", options.pop("events", "invoice.paid")]
+    if not cli(env, "accounts", "list", "--json"):
+        cli(env, "accounts", "add", "--name", "acme", "--api-key", "loops_key_acme_1234")
+    args = ["--account", "acme", "--events", options.pop("events", "invoice.paid")]
     for flag, value in options.items():
         args += [f"--{flag.replace('_', '-')}", value]
     return cli(env, "endpoints", "create", "--name", name, *args, "--json")["id"]
@@ -290,10 +290,10 @@ def test_keyset_pages_under_every_filter_combination(tmp_path, monkeypatch, size
     enough that combined filters yield partial pages."""
     monkeypatch.setattr(deliveries, "SCAN_LIMIT", scan)
     engine = db.connect(f"sqlite:///{tmp_path / 'keyset.db'}")
-    registry.add_connection(engine, "acme", "loops_key_acme_1234")
+    registry.add_account(engine, "acme", "loops_key_acme_1234")
     endpoints = [
         registry.create_endpoint(
-            engine, name=f"e{n}", connection="acme", provider="stripe", event_types=["invoice.paid"]
+            engine, name=f"e{n}", account="acme", provider="stripe", event_types=["invoice.paid"]
         )
         for n in range(3)
     ]
@@ -429,7 +429,7 @@ def test_dead_delivery_says_why_and_is_retried_with_a_fresh_max_age(tmp_path: Pa
     offline = Offline(tmp_path, BRIDGE_MAX_AGE_HOURS="30")
     try:
         now = time.time()
-        registry.add_connection(offline.engine, "acme", "loops_key_acme_1234")
+        registry.add_account(offline.engine, "acme", "loops_key_acme_1234")
         endpoint = stored_endpoint(offline.engine, "acme")
         dead = stored_delivery(
             offline.engine,
@@ -499,7 +499,7 @@ def test_pruned_payload_is_said_and_the_event_cannot_be_sent_again(tmp_path: Pat
     offline = Offline(tmp_path, BRIDGE_RETENTION_DAYS="14")
     try:
         long_ago = time.time() - 20 * 86400
-        registry.add_connection(offline.engine, "acme", "loops_key_acme_1234")
+        registry.add_account(offline.engine, "acme", "loops_key_acme_1234")
         endpoint = stored_endpoint(offline.engine, "acme")
         pruned, ignored, kept = (
             stored_delivery(
@@ -551,7 +551,7 @@ def test_pruned_payload_is_said_and_the_event_cannot_be_sent_again(tmp_path: Pat
 
 def test_queued_delivery_tells_when_its_account_is_held(offline: Offline):
     now = time.time()
-    acme = registry.add_connection(offline.engine, "acme", "loops_key_acme_1234").id
+    acme = registry.add_account(offline.engine, "acme", "loops_key_acme_1234").id
     delivery = stored_delivery(offline.engine, stored_endpoint(offline.engine, "acme"))
     assert "account-problem" not in offline.page(f"/admin/deliveries/{delivery}").by_id
     account_state(

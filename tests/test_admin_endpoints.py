@@ -1,185 +1,48 @@
-"""The Loops accounts and Endpoints admin pages, driven as an admin drives them: forms
-POSTed to ``loops-bridge serve``, real signed Stripe webhooks, the sandbox standing in for
-Loops.
+"""The Loops accounts and Endpoints admin pages, driven as an admin drives them: forms POSTed
+to the bridge in-process (tests/harness.py), real signed Stripe webhooks, the sandbox
+standing in for Loops.
 
-How an account is doing is written by the delivery workers into ``account_states``; those
-tests write the rows themselves and read the pages of an app run in-process without a worker
-(:class:`Offline`), so nothing changes the rows while the pages are read."""
+How an account is doing is written by the delivery worker into ``account_states``; those
+tests write the rows themselves and read the pages of the bridge without its worker (the
+``offline`` fixture), so nothing changes the rows while the pages are read."""
 
 from __future__ import annotations
 
-import asyncio
-import html
 import json
 import re
 import time
-from collections.abc import Iterator
-from contextlib import closing
-from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
-import httpx
-import pytest
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from bridge import db, registry
+from bridge import registry
 from bridge.admin.formats import when
-from bridge.app import create_app
-from bridge.models import QUEUED, AccountState, Delivery
-from bridge.settings import load
-from tests.helpers import fixture_bytes, signed_headers
-from tests.servers import ADMIN_PASSWORD, Bridge, Sandbox, cli, wait_until
+from bridge.models import AccountState
+from tests.harness import PUBLIC_URL, Harness
+from tests.helpers import (
+    Page,
+    account_state,
+    fixture_bytes,
+    stored_delivery,
+    stored_endpoint,
+    words,
+)
 
 KEY = "3f9a1c0e7b5d42a8b6c1e9f07d2a4c5e"  # shown only as …4c5e
 SECRET = "whsec_adminPageSecretAAAAAAAAAAA1"  # shown only as whsec_…AAA1
 CUSTOMER_CREATED = "constructed/customer.created.event.json"
 INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
-_VOID = {"input", "br", "meta", "link", "img", "hr"}
 
 
-class Page(HTMLParser):
-    """The elements of a page that have an id: their attributes, and their text as ``text``."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__()
-        self.source = response.text
-        self.text = html.unescape(response.text)
-        self.by_id: dict[str, dict[str, str]] = {}
-        self._open: list[str | None] = []
-        self.feed(response.text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = {name: value or "" for name, value in attrs}
-        if found.get("id"):
-            self.by_id[found["id"]] = {**found, "text": ""}
-        if tag not in _VOID:
-            self._open.append(found.get("id"))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag not in _VOID:
-            self._open.pop()
-
-    def handle_data(self, data: str) -> None:
-        for element in filter(None, self._open):
-            self.by_id[element]["text"] += data
-
-    def __getitem__(self, element_id: str) -> dict[str, str]:
-        return self.by_id[element_id]
-
-    def row(self, containing: str) -> str:
-        """The text of the table row that contains ``containing``."""
-        (row,) = [r for r in self.source.split("<tr>") if containing in r]
-        return html.unescape(re.sub(r"<[^>]+>", " ", row.split("</tr>")[0]))
-
-    def actions(self, pattern: str) -> list[str]:
-        """The form actions on the page matching ``pattern``, in page order."""
-        return re.findall(rf'action="({pattern})"', self.source)
-
-
-class Offline:
-    """The bridge app in this process without its delivery worker (httpx's ASGI transport on
-    one event loop), on a fresh SQLite database, signed in to /admin. What the tests write
-    into the database stays as written while they read the pages."""
-
-    def __init__(self, tmp_path: Path, **env: str) -> None:
-        self.settings = load(
-            {
-                "BRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'offline.db'}",
-                "BRIDGE_ADMIN_PASSWORD": ADMIN_PASSWORD,
-                **env,
-            }
-        )
-        self.engine: Engine = db.connect(self.settings.database_url)
-        app = create_app(self.settings, self.engine, run_worker=False)
-        self._loop = asyncio.new_event_loop()
-        self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://bridge"
-        )
-        signed_in = self.post("/admin/login", password=ADMIN_PASSWORD, next="/admin/")
-        assert signed_in.status_code == 303, signed_in.text
-
-    def get(self, url: str) -> httpx.Response:
-        return self._loop.run_until_complete(self._client.get(url))
-
-    def post(self, url: str, **form: str) -> httpx.Response:
-        return self._loop.run_until_complete(self._client.post(url, data=form))
-
-    def page(self, url: str) -> Page:
-        response = self.get(url)
-        assert response.status_code == 200, (url, response.status_code, response.text[:500])
-        return Page(response)
-
-    def close(self) -> None:
-        self._loop.run_until_complete(self._client.aclose())
-        self._loop.run_until_complete(self._loop.shutdown_default_executor())
-        self._loop.close()
-        self.engine.dispose()
-
-
-@pytest.fixture
-def offline(tmp_path: Path) -> Iterator[Offline]:
-    app = Offline(tmp_path)
-    yield app
-    app.close()
-
-
-def words(text: str) -> str:
-    """``text`` with every run of white space (line breaks, no-break spaces) as one space."""
-    return " ".join(text.split())
-
-
-def account_state(engine: Engine, connection_id: int, **values: Any) -> None:
-    """Write an account's ``account_states`` row, as a delivery worker would."""
-    with Session(engine) as session:
-        session.merge(AccountState(connection_id=connection_id, **values))
-        session.commit()
-
-
-def stored_delivery(engine: Engine, endpoint_id: str, **values: Any) -> int:
-    """A delivery row as the inbox and the worker leave it; queued and due by default."""
-    now = time.time()
-    row: dict[str, Any] = {
-        "event_id": f"evt_{time.monotonic_ns()}",
-        "event_type": "invoice.paid",
-        "occurred_at": int(now),
-        "email": "jo@example.com",
-        "payload": b'{"id": "evt_stored"}',
-        "status": QUEUED,
-        "received_at": now,
-        "queued_at": now,
-        "next_attempt_at": now,
-        **values,
-    }
-    with Session(engine) as session:
-        delivery = Delivery(endpoint_id=endpoint_id, **row)
-        session.add(delivery)
-        session.commit()
-        return delivery.id  # type: ignore[return-value]
-
-
-def stored_endpoint(engine: Engine, connection: str, name: str = "Stripe live") -> str:
-    return registry.create_endpoint(
-        engine, name=name, connection=connection, provider="stripe", event_types=["invoice.paid"]
-    )
-
-
-@pytest.fixture
-def admin(bridge: Bridge) -> Iterator[httpx.Client]:
-    with closing(bridge.admin()) as client:
-        yield client
-
-
-def add_account(admin: httpx.Client, name: str = "acme", key: str = KEY) -> None:
-    added = admin.post("/admin/accounts", data={"name": name, "api_key": key})
+def add_account(admin: Harness, name: str = "acme", key: str = KEY) -> None:
+    added = admin.form("/admin/accounts", name=name, api_key=key)
     assert added.status_code == 303, added.text
 
 
 def endpoint_form(**changes: object) -> dict:
     form: dict[str, object] = {
         "name": "Stripe test",
-        "connection": "acme",
+        "account": "acme",
         "provider": "stripe",
         "event_types": ["customer.created", "invoice.paid"],
         "user_group": "customers",
@@ -190,12 +53,12 @@ def endpoint_form(**changes: object) -> dict:
     return {field: value for field, value in form.items() if value is not None}
 
 
-def create_endpoint(admin: httpx.Client, secret: str | None = None, **changes: object) -> str:
-    created = admin.post("/admin/endpoints/new", data=endpoint_form(**changes))
+def create_endpoint(admin: Harness, secret: str | None = None, **changes: object) -> str:
+    created = admin.form("/admin/endpoints/new", **endpoint_form(**changes))
     assert created.status_code == 303, created.text
     endpoint_id = created.headers["location"].removeprefix("/admin/endpoints/")
     if secret:
-        pasted = admin.post(f"/admin/endpoints/{endpoint_id}/secrets", data={"secret": secret})
+        pasted = admin.form(f"/admin/endpoints/{endpoint_id}/secrets", secret=secret)
         assert pasted.status_code == 303, pasted.text
     return endpoint_id
 
@@ -207,87 +70,78 @@ def customer_created(email: str = "test12@email.com", event_id: str = "evt_admin
     return json.dumps(event).encode()
 
 
-def send(bridge: Bridge, endpoint_id: str, body: bytes, secret: str = SECRET) -> httpx.Response:
-    return bridge.post(endpoint_id, body, signed_headers(body, secret))
-
-
-def test_account_test_shows_loops_team_and_the_key_only_masked(sandbox: Sandbox, admin):
-    add_account(admin)
-    accounts = Page(admin.get("/admin/accounts"))
+def test_account_test_shows_loops_team_and_the_key_only_masked(offline: Harness):
+    offline.connect_admin()
+    add_account(offline)
+    accounts = offline.page("/admin/accounts")
     assert "Added Loops account 'acme' (key …4c5e)." in accounts.text
     (test_action,) = accounts.actions(r"/admin/accounts/\d+/test")
 
-    tested = admin.post(test_action)
+    tested = offline.form(test_action)
     assert tested.status_code == 303
-    shown = Page(admin.get("/admin/accounts"))
+    shown = offline.page("/admin/accounts")
     assert "Loops account 'acme' works: Loops team 'Sandbox team …4c5e'." in shown.text
-    assert [call["path"] for call in sandbox.calls()] == ["/api/v1/api-key"]
+    assert [call["path"] for call in offline.loops_calls()] == ["/api/v1/api-key"]
 
     # Nowhere the key could show up does it: lists, forms, a refused form, the endpoint.
-    refused = admin.post("/admin/accounts", data={"name": "acme", "api_key": KEY})
+    refused = offline.form("/admin/accounts", name="acme", api_key=KEY)
     assert refused.status_code == 400
     assert "already exists" in Page(refused)["account-name-error"]["text"]
-    endpoint_id = create_endpoint(admin, secret=SECRET)
+    endpoint_id = create_endpoint(offline, secret=SECRET)
     for response in (
         refused,
-        admin.get("/admin/accounts"),
-        admin.get("/admin/endpoints"),
-        admin.get("/admin/endpoints/new"),
-        admin.get(f"/admin/endpoints/{endpoint_id}"),
-        admin.get(f"/admin/endpoints/{endpoint_id}/edit"),
+        offline.get("/admin/accounts"),
+        offline.get("/admin/endpoints"),
+        offline.get("/admin/endpoints/new"),
+        offline.get(f"/admin/endpoints/{endpoint_id}"),
+        offline.get(f"/admin/endpoints/{endpoint_id}/edit"),
     ):
         assert response.status_code in (200, 400)
         assert KEY not in response.text and KEY[:12] not in response.text
 
 
-def test_account_test_shows_loops_error_for_a_refused_key(env):
-    picky = Sandbox(env, "--api-key", "only_this_key_is_valid")
-    env["BRIDGE_LOOPS_API_URL"] = picky.api_url
-    server = Bridge(env)
-    try:
-        with closing(server.admin()) as admin:
-            add_account(admin, "right", "only_this_key_is_valid")
-            add_account(admin, "wrong", KEY)
-            tests = Page(admin.get("/admin/accounts")).actions(r"/admin/accounts/\d+/test")
-            right, wrong = tests
+def test_account_test_shows_loops_error_for_a_refused_key(tmp_path: Path):
+    with Harness(tmp_path, worker=False, sandbox_keys=["only_this_key_is_valid"]) as admin:
+        admin.connect_admin()
+        admin.sign_in()
+        add_account(admin, "right", "only_this_key_is_valid")
+        add_account(admin, "wrong", KEY)
+        right, wrong = admin.page("/admin/accounts").actions(r"/admin/accounts/\d+/test")
 
-            admin.post(wrong)
-            page = Page(admin.get("/admin/accounts"))
-            assert "Loops account 'wrong' did not work: Loops answered 401: Invalid API key." in (
-                page.text
-            )
-            admin.post(right)
-            assert "Loops account 'right' works" in Page(admin.get("/admin/accounts")).text
-    finally:
-        server.stop()
-        picky.stop()
+        admin.form(wrong)
+        page = admin.page("/admin/accounts")
+        assert "Loops account 'wrong' did not work: Loops answered 401: Invalid API key." in (
+            page.text
+        )
+        admin.form(right)
+        assert "Loops account 'right' works" in admin.page("/admin/accounts").text
 
 
-def test_account_in_use_is_not_deleted(env, admin: httpx.Client):
-    add_account(admin)
-    endpoint_id = create_endpoint(admin, name="Stripe live")
-    (delete_account,) = Page(admin.get("/admin/accounts")).actions(r"/admin/accounts/\d+/delete")
+def test_account_in_use_is_not_deleted(offline: Harness):
+    add_account(offline)
+    endpoint_id = create_endpoint(offline, name="Stripe live")
+    (delete_account,) = offline.page("/admin/accounts").actions(r"/admin/accounts/\d+/delete")
 
-    assert admin.post(delete_account).status_code == 303
-    page = Page(admin.get("/admin/accounts"))
+    assert offline.form(delete_account).status_code == 303
+    page = offline.page("/admin/accounts")
     assert "Not deleted. Loops account 'acme' is used by endpoint(s) Stripe live" in page.text
     assert page.actions(r"/admin/accounts/\d+/delete") == [delete_account]
 
-    admin.post(f"/admin/endpoints/{endpoint_id}/delete")
-    admin.post(delete_account)
-    page = Page(admin.get("/admin/accounts"))
+    offline.form(f"/admin/endpoints/{endpoint_id}/delete")
+    offline.form(delete_account)
+    page = offline.page("/admin/accounts")
     assert "Deleted Loops account 'acme'." in page.text
     assert page.actions(r"/admin/accounts/\d+/delete") == []
-    assert cli(env, "connections", "list", "--json") == []
+    assert offline.cli("accounts", "list", "--json") == []
 
 
 # --- how an account is doing ------------------------------------------------------------------
 
 
-def test_each_account_state_is_said_in_plain_words(offline: Offline):
+def test_each_account_state_is_said_in_plain_words(offline: Harness):
     engine, now = offline.engine, time.time()
     ids = {
-        name: registry.add_connection(engine, name, f"loops_key_{name}_0000").id
+        name: registry.add_account(engine, name, f"loops_key_{name}_0000").id
         for name in ("fine", "revoked", "down", "busy", "recovered")
     }
     account_state(
@@ -353,11 +207,11 @@ def test_each_account_state_is_said_in_plain_words(offline: Offline):
 
 
 def test_account_shows_its_queue_and_the_rate_limit_in_use(tmp_path: Path):
-    offline = Offline(tmp_path, BRIDGE_LOOPS_RATE_LIMIT="8")
-    try:
+    with Harness(tmp_path, worker=False, BRIDGE_LOOPS_RATE_LIMIT="8") as offline:
+        offline.sign_in()
         engine, now = offline.engine, time.time()
-        acme = registry.add_connection(engine, "acme", "loops_key_acme_0000").id
-        other = registry.add_connection(engine, "other", "loops_key_other_000").id
+        acme = registry.add_account(engine, "acme", "loops_key_acme_0000").id
+        other = registry.add_account(engine, "other", "loops_key_other_000").id
         live, test = stored_endpoint(engine, "acme"), stored_endpoint(engine, "acme", "Test")
         oldest = stored_delivery(engine, test, received_at=now - 3 * 3600)
         stored_delivery(engine, live, received_at=now - 60)
@@ -376,7 +230,7 @@ def test_account_shows_its_queue_and_the_rate_limit_in_use(tmp_path: Path):
         assert words(listed[f"account-{acme}-queue"]["text"]).startswith("3 queued")
         assert words(listed[f"account-{other}-queue"]["text"]).startswith("1 queued")
 
-        saved = offline.post(f"/admin/accounts/{acme}/rate-limit", rate_limit="25")
+        saved = offline.form(f"/admin/accounts/{acme}/rate-limit", rate_limit="25")
         assert saved.status_code == 303
         shown = words(offline.page(f"/admin/accounts/{acme}")["account-rate"]["text"])
         assert shown == "25 per second (set for this account)"
@@ -397,12 +251,10 @@ def test_account_shows_its_queue_and_the_rate_limit_in_use(tmp_path: Path):
             r'<th scope="row">(\w+)</th>.*?<td class="limit">(\d+)<', overview, re.S
         )
         assert limits == [("acme", "20"), ("other", "5")]
-    finally:
-        offline.close()
 
 
-def test_rate_limit_form_takes_a_whole_number_or_blank(offline: Offline):
-    acme = registry.add_connection(offline.engine, "acme", "loops_key_acme_0000").id
+def test_rate_limit_form_takes_a_whole_number_or_blank(offline: Harness):
+    acme = registry.add_account(offline.engine, "acme", "loops_key_acme_0000").id
     url = f"/admin/accounts/{acme}/rate-limit"
     for typed, message in (
         ("abc", "'abc' is not a whole number: enter requests per second from 1 to 1000"),
@@ -411,7 +263,7 @@ def test_rate_limit_form_takes_a_whole_number_or_blank(offline: Offline):
         ("0", "0 requests per second is out of range: enter 1 to 1000"),
         ("1001", "1001 requests per second is out of range"),
     ):
-        refused = offline.post(url, rate_limit=typed)
+        refused = offline.form(url, rate_limit=typed)
         assert refused.status_code == 400, typed
         page = Page(refused)
         assert "Nothing was saved" in page.text
@@ -425,12 +277,12 @@ def test_rate_limit_form_takes_a_whole_number_or_blank(offline: Offline):
         assert "aria-invalid" not in page["api_key"]
     assert "the default" in offline.page(f"/admin/accounts/{acme}")["account-rate"]["text"]
 
-    saved = offline.post(url, rate_limit=" 1000 ")
+    saved = offline.form(url, rate_limit=" 1000 ")
     assert (saved.status_code, saved.headers["location"]) == (303, f"/admin/accounts/{acme}")
     page = offline.page(f"/admin/accounts/{acme}")
     assert "Loops account 'acme' now uses at most 1000 requests per second." in page.text
     assert page["rate_limit"]["value"] == "1000"
-    assert offline.post(url, rate_limit="").status_code == 303
+    assert offline.form(url, rate_limit="").status_code == 303
     page = offline.page(f"/admin/accounts/{acme}")
     assert (
         "Loops account 'acme' now uses the default rate limit (10 per second, "
@@ -439,11 +291,11 @@ def test_rate_limit_form_takes_a_whole_number_or_blank(offline: Offline):
     assert page["rate_limit"]["value"] == ""
 
 
-def test_replacing_the_key_ends_its_problem_and_sends_its_queue_now(offline: Offline):
+def test_replacing_the_key_ends_its_problem_and_sends_its_queue_now(offline: Harness):
     engine, now = offline.engine, time.time()
     old_key, new_key = "loops_key_revoked_OLD1", "loops_key_replaced_NEW2"
-    acme = registry.add_connection(engine, "acme", old_key).id
-    registry.add_connection(engine, "other", "loops_key_other_0000")
+    acme = registry.add_account(engine, "acme", old_key).id
+    registry.add_account(engine, "other", "loops_key_other_0000")
     account_state(
         engine,
         acme,
@@ -462,7 +314,7 @@ def test_replacing_the_key_ends_its_problem_and_sends_its_queue_now(offline: Off
     assert "Loops refused this API key" in before["account-problem"]["text"]
     assert before["next-try"]["text"].startswith(when(now + 3000))
 
-    refused = offline.post(f"/admin/accounts/{acme}/api-key", api_key="  ")
+    refused = offline.form(f"/admin/accounts/{acme}/api-key", api_key="  ")
     assert refused.status_code == 400
     page = Page(refused)
     assert page["api_key"]["aria-invalid"] == "true"
@@ -470,7 +322,7 @@ def test_replacing_the_key_ends_its_problem_and_sends_its_queue_now(offline: Off
     assert "Paste it again" in page.text
     assert "Loops refused this API key" in page["account-state"]["text"]  # nothing changed
 
-    replaced = offline.post(f"/admin/accounts/{acme}/api-key", api_key=new_key)
+    replaced = offline.form(f"/admin/accounts/{acme}/api-key", api_key=new_key)
     assert (replaced.status_code, replaced.headers["location"]) == (303, f"/admin/accounts/{acme}")
     page = offline.page(f"/admin/accounts/{acme}")
     assert (
@@ -489,13 +341,13 @@ def test_replacing_the_key_ends_its_problem_and_sends_its_queue_now(offline: Off
     shown = offline.page(f"/admin/deliveries/{elsewhere}")
     assert shown["next-try"]["text"].startswith(when(now + 3000))
     # And the key in use is the new one.
-    assert registry.get_connection(engine, acme).api_key == new_key
+    assert registry.get_account(engine, acme).api_key == new_key
 
 
-def test_account_with_a_state_is_deleted_with_it(offline: Offline):
-    acme = registry.add_connection(offline.engine, "acme", "loops_key_acme_0000").id
+def test_account_with_a_state_is_deleted_with_it(offline: Harness):
+    acme = registry.add_account(offline.engine, "acme", "loops_key_acme_0000").id
     account_state(offline.engine, acme, loops_limit=10, held_until=time.time() + 60)
-    deleted = offline.post(f"/admin/accounts/{acme}/delete?from=account")
+    deleted = offline.form(f"/admin/accounts/{acme}/delete?from=account")
     assert (deleted.status_code, deleted.headers["location"]) == (303, "/admin/accounts")
     page = offline.page("/admin/accounts")
     assert "Deleted Loops account 'acme'." in page.text
@@ -504,90 +356,85 @@ def test_account_with_a_state_is_deleted_with_it(offline: Offline):
         assert session.get(AccountState, acme) is None
 
 
-def test_refused_key_pauses_deliveries_until_it_is_replaced(env):
+def test_refused_key_pauses_deliveries_until_it_is_replaced(tmp_path: Path):
     """End to end: the worker finds the key refused, the admin sees it and replaces the key,
     and what waited goes out."""
-    picky = Sandbox(env, "--api-key", "loops_key_right_1234")
-    env["BRIDGE_LOOPS_API_URL"] = picky.api_url
-    server = Bridge(env)
-    try:
-        with closing(server.admin()) as admin:
-            add_account(admin, "acme", "loops_key_wrong_0000")
-            endpoint_id = create_endpoint(admin, SECRET, loops_event="stripeCustomer")
-            (account,) = Page(admin.get("/admin/accounts")).actions(r"/admin/accounts/\d+/test")
-            account_url = account.removesuffix("/test")
-            accepted = send(server, endpoint_id, customer_created()).json()
-            assert accepted["status"] == "queued"
+    with Harness(tmp_path, sandbox_keys=["loops_key_right_1234"]) as bridge:
+        bridge.sign_in()
+        add_account(bridge, "acme", "loops_key_wrong_0000")
+        endpoint_id = create_endpoint(bridge, SECRET, loops_event="stripeCustomer")
+        (account,) = bridge.page("/admin/accounts").actions(r"/admin/accounts/\d+/test")
+        account_url = account.removesuffix("/test")
+        accepted = bridge.webhook(endpoint_id, customer_created(), SECRET).json()
+        assert accepted["status"] == "queued"
 
-            def refused() -> Page | None:
-                page = Page(admin.get(account_url))
-                return page if "Loops refused this API key" in page.text else None
+        def refused() -> Page | None:
+            page = bridge.page(account_url)
+            return page if "Loops refused this API key" in page.text else None
 
-            page = wait_until(refused, what="the account to show its key refused")
-            assert "Its deliveries are paused" in page["account-state"]["text"]
-            assert "1 queued" in page["account-queue"]["text"]
-            delivery = Page(admin.get(f"/admin/deliveries/{accepted['id']}"))
-            assert "Loops refused this API key" in delivery["account-problem"]["text"]
+        page = bridge.until(refused, what="the account to show its key refused")
+        assert "Its deliveries are paused" in page["account-state"]["text"]
+        assert "1 queued" in page["account-queue"]["text"]
+        delivery = bridge.page(f"/admin/deliveries/{accepted['id']}")
+        assert "Loops refused this API key" in delivery["account-problem"]["text"]
 
-            replaced = admin.post(
-                f"{account_url}/api-key", data={"api_key": "loops_key_right_1234"}
-            )
-            assert replaced.status_code == 303
-            wait_until(lambda: picky.get("events"), what="the waiting event to reach Loops")
-            (event,) = picky.get("events")
-            assert event["eventName"] == "stripeCustomer"
-            page = Page(admin.get(account_url))
-            assert words(page["account-state"]["text"]).startswith("Healthy")
-            assert "0 queued" in page["account-queue"]["text"]
-    finally:
-        server.stop()
-        picky.stop()
+        replaced = bridge.form(f"{account_url}/api-key", api_key="loops_key_right_1234")
+        assert replaced.status_code == 303
+        (event,) = bridge.until(
+            lambda: bridge.loops_get("events"), what="the waiting event to reach Loops"
+        )
+        assert event["eventName"] == "stripeCustomer"
+        bridge.settled(1)
+        page = bridge.page(account_url)
+        assert words(page["account-state"]["text"]).startswith("Healthy")
+        assert "0 queued" in page["account-queue"]["text"]
 
 
 def test_endpoint_made_in_the_form_takes_a_signed_webhook_once_its_secret_is_pasted(
-    sandbox: Sandbox, bridge: Bridge, admin: httpx.Client
+    harness: Harness,
 ):
-    add_account(admin)
-    endpoint_id = create_endpoint(admin, loops_event="stripeCustomer")
-    url = f"{bridge.url}/webhooks/{endpoint_id}"
+    harness.sign_in()
+    add_account(harness)
+    endpoint_id = create_endpoint(harness, loops_event="stripeCustomer")
+    url = f"{PUBLIC_URL}/webhooks/{endpoint_id}"
 
-    page = Page(admin.get(f"/admin/endpoints/{endpoint_id}"))
+    page = harness.page(f"/admin/endpoints/{endpoint_id}")
     assert page["endpoint-url"]["text"] == url
     assert 'data-copy="endpoint-url"' in page.source
     assert "Waiting for the signing secret." in page["waiting-notice"]["text"]
     assert page["status"]["text"] == "waiting for signing secret"
     assert page["stripe-listen"]["text"] == f"stripe listen --forward-to {url}"
     assert "stripe trigger customer.created --override customer:email=" in page.text
-    listed = Page(admin.get("/admin/endpoints"))
+    listed = harness.page("/admin/endpoints")
     assert "waiting for signing secret" in listed.row(f"/admin/endpoints/{endpoint_id}")
 
     body = customer_created()
-    refused = send(bridge, endpoint_id, body)
+    refused = harness.webhook(endpoint_id, body, SECRET)
     assert refused.status_code == 400 and "no signing secret" in refused.json()["reason"]
 
-    pasted = admin.post(f"/admin/endpoints/{endpoint_id}/secrets", data={"secret": SECRET})
+    pasted = harness.form(f"/admin/endpoints/{endpoint_id}/secrets", secret=SECRET)
     assert pasted.status_code == 303
-    page = Page(admin.get(f"/admin/endpoints/{endpoint_id}"))
+    page = harness.page(f"/admin/endpoints/{endpoint_id}")
     assert "Added signing secret whsec_…AAA1." in page.text
     assert "waiting-notice" not in page.by_id
     assert page["status"]["text"] == "active"
     assert SECRET not in page.source
 
-    accepted = send(bridge, endpoint_id, body)
+    accepted = harness.webhook(endpoint_id, body, SECRET)
     assert accepted.status_code == 200 and accepted.json()["status"] == "queued"
-    (event,) = wait_until(lambda: sandbox.get("events"), what="the event to reach Loops")
+    (event,) = harness.until(lambda: harness.loops_get("events"), what="the event to reach Loops")
     assert (event["email"], event["eventName"]) == ("test12@email.com", "stripeCustomer")
-    (contact,) = sandbox.get("contacts")
+    (contact,) = harness.loops_get("contacts")
     assert contact["userGroup"] == "customers"
-    assert "active" in Page(admin.get("/admin/endpoints")).row(f"/admin/endpoints/{endpoint_id}")
+    assert "active" in harness.page("/admin/endpoints").row(f"/admin/endpoints/{endpoint_id}")
 
 
-def test_invalid_form_shows_each_problem_at_its_field_and_saves_nothing(env, admin):
-    add_account(admin)
-    refused = admin.post(
+def test_invalid_form_shows_each_problem_at_its_field_and_saves_nothing(offline: Harness):
+    add_account(offline)
+    refused = offline.form(
         "/admin/endpoints/new",
-        data=endpoint_form(
-            name=" ", connection="nobody", event_types=None, loops_event="1 bad", user_group="vip"
+        **endpoint_form(
+            name=" ", account="nobody", event_types=None, loops_event="1 bad", user_group="vip"
         ),
     )
     assert refused.status_code == 400
@@ -595,7 +442,7 @@ def test_invalid_form_shows_each_problem_at_its_field_and_saves_nothing(env, adm
     assert "Nothing was saved" in page.text
     for field, message in {
         "name": "Give the endpoint a name",
-        "connection": "Pick one of the Loops accounts",
+        "account": "Pick one of the Loops accounts",
         "loops_event": "Loops event name '1 bad' is not valid",
     }.items():
         assert page[field]["aria-invalid"] == "true"
@@ -607,122 +454,127 @@ def test_invalid_form_shows_each_problem_at_its_field_and_saves_nothing(env, adm
     assert page["loops_event"]["value"] == "1 bad"
     assert page["user_group"]["value"] == "vip"
     assert "aria-invalid" not in page["user_group"]
-    assert cli(env, "endpoints", "list", "--json") == []
-    assert "No endpoints yet." in Page(admin.get("/admin/endpoints")).text
+    assert offline.cli("endpoints", "list", "--json") == []
+    assert "No endpoints yet." in offline.page("/admin/endpoints").text
 
 
-def test_edited_event_types_apply_to_the_next_webhook(env, bridge: Bridge, admin):
-    add_account(admin)
-    endpoint_id = create_endpoint(admin, secret=SECRET)
+def test_edited_event_types_apply_to_the_next_webhook(offline: Harness):
+    add_account(offline)
+    endpoint_id = create_endpoint(offline, secret=SECRET)
     # A webhook first, so the bridge's hot path has this endpoint in its cache.
-    assert send(bridge, endpoint_id, customer_created()).json()["status"] == "queued"
+    assert offline.webhook(endpoint_id, customer_created(), SECRET).json()["status"] == "queued"
 
-    edited = admin.post(
+    edited = offline.form(
         f"/admin/endpoints/{endpoint_id}/edit",
-        data=endpoint_form(name="Stripe customers", event_types=["customer.created"]),
+        **endpoint_form(name="Stripe customers", event_types=["customer.created"]),
     )
     assert edited.status_code == 303
 
-    answer = send(bridge, endpoint_id, fixture_bytes(INVOICE_PAID)).json()
+    answer = offline.webhook(endpoint_id, fixture_bytes(INVOICE_PAID), SECRET).json()
     assert answer["status"] == "ignored"
     assert "invoice.paid is not enabled" in answer["reason"]
-    form = Page(admin.get(f"/admin/endpoints/{endpoint_id}/edit"))
+    form = offline.page(f"/admin/endpoints/{endpoint_id}/edit")
     assert form["name"]["value"] == "Stripe customers"
     assert 'value="customer.created" checked' in form.source
     assert 'value="invoice.paid" checked' not in form.source
-    (shown,) = cli(env, "endpoints", "list", "--json")
+    (shown,) = offline.cli("endpoints", "list", "--json")
     assert shown["event_types"] == ["customer.created"]
 
 
-def test_paused_endpoint_keeps_webhooks_until_resumed(env, sandbox: Sandbox, bridge, admin):
-    add_account(admin)
-    held = create_endpoint(admin, SECRET, name="Held", loops_event="heldEvent")
-    other = create_endpoint(admin, SECRET, name="Other", loops_event="otherEvent")
+def test_paused_endpoint_keeps_webhooks_until_resumed(harness: Harness):
+    harness.sign_in()
+    add_account(harness)
+    held = create_endpoint(harness, SECRET, name="Held", loops_event="heldEvent")
+    other = create_endpoint(harness, SECRET, name="Other", loops_event="otherEvent")
 
-    assert admin.post(f"/admin/endpoints/{held}/pause").status_code == 303
-    page = Page(admin.get(f"/admin/endpoints/{held}"))
+    assert harness.form(f"/admin/endpoints/{held}/pause").status_code == 303
+    page = harness.page(f"/admin/endpoints/{held}")
     assert page["status"]["text"] == "paused"
     assert (
         "Webhooks are still accepted and kept; nothing goes to Loops until you resume"
         in (page["paused-notice"]["text"])
     )
-    listed = Page(admin.get("/admin/endpoints"))
+    listed = harness.page("/admin/endpoints")
     assert "paused" in listed.row(f"/admin/endpoints/{held}")
     assert "active" in listed.row(f"/admin/endpoints/{other}")
 
     # Same contact on both: the worker delivers one contact's events in arrival order, so
     # once the later one is in Loops, the held one would have gone first had it been due.
-    kept = send(bridge, held, customer_created(event_id="evt_held"))
+    kept = harness.webhook(held, customer_created(event_id="evt_held"), SECRET)
     assert kept.status_code == 200 and kept.json()["status"] == "queued"
-    send(bridge, other, customer_created(event_id="evt_other"))
-    wait_until(lambda: sandbox.get("events"), what="the other endpoint's event")
-    assert [e["eventName"] for e in sandbox.get("events")] == ["otherEvent"]
-    (stored,) = cli(env, "deliveries", "list", "--endpoint", held, "--json")
+    harness.webhook(other, customer_created(event_id="evt_other"), SECRET)
+    harness.until(lambda: harness.loops_get("events"), what="the other endpoint's event")
+    assert [e["eventName"] for e in harness.loops_get("events")] == ["otherEvent"]
+    (stored,) = harness.deliveries(endpoint_id=held)
     assert stored["status"] == "queued"
 
-    assert admin.post(f"/admin/endpoints/{held}/resume").status_code == 303
-    events = wait_until(
-        lambda: [e["eventName"] for e in sandbox.get("events")] == ["otherEvent", "heldEvent"],
+    assert harness.form(f"/admin/endpoints/{held}/resume").status_code == 303
+    harness.until(
+        lambda: (
+            [e["eventName"] for e in harness.loops_get("events")] == ["otherEvent", "heldEvent"]
+        ),
         what="the held event after resuming",
     )
-    assert events
-    page = Page(admin.get(f"/admin/endpoints/{held}"))
+    page = harness.page(f"/admin/endpoints/{held}")
     assert page["status"]["text"] == "active" and "paused-notice" not in page.by_id
 
 
-def test_deleted_endpoint_is_gone_with_its_delivery_log(env, bridge: Bridge, admin):
-    add_account(admin)
-    endpoint_id = create_endpoint(admin, SECRET, name="Doomed")
-    assert send(bridge, endpoint_id, customer_created()).status_code == 200
-    page = Page(admin.get(f"/admin/endpoints/{endpoint_id}"))
+def test_deleted_endpoint_is_gone_with_its_delivery_log(offline: Harness):
+    add_account(offline)
+    endpoint_id = create_endpoint(offline, SECRET, name="Doomed")
+    assert offline.webhook(endpoint_id, customer_created(), SECRET).status_code == 200
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
     (confirm,) = re.findall(
         rf'action="/admin/endpoints/{endpoint_id}/delete"\s+data-confirm="([^"]+)"', page.source
     )
     assert "delivery log goes too" in confirm
 
-    deleted = admin.post(f"/admin/endpoints/{endpoint_id}/delete")
+    deleted = offline.form(f"/admin/endpoints/{endpoint_id}/delete")
     assert (deleted.status_code, deleted.headers["location"]) == (303, "/admin/endpoints")
-    listed = Page(admin.get("/admin/endpoints"))
+    listed = offline.page("/admin/endpoints")
     assert "Deleted endpoint 'Doomed' and its delivery log." in listed.text
     assert endpoint_id not in listed.source
-    assert admin.get(f"/admin/endpoints/{endpoint_id}").status_code == 404
-    assert send(bridge, endpoint_id, customer_created("b@example.com", "evt_2")).status_code == 404
-    assert cli(env, "deliveries", "list", "--json") == []
+    assert offline.get(f"/admin/endpoints/{endpoint_id}").status_code == 404
+    again = offline.webhook(endpoint_id, customer_created("b@example.com", "evt_2"), SECRET)
+    assert again.status_code == 404
+    assert offline.cli("deliveries", "list", "--json") == []
 
 
-def test_secrets_are_added_and_removed_and_never_shown_in_full(bridge: Bridge, admin):
+def test_secrets_are_added_and_removed_and_never_shown_in_full(offline: Harness):
     old, new = "whsec_rollingSecretOLD00000000OLD1", "whsec_rollingSecretNEW00000000NEW2"
-    add_account(admin)
-    endpoint_id = create_endpoint(admin, old)
-    page = Page(admin.get(f"/admin/endpoints/{endpoint_id}"))
+    add_account(offline)
+    endpoint_id = create_endpoint(offline, old)
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
     assert "Add a second one while Stripe rolls the secret" in page.text
 
-    refused = admin.post(f"/admin/endpoints/{endpoint_id}/secrets", data={"secret": "wrong-0123"})
+    refused = offline.form(f"/admin/endpoints/{endpoint_id}/secrets", secret="wrong-0123")
     assert refused.status_code == 400
     page = Page(refused)
     assert page["secret"]["aria-invalid"] == "true"
     assert "starts with whsec_" in page["secret-error"]["text"]
     assert "wrong-0123" not in refused.text
 
-    admin.post(f"/admin/endpoints/{endpoint_id}/secrets", data={"secret": new})
-    page = Page(admin.get(f"/admin/endpoints/{endpoint_id}"))
+    offline.form(f"/admin/endpoints/{endpoint_id}/secrets", secret=new)
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
     assert "whsec_…OLD1" in page.text and "whsec_…NEW2" in page.text
     assert old not in page.source and new not in page.source
-    assert send(bridge, endpoint_id, customer_created(event_id="evt_a"), new).status_code == 200
+    by_new = offline.webhook(endpoint_id, customer_created(event_id="evt_a"), new)
+    assert by_new.status_code == 200
 
     remove_old, _ = page.actions(rf"/admin/endpoints/{endpoint_id}/secrets/\d+/remove")
-    assert admin.post(remove_old).status_code == 303
-    page = Page(admin.get(f"/admin/endpoints/{endpoint_id}"))
+    assert offline.form(remove_old).status_code == 303
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
     assert "Removed signing secret whsec_…OLD1" in page.text
     assert "whsec_…OLD1" not in page.text.replace("Removed signing secret whsec_…OLD1", "")
-    by_old = send(bridge, endpoint_id, customer_created(event_id="evt_b"), old)
+    by_old = offline.webhook(endpoint_id, customer_created(event_id="evt_b"), old)
     assert by_old.status_code == 400
-    assert send(bridge, endpoint_id, customer_created(event_id="evt_c"), new).status_code == 200
+    by_new = offline.webhook(endpoint_id, customer_created(event_id="evt_c"), new)
+    assert by_new.status_code == 200
 
 
-def test_unknown_ids_answer_a_404_page(admin: httpx.Client):
-    add_account(admin)
-    real = create_endpoint(admin, SECRET)
+def test_unknown_ids_answer_a_404_page(offline: Harness):
+    add_account(offline)
+    real = create_endpoint(offline, SECRET)
     for method, path in [
         ("GET", "/admin/endpoints/nope"),
         ("GET", "/admin/endpoints/nope/edit"),
@@ -742,7 +594,7 @@ def test_unknown_ids_answer_a_404_page(admin: httpx.Client):
         ("POST", "/admin/accounts/999/rate-limit"),
         ("POST", "/admin/accounts/999/api-key"),
     ]:
-        answer = admin.request(method, path, data=endpoint_form())
+        answer = offline.run(offline.client.request(method, path, data=endpoint_form()))
         assert answer.status_code == 404, (method, path, answer.text)
         assert "<h1>No such" in answer.text, (method, path)
-    assert admin.get(f"/admin/endpoints/{real}").status_code == 200
+    assert offline.get(f"/admin/endpoints/{real}").status_code == 200

@@ -1,27 +1,30 @@
 """The ``loops-bridge`` command as a user runs it: a fresh database, JSON for scripts,
-clear errors, and secrets that never come back out."""
+clear errors, and secrets that never come back out. Each command runs in this process
+(``bridge.cli.main``, see tests/harness.py), with its own environment."""
 
 from __future__ import annotations
 
 import sqlite3
 
 from bridge import db
-from tests.servers import bridge_env, cli
+from tests.harness import run_cli as cli
+from tests.harness import settings_env
 
 KEY = "loops_live_key_9f8e7d6c5b4a"
 SECRET = "whsec_cliTestSecretDDDDDDDDDDDDDDDD"
 
 
-def test_endpoint_url_and_id_for_scripts(env):
+def test_endpoint_url_and_id_for_scripts(tmp_path):
+    env = settings_env(tmp_path)
     env["BRIDGE_PUBLIC_URL"] = "https://hooks.example.com"
-    cli(env, "connections", "add", "--name", "acme", "--api-key", KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
     created = cli(
         env,
         "endpoints",
         "create",
         "--name",
         "Stripe live",
-        "--connection",
+        "--account",
         "acme",
         "--provider",
         "stripe",
@@ -41,8 +44,9 @@ def test_endpoint_url_and_id_for_scripts(env):
     assert listed["id"] == created["id"]
 
 
-def test_secrets_are_only_ever_shown_masked(env):
-    added = cli(env, "connections", "add", "--name", "acme", "--api-key", "-", "--json", stdin=KEY)
+def test_secrets_are_only_ever_shown_masked(tmp_path):
+    env = settings_env(tmp_path)
+    added = cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", "--json", stdin=KEY)
     assert added["api_key"] == "loops_…5b4a"
     created = cli(
         env,
@@ -50,7 +54,7 @@ def test_secrets_are_only_ever_shown_masked(env):
         "create",
         "--name",
         "x",
-        "--connection",
+        "--connection",  # the option's first name, kept beside --account for scripts
         "acme",
         "--events",
         "invoice.paid",
@@ -62,7 +66,7 @@ def test_secrets_are_only_ever_shown_masked(env):
     cli(env, "endpoints", "add-secret", created["id"], second)
     outputs = [
         cli(env, "endpoints", "list").stdout,
-        cli(env, "connections", "list").stdout,
+        cli(env, "accounts", "list").stdout,
         str(cli(env, "endpoints", "list", "--json")),
     ]
     for output in outputs:
@@ -74,15 +78,16 @@ def test_secrets_are_only_ever_shown_masked(env):
     assert listed["signing_secrets"] == ["whsec_…EEEE"]
 
 
-def test_mistakes_get_a_reason_and_change_nothing(env):
-    cli(env, "connections", "add", "--name", "acme", "--api-key", KEY)
+def test_mistakes_get_a_reason_and_change_nothing(tmp_path):
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
     done = cli(
         env,
         "endpoints",
         "create",
         "--name",
         "x",
-        "--connection",
+        "--account",
         "acme",
         "--events",
         "invoice.paid,charge.refunded",
@@ -97,7 +102,7 @@ def test_mistakes_get_a_reason_and_change_nothing(env):
         "create",
         "--name",
         "x",
-        "--connection",
+        "--account",
         "nobody",
         "--events",
         "invoice.paid",
@@ -110,7 +115,7 @@ def test_mistakes_get_a_reason_and_change_nothing(env):
         "create",
         "--name",
         "x",
-        "--connection",
+        "--account",
         "acme",
         "--events",
         "invoice.paid",
@@ -120,11 +125,12 @@ def test_mistakes_get_a_reason_and_change_nothing(env):
     )
     assert done.returncode == 2 and "whsec_" in done.stderr and "sk_live_oops" not in done.stderr
     assert cli(env, "endpoints", "list", "--json") == []
-    again = cli(env, "connections", "add", "--name", "acme", "--api-key", "k2", check=False)
+    again = cli(env, "accounts", "add", "--name", "acme", "--api-key", "k2", check=False)
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
-def test_any_command_creates_the_schema_on_a_fresh_database(env, tmp_path):
+def test_any_command_creates_the_schema_on_a_fresh_database(tmp_path):
+    env = settings_env(tmp_path)
     assert cli(env, "deliveries", "list", "--json") == []
     tables = {
         row[0]
@@ -132,14 +138,15 @@ def test_any_command_creates_the_schema_on_a_fresh_database(env, tmp_path):
             "SELECT name FROM sqlite_master WHERE type = 'table'"
         )
     }
-    assert {"connections", "endpoints", "secrets", "deliveries", "loops_calls"} <= tables
+    assert {"accounts", "endpoints", "secrets", "deliveries", "loops_calls"} <= tables
     (stamped,) = sqlite3.connect(tmp_path / "bridge.db").execute(
         "SELECT version_num FROM alembic_version"
     )
     assert stamped == (db.head(),)  # so `loops-bridge migrate` knows where it starts
 
 
-def test_bad_setting_names_the_variable(env):
+def test_bad_setting_names_the_variable(tmp_path):
+    env = settings_env(tmp_path)
     env["BRIDGE_MAX_BODY_BYTES"] = "lots"
     done = cli(env, "endpoints", "list", check=False)
     assert done.returncode == 2
@@ -154,20 +161,21 @@ def test_endpoint_ids_can_always_be_typed_as_arguments():
     assert len(set(ids)) == len(ids)
 
 
-def test_connections_set_changes_the_rate_limit_and_replaces_the_key(tmp_path):
-    env = bridge_env(tmp_path)
+def test_accounts_set_changes_the_rate_limit_and_replaces_the_key(tmp_path):
+    env = settings_env(tmp_path)
+    # "connections" is the command's first name, kept for scripts that use it.
     cli(env, "connections", "add", "--name", "acme", "--api-key", "loops_key_old_1111")
-    changed = cli(env, "connections", "set", "acme", "--rate-limit", "25", "--json")
+    changed = cli(env, "accounts", "set", "acme", "--rate-limit", "25", "--json")
     assert changed["rate_limit"] == 25
     replaced = cli(
         env, "connections", "set", "acme", "--api-key", "-", stdin="loops_key_new_2222\n"
     )
     assert "…2222" in replaced.stdout and "loops_key_new_2222" not in replaced.stdout
-    (listed,) = cli(env, "connections", "list", "--json")
+    (listed,) = cli(env, "accounts", "list", "--json")
     assert listed["rate_limit"] == 25 and listed["api_key"].endswith("2222")
-    back = cli(env, "connections", "set", "acme", "--rate-limit", "default", "--json")
+    back = cli(env, "accounts", "set", "acme", "--rate-limit", "default", "--json")
     assert back["rate_limit"] is None
-    wrong = cli(env, "connections", "set", "acme", "--rate-limit", "5000", check=False)
+    wrong = cli(env, "accounts", "set", "acme", "--rate-limit", "5000", check=False)
     assert wrong.returncode == 2 and "1000" in wrong.stderr
-    missing = cli(env, "connections", "set", "nobody", "--rate-limit", "5", check=False)
+    missing = cli(env, "accounts", "set", "nobody", "--rate-limit", "5", check=False)
     assert missing.returncode == 2 and "No Loops account named 'nobody'" in missing.stderr

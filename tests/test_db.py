@@ -30,125 +30,24 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
 
 from bridge import db, logs
-from tests.helpers import fixture_bytes, signed_headers
-from tests.servers import BIN, Bridge, bridge_env, cli, wait_until
+from tests.harness import run_cli as cli
+from tests.harness import settings_env
+from tests.helpers import (
+    OLD_ENDPOINT,
+    alembic,
+    create_all_at_814cde7,
+    fixture_bytes,
+    signed_headers,
+)
+from tests.servers import BIN, Bridge, bridge_env, wait_until
 
-# What ``SQLModel.metadata.create_all`` made from bridge/models.py as of commit 814cde7,
-# before migrations; {serial} and {blob} are the only words that differ between
-# SQLite (INTEGER, BLOB) and PostgreSQL (SERIAL, BYTEA).
-CREATE_ALL_AT_814CDE7 = """
-CREATE TABLE admin_password (
-    id INTEGER NOT NULL,
-    hash VARCHAR NOT NULL,
-    created_at FLOAT NOT NULL,
-    PRIMARY KEY (id)
-);
-CREATE TABLE admin_sessions (
-    token_hash VARCHAR NOT NULL,
-    created_at FLOAT NOT NULL,
-    expires_at FLOAT NOT NULL,
-    PRIMARY KEY (token_hash)
-);
-CREATE TABLE connections (
-    id {serial} NOT NULL,
-    name VARCHAR NOT NULL,
-    api_key VARCHAR NOT NULL,
-    created_at FLOAT NOT NULL,
-    PRIMARY KEY (id),
-    UNIQUE (name)
-);
-CREATE TABLE contacts (
-    connection_id INTEGER NOT NULL,
-    email VARCHAR NOT NULL,
-    created_at FLOAT NOT NULL,
-    PRIMARY KEY (connection_id, email),
-    FOREIGN KEY(connection_id) REFERENCES connections (id)
-);
-CREATE TABLE endpoints (
-    id VARCHAR NOT NULL,
-    name VARCHAR NOT NULL,
-    connection_id INTEGER NOT NULL,
-    provider VARCHAR NOT NULL,
-    event_types VARCHAR NOT NULL,
-    user_group VARCHAR,
-    loops_event VARCHAR,
-    sync_names BOOLEAN NOT NULL,
-    paused BOOLEAN NOT NULL,
-    created_at FLOAT NOT NULL,
-    PRIMARY KEY (id),
-    FOREIGN KEY(connection_id) REFERENCES connections (id)
-);
-CREATE INDEX ix_endpoints_connection_id ON endpoints (connection_id);
-CREATE TABLE deliveries (
-    id {serial} NOT NULL,
-    endpoint_id VARCHAR NOT NULL,
-    event_id VARCHAR NOT NULL,
-    event_type VARCHAR NOT NULL,
-    occurred_at INTEGER NOT NULL,
-    email VARCHAR,
-    payload {blob},
-    status VARCHAR NOT NULL,
-    reason TEXT,
-    attempts INTEGER NOT NULL,
-    idempotency_key VARCHAR,
-    received_at FLOAT NOT NULL,
-    queued_at FLOAT,
-    next_attempt_at FLOAT,
-    finished_at FLOAT,
-    PRIMARY KEY (id),
-    CONSTRAINT uq_delivery_event UNIQUE (endpoint_id, event_id),
-    FOREIGN KEY(endpoint_id) REFERENCES endpoints (id)
-);
-CREATE INDEX ix_delivery_due ON deliveries (status, next_attempt_at);
-CREATE INDEX ix_delivery_email_id ON deliveries (lower(email), id);
-CREATE INDEX ix_delivery_endpoint_id ON deliveries (endpoint_id, id);
-CREATE INDEX ix_delivery_status_id ON deliveries (status, id);
-CREATE INDEX ix_delivery_status_received ON deliveries (status, received_at);
-CREATE INDEX ix_delivery_type_id ON deliveries (event_type, id);
-CREATE TABLE rejections (
-    id {serial} NOT NULL,
-    endpoint_id VARCHAR NOT NULL,
-    at FLOAT NOT NULL,
-    status_code INTEGER NOT NULL,
-    reason TEXT,
-    headers TEXT,
-    PRIMARY KEY (id),
-    FOREIGN KEY(endpoint_id) REFERENCES endpoints (id)
-);
-CREATE INDEX ix_rejections_endpoint_id ON rejections (endpoint_id);
-CREATE TABLE secrets (
-    id {serial} NOT NULL,
-    endpoint_id VARCHAR NOT NULL,
-    value VARCHAR NOT NULL,
-    created_at FLOAT NOT NULL,
-    PRIMARY KEY (id),
-    FOREIGN KEY(endpoint_id) REFERENCES endpoints (id)
-);
-CREATE INDEX ix_secrets_endpoint_id ON secrets (endpoint_id);
-CREATE TABLE loops_calls (
-    id {serial} NOT NULL,
-    delivery_id INTEGER NOT NULL,
-    method VARCHAR NOT NULL,
-    path VARCHAR NOT NULL,
-    request_body TEXT,
-    status_code INTEGER,
-    response_body TEXT,
-    started_at FLOAT NOT NULL,
-    duration_ms FLOAT NOT NULL,
-    PRIMARY KEY (id),
-    FOREIGN KEY(delivery_id) REFERENCES deliveries (id)
-);
-CREATE INDEX ix_loops_calls_delivery_id ON loops_calls (delivery_id);
-CREATE INDEX ix_loops_calls_started_at ON loops_calls (started_at);
-"""
-
-KEY = "loops_key_dbTest_5c4b3a29"
-SECRET = "whsec_dbTestSecretFFFFFFFFFFFFFFFFFF"
-ENDPOINT = "Hq3vL9xTz0bW5mYc2aRk8Q"
+KEY = "loops_key_dbServe_8e7d6c5b"
+SECRET = "whsec_dbServeSecretJJJJJJJJJJJJJJJJJ"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path: Path) -> str:
+def url(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)  # PostgreSQL's key file, ./data/secret.key, is the test's own
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'bridge.db'}"
     return request.getfixturevalue("postgres_url")
@@ -160,15 +59,6 @@ def engine(url: str) -> Iterator[Engine]:
     engine = db.connect(url, create_schema=False)
     yield engine
     engine.dispose()
-
-
-def alembic(engine: Engine, action, revision: str) -> None:  # type: ignore[no-untyped-def]
-    """Run alembic's ``upgrade``/``downgrade``/``stamp`` to ``revision`` on ``engine``."""
-    with engine.connect() as conn:
-        config = db.alembic_config()
-        config.attributes["connection"] = conn
-        action(config, revision)
-        conn.commit()
 
 
 @contextmanager
@@ -226,65 +116,6 @@ def schema(engine: Engine) -> dict:
     return tables
 
 
-def create_all_at_814cde7(engine: Engine) -> None:
-    """A database as a build from before migrations left it, with rows in it."""
-    words = {"serial": "INTEGER", "blob": "BLOB"}
-    if engine.dialect.name == "postgresql":
-        words = {"serial": "SERIAL", "blob": "BYTEA"}
-    with engine.begin() as conn:
-        for statement in CREATE_ALL_AT_814CDE7.format(**words).split(";"):
-            if statement.strip():
-                conn.exec_driver_sql(statement)
-        conn.execute(
-            text("INSERT INTO connections (name, api_key, created_at) VALUES ('acme', :k, 1)"),
-            {"k": KEY},
-        )
-        conn.execute(
-            text(
-                "INSERT INTO endpoints (id, name, connection_id, provider, event_types, "
-                "user_group, loops_event, sync_names, paused, created_at) VALUES "
-                "(:id, 'Stripe live', 1, 'stripe', 'invoice.paid', 'customers', "
-                "'successfulPayment', :yes, :no, 2)"
-            ),
-            {"id": ENDPOINT, "yes": True, "no": False},
-        )
-        conn.execute(
-            text("INSERT INTO secrets (endpoint_id, value, created_at) VALUES (:id, :s, 2)"),
-            {"id": ENDPOINT, "s": SECRET},
-        )
-        for n, status in enumerate(("delivered", "queued", "failed"), start=1):
-            conn.execute(
-                text(
-                    "INSERT INTO deliveries (endpoint_id, event_id, event_type, occurred_at, "
-                    "email, payload, status, reason, attempts, received_at, queued_at) VALUES "
-                    "(:id, :event, 'invoice.paid', 1700000000, :email, :payload, :status, "
-                    ":reason, 1, :at, :at)"
-                ),
-                {
-                    "id": ENDPOINT,
-                    "event": f"evt_{n}",
-                    "email": f"Jenny{n}@Example.com",
-                    "payload": b'{"id": "evt"}',
-                    "status": status,
-                    "reason": f"reason {n}",
-                    "at": 1700000000 + n,
-                },
-            )
-        conn.execute(
-            text(
-                "INSERT INTO loops_calls (delivery_id, method, path, request_body, status_code, "
-                "response_body, started_at, duration_ms) VALUES "
-                "(1, 'POST', '/contacts/create', '{}', 200, '{\"success\": true}', 1, 12.5)"
-            )
-        )
-        conn.execute(
-            text(
-                "INSERT INTO contacts (connection_id, email, created_at) "
-                "VALUES (1, 'jenny1@example.com', 3)"
-            )
-        )
-
-
 # -- the migrations ------------------------------------------------------------------------------
 
 
@@ -314,7 +145,7 @@ def test_migrate_upgrades_a_database_from_before_migrations_and_keeps_its_rows(
     url, engine, tmp_path
 ):
     create_all_at_814cde7(engine)
-    env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=url)
+    env = settings_env(tmp_path, BRIDGE_DATABASE_URL=url)
     shown = make_url(url).render_as_string(hide_password=True)
     for refused in ("serve", "worker"):
         done = cli(env, refused, check=False)
@@ -339,7 +170,7 @@ def test_migrate_upgrades_a_database_from_before_migrations_and_keeps_its_rows(
         (1, "delivered", "Jenny1@Example.com"),
     ]
     (endpoint,) = cli(env, "endpoints", "list", "--json")
-    assert endpoint["id"] == ENDPOINT and endpoint["connection"] == "acme"
+    assert endpoint["id"] == OLD_ENDPOINT and endpoint["account"] == "acme"
     assert endpoint["signing_secrets"] == ["whsec_…FFFF"]
     with engine.connect() as conn:
         calls = conn.execute(text("SELECT delivery_id, status_code FROM loops_calls")).all()
@@ -348,8 +179,8 @@ def test_migrate_upgrades_a_database_from_before_migrations_and_keeps_its_rows(
 
 
 def test_a_fresh_database_is_at_the_current_revision_after_any_command(url, engine, tmp_path):
-    env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=url)
-    assert cli(env, "connections", "list", "--json") == []
+    env = settings_env(tmp_path, BRIDGE_DATABASE_URL=url)
+    assert cli(env, "accounts", "list", "--json") == []
     assert db.revision(engine) == db.head()
     assert differences(engine) == []
 
@@ -369,7 +200,7 @@ def test_processes_starting_at_once_on_a_fresh_database_take_turns(url, engine, 
 
 
 def test_migrate_says_when_there_is_nothing_to_do(url, tmp_path):
-    env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=url)
+    env = settings_env(tmp_path, BRIDGE_DATABASE_URL=url)
     shown = make_url(url).render_as_string(hide_password=True)
     assert cli(env, "migrate").stdout.strip() == (
         f"Created the schema of the database at {shown}, at revision {db.head()}."
@@ -380,13 +211,13 @@ def test_migrate_says_when_there_is_nothing_to_do(url, tmp_path):
 
 
 def test_a_schema_from_a_newer_version_is_refused(tmp_path):
-    env = bridge_env(tmp_path)
-    cli(env, "connections", "list")
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "list")
     engine = db.connect(env["BRIDGE_DATABASE_URL"], create_schema=False)
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
     engine.dispose()
-    for refused in (["connections", "list"], ["migrate"]):
+    for refused in (["accounts", "list"], ["migrate"]):
         done = cli(env, *refused, check=False)
         assert done.returncode == 1, done.stderr
         assert "schema revision 0099, which this version of loops-bridge does not know" in (
@@ -422,7 +253,7 @@ def test_json_logs_carry_what_a_decision_concerns_and_errors_on_one_line():
             7,
             extra={
                 "delivery_id": 7,
-                "endpoint_id": ENDPOINT,
+                "endpoint_id": "kq3vL9xTz0bW5mYc2aRk8Q",
                 "account": "acme",
                 "event_id": "evt_1",
                 "status": "delivered",
@@ -443,7 +274,7 @@ def test_json_logs_carry_what_a_decision_concerns_and_errors_on_one_line():
         "logger": "bridge.test_db",
         "message": "delivery 7 delivered",
         "delivery_id": 7,
-        "endpoint_id": ENDPOINT,
+        "endpoint_id": "kq3vL9xTz0bW5mYc2aRk8Q",
         "account": "acme",
         "event_id": "evt_1",
         "status": "delivered",
@@ -453,8 +284,8 @@ def test_json_logs_carry_what_a_decision_concerns_and_errors_on_one_line():
 
 
 def test_commands_log_json_lines_on_request(tmp_path):
-    env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="json")
-    done = cli(env, "connections", "list")
+    env = settings_env(tmp_path, BRIDGE_LOG_FORMAT="json")
+    done = cli(env, "accounts", "list")
     created, key = json_lines(done.stderr)
     assert created["logger"] == "bridge.db" and "created the database schema" in created["message"]
     assert key["logger"] == "bridge.vault" and key["level"] == "WARNING"
@@ -466,7 +297,7 @@ def test_commands_log_json_lines_on_request(tmp_path):
 
 
 def test_a_bad_log_format_is_reported_in_text(tmp_path):
-    done = cli(bridge_env(tmp_path, BRIDGE_LOG_FORMAT="xml"), "connections", "list", check=False)
+    done = cli(settings_env(tmp_path, BRIDGE_LOG_FORMAT="xml"), "accounts", "list", check=False)
     assert done.returncode == 2
     assert done.stderr.startswith("error: BRIDGE_LOG_FORMAT='xml' is not valid")
 
@@ -474,14 +305,14 @@ def test_a_bad_log_format_is_reported_in_text(tmp_path):
 def test_serve_logs_json_lines_uvicorn_included_and_no_secret(env, sandbox, tmp_path):
     env["BRIDGE_LOG_FORMAT"] = "json"
     env["BRIDGE_TEST_LOG"] = str(tmp_path / "bridge.log")  # the sandbox's log is apart
-    cli(env, "connections", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
     created = cli(
         env,
         "endpoints",
         "create",
         "--name",
         "e",
-        "--connection",
+        "--account",
         "acme",
         "--events",
         "invoice.paid",

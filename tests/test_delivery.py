@@ -146,8 +146,8 @@ def test_a_delivery_retried_past_its_maximum_age_is_dead(env, start):
 
 def test_a_storm_of_429s_for_one_account_never_slows_another(env, sandbox, bridge):
     acme = make_endpoint(env, events="customer.created", signing_secret=SECRET)
-    cli(env, "connections", "add", "--name", "beta", "--api-key", "loops_key_beta_5678")
-    beta = make_endpoint(env, events="customer.created", connection="beta", signing_secret=SECRET)
+    cli(env, "accounts", "add", "--name", "beta", "--api-key", "loops_key_beta_5678")
+    beta = make_endpoint(env, events="customer.created", account="beta", signing_secret=SECRET)
     sandbox.post("faults", {"status": 429, "key": "loops_key_acme_1234"}).raise_for_status()
 
     post_all(bridge, acme, customers(20, "a"))

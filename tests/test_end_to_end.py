@@ -24,9 +24,9 @@ CUSTOMER_UPDATED = "constructed/customer.updated.event.json"
 def make_endpoint(
     env: dict, *, events: str = "customer.created,invoice.paid", **options: str
 ) -> str:
-    if not cli(env, "connections", "list", "--json"):
-        cli(env, "connections", "add", "--name", "acme", "--api-key", "loops_key_acme_1234")
-    args = ["--connection", options.pop("connection", "acme"), "--events", events]
+    if not cli(env, "accounts", "list", "--json"):
+        cli(env, "accounts", "add", "--name", "acme", "--api-key", "loops_key_acme_1234")
+    args = ["--account", options.pop("account", "acme"), "--events", events]
     for flag, value in options.items():
         args += [f"--{flag.replace('_', '-')}", value]
     created = cli(env, "endpoints", "create", "--name", "Stripe test", *args, "--json")

@@ -25,7 +25,7 @@ from sqlmodel import Session
 
 from bridge import db, registry, vault
 from bridge.admin.auth import COOKIE
-from bridge.models import Connection
+from bridge.models import Account
 from tests import leaks
 from tests.helpers import fixture_bytes, signed_headers
 from tests.servers import Bridge, Sandbox, bridge_env, cli, wait_until
@@ -162,16 +162,16 @@ def test_a_whole_scenario_shows_no_secret_anywhere(tmp_path: Path):
     env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
 
     # The CLI: secrets as arguments and on stdin, listed, and mistaken.
-    cli(env, "connections", "add", "--name", "acme", "--api-key", "-", stdin=KEY + "\n")
-    cli(env, "connections", "add", "--name", "revoked", "--api-key", REVOKED_KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", stdin=KEY + "\n")
+    cli(env, "accounts", "add", "--name", "revoked", "--api-key", REVOKED_KEY)
     create = ["endpoints", "create", "--loops-event", "successfulPayment", "--json"]
     events = ["--events", "invoice.paid,customer.created"]
     acme = cli(
-        env, *create, "--name", "Live", "--connection", "acme", *events,
+        env, *create, "--name", "Live", "--account", "acme", *events,
         "--signing-secret", "-", stdin=SECRET,
     )["id"]  # fmt: skip
     revoked = cli(
-        env, *create, "--name", "Old", "--connection", "revoked", *events,
+        env, *create, "--name", "Old", "--account", "revoked", *events,
         "--signing-secret", SECRET,
     )["id"]  # fmt: skip
     cli(env, "endpoints", "add-secret", acme, "-", stdin=SECOND)
@@ -179,11 +179,11 @@ def test_a_whole_scenario_shows_no_secret_anywhere(tmp_path: Path):
         ["endpoints", "add-secret", acme, SECOND],  # already there
         ["endpoints", "add-secret", acme, "sk_live_leakScenarioNotASecret9"],  # not whsec_
         ["endpoints", "remove-secret", acme, WRONG_SECRET],  # not one of its secrets
-        ["connections", "add", "--name", "acme", "--api-key", KEY],  # the name is taken
-        ["connections", "set", "nobody", "--api-key", KEY],
+        ["accounts", "add", "--name", "acme", "--api-key", KEY],  # the name is taken
+        ["accounts", "set", "nobody", "--api-key", KEY],
     ):
         assert cli(env, *mistake, check=False).returncode == 2
-    for listing in (["connections", "list"], ["endpoints", "list"]):
+    for listing in (["accounts", "list"], ["endpoints", "list"]):
         cli(env, *listing)
         cli(env, *listing, "--json")
     cli(env, "settings")
@@ -223,7 +223,7 @@ def test_a_whole_scenario_shows_no_secret_anywhere(tmp_path: Path):
     assert wrong.status_code == 401
     admin = bridge.admin(password)
     admin.follow_redirects = True
-    accounts = {a["name"]: a["id"] for a in cli(env, "connections", "list", "--json")}
+    accounts = {a["name"]: a["id"] for a in cli(env, "accounts", "list", "--json")}
     for path in (
         "/admin/",
         "/admin/accounts",
@@ -270,13 +270,13 @@ def test_a_whole_scenario_shows_no_secret_anywhere(tmp_path: Path):
     wrong_key = cli({**env, "BRIDGE_SECRET_KEY": vault.new_key()}, "endpoints", "list", check=False)
     assert wrong_key.returncode == 1
     (tmp_path / "secret.key").rename(tmp_path / "moved.key")
-    assert cli(env, "connections", "list", check=False).returncode == 1
+    assert cli(env, "accounts", "list", check=False).returncode == 1
     (tmp_path / "moved.key").rename(tmp_path / "secret.key")
     # With BRIDGE_SECRET_KEY, rotate-secret-key shows the new key, once.
     current = (tmp_path / "secret.key").read_text().strip()
     rotated = cli({**env, "BRIDGE_SECRET_KEY": current}, "rotate-secret-key").stdout
     (new_key,) = re.findall(r"^    (\S+)$", rotated, re.MULTILINE)
-    cli({**env, "BRIDGE_SECRET_KEY": f"{new_key},{current}"}, "connections", "list", "--json")
+    cli({**env, "BRIDGE_SECRET_KEY": f"{new_key},{current}"}, "accounts", "list", "--json")
     sandbox.stop()
 
     scanned = leaks.check()
@@ -300,10 +300,10 @@ def test_a_whole_scenario_shows_no_secret_anywhere(tmp_path: Path):
 
 def test_an_api_key_that_cannot_go_into_a_header_is_refused_without_being_echoed(env):
     pasted = "loops_key_pastedTwice_1234\nloops_key_pastedTwice_5678"
-    done = cli(env, "connections", "add", "--name", "acme", "--api-key", pasted, check=False)
+    done = cli(env, "accounts", "add", "--name", "acme", "--api-key", pasted, check=False)
     assert done.returncode == 2 and "Loops API key" in done.stderr
     assert "pastedTwice" not in done.stderr
-    assert cli(env, "connections", "list", "--json") == []
+    assert cli(env, "accounts", "list", "--json") == []
 
 
 def test_a_stored_key_that_cannot_be_sent_is_never_quoted(env, sandbox: Sandbox):
@@ -313,11 +313,11 @@ def test_a_stored_key_that_cannot_be_sent_is_never_quoted(env, sandbox: Sandbox)
     stored = "loops_key_storedEarlier_0a1b\nloops_key_storedEarlier_2c3d"
     engine = db.connect(env["BRIDGE_DATABASE_URL"])
     with Session(engine) as session:
-        session.add(Connection(name="acme", api_key=stored, created_at=time.time()))
+        session.add(Account(name="acme", api_key=stored, created_at=time.time()))
         session.commit()
     engine.dispose()
     endpoint = cli(
-        env, "endpoints", "create", "--name", "e", "--connection", "acme",
+        env, "endpoints", "create", "--name", "e", "--account", "acme",
         "--events", "invoice.paid", "--signing-secret", SECRET, "--json",
     )["id"]  # fmt: skip
     env["BRIDGE_RETRY_BASE_SECONDS"] = "30"

@@ -52,10 +52,10 @@ def invoice(event_id: str) -> bytes:
 
 
 def add_account(env: dict[str, str], name: str, *, endpoint: bool = True) -> str | None:
-    cli(env, "connections", "add", "--name", name, "--api-key", f"loops_key_{name}_00001234")
+    cli(env, "accounts", "add", "--name", name, "--api-key", f"loops_key_{name}_00001234")
     if not endpoint:
         return None
-    args = ["--connection", name, "--events", "invoice.paid", "--signing-secret", SECRET]
+    args = ["--account", name, "--events", "invoice.paid", "--signing-secret", SECRET]
     return cli(env, "endpoints", "create", "--name", name, *args, "--json")["id"]
 
 
@@ -85,8 +85,8 @@ def test_metrics_count_every_answer_and_mirror_the_database(
     engine.dispose()
     # gamma has a refused key (written as the worker writes it).
     database.execute(
-        "INSERT INTO account_states (connection_id, next_slot, failures, problem, problem_kind,"
-        " problem_since) SELECT id, 0, 1, 'Loops refused the key', 'key', ? FROM connections"
+        "INSERT INTO account_states (account_id, next_slot, failures, problem, problem_kind,"
+        " problem_since) SELECT id, 0, 1, 'Loops refused the key', 'key', ? FROM accounts"
         " WHERE name = 'gamma'",
         (time.time(),),
     )
@@ -134,8 +134,8 @@ def test_metrics_count_every_answer_and_mirror_the_database(
 
     depth = dict(
         database.execute(
-            "SELECT c.name, count(d.id) FROM connections c"
-            " LEFT JOIN endpoints e ON e.connection_id = c.id"
+            "SELECT c.name, count(d.id) FROM accounts c"
+            " LEFT JOIN endpoints e ON e.account_id = c.id"
             " LEFT JOIN deliveries d ON d.endpoint_id = e.id AND d.status = 'queued'"
             " GROUP BY c.name"
         )

@@ -1,6 +1,6 @@
 """The Stripe provider: signatures as Stripe makes them, real Stripe payloads as they arrive.
 
-Fixtures are real Stripe output from ../shared/stripe-fixtures (provenance in its README);
+Fixtures are real Stripe output from tests/fixtures/stripe (provenance in its README);
 signatures are made with the standard library in tests.helpers, not with the stripe package
 the provider verifies with.
 """

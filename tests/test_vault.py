@@ -61,7 +61,7 @@ def stored(env: dict[str, str]) -> list[str]:
     engine = create_engine(env["BRIDGE_DATABASE_URL"])
     try:
         with engine.connect() as conn:
-            keys = conn.execute(text("SELECT api_key FROM connections ORDER BY id")).all()
+            keys = conn.execute(text("SELECT api_key FROM accounts ORDER BY id")).all()
             values = conn.execute(text("SELECT value FROM secrets ORDER BY id")).all()
             return [row[0] for row in (*keys, *values)]
     finally:
@@ -79,14 +79,14 @@ def database_files(env: dict[str, str], folder: Path) -> list[bytes]:
 
 
 def add_account_and_endpoint(env: dict[str, str]) -> str:
-    cli(env, "connections", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
     created = cli(
         env,
         "endpoints",
         "create",
         "--name",
         "Stripe live",
-        "--connection",
+        "--account",
         "acme",
         "--events",
         "invoice.paid",
@@ -149,7 +149,7 @@ def test_a_copied_database_reveals_no_secret(env, tmp_path):
 
     # The database without its key: every command says what is missing, and makes no key.
     key_file(env).rename(tmp_path / "elsewhere.key")
-    for args in (["connections", "list"], ["endpoints", "list", "--json"], ["serve"], ["worker"]):
+    for args in (["accounts", "list"], ["endpoints", "list", "--json"], ["serve"], ["worker"]):
         assert_refused(
             cli(env, *args, check=False),
             "stores encrypted Loops API keys and signing secrets, but BRIDGE_SECRET_KEY is "
@@ -167,14 +167,14 @@ def test_a_copied_database_reveals_no_secret(env, tmp_path):
     assert "hunter2" not in done.stderr
     (tmp_path / "elsewhere.key").write_text(wrong)
     (tmp_path / "elsewhere.key").rename(key_file(env))
-    done = cli({**env, "BRIDGE_LOG_FORMAT": "json"}, "connections", "list", check=False)
+    done = cli({**env, "BRIDGE_LOG_FORMAT": "json"}, "accounts", "list", check=False)
     assert done.returncode == 1 and done.stderr.count("\n") == 1  # one JSON line
     assert f"The key from the key file {key_file(env)} does not open" in done.stderr
 
 
 def test_the_key_file_is_made_owner_only_and_announced_once(env, tmp_path):
     starting = [
-        subprocess.Popen([str(BIN), "connections", "list"], env=env, stderr=subprocess.PIPE)
+        subprocess.Popen([str(BIN), "accounts", "list"], env=env, stderr=subprocess.PIPE)
         for _ in range(4)
     ]
     said = ""
@@ -187,7 +187,7 @@ def test_the_key_file_is_made_owner_only_and_announced_once(env, tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     Fernet(path.read_text().strip())  # one key, as Fernet makes them
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
-    assert "secret key" not in cli(env, "connections", "list").stderr
+    assert "secret key" not in cli(env, "accounts", "list").stderr
 
 
 # -- rotate-secret-key -----------------------------------------------------------------------
@@ -235,10 +235,10 @@ def test_rotate_secret_key_given_in_bridge_secret_key(tmp_path):
     assert not (tmp_path / "secret.key").exists()
     assert [Fernet(new).decrypt(t).decode() for t in stored(env)] == list(PLAIN)
 
-    refused = cli(env, "connections", "list", check=False)
+    refused = cli(env, "accounts", "list", check=False)
     assert_refused(refused, "The key from BRIDGE_SECRET_KEY does not open")
     for keys in (new, f"{new},{first}", f" {new} , {first} "):
-        (listed,) = cli({**env, "BRIDGE_SECRET_KEY": keys}, "connections", "list", "--json")
+        (listed,) = cli({**env, "BRIDGE_SECRET_KEY": keys}, "accounts", "list", "--json")
         assert listed["api_key"] == mask(KEY)
 
 
@@ -263,7 +263,7 @@ def test_migrate_encrypts_the_plain_secrets_of_an_earlier_version(env, tmp_path)
     assert all(t.startswith("gAAAAA") for t in tokens) and OLD_KEY not in tokens
     for raw in database_files(env, tmp_path):
         assert OLD_KEY.encode() not in raw and OLD_SECRET.encode() not in raw
-    (listed,) = cli(env, "connections", "list", "--json")
+    (listed,) = cli(env, "accounts", "list", "--json")
     assert listed["api_key"] == mask(OLD_KEY)
     delivered(env, ENDPOINT, OLD_SECRET, OLD_KEY)
 

@@ -81,11 +81,11 @@ class Bridge:
             }
         )
         self.engine = db.connect(settings_.database_url)
-        registry.add_connection(self.engine, "acme", "key")
+        registry.add_account(self.engine, "acme", "key")
         self.endpoint = registry.create_endpoint(
             self.engine,
             name="fuzzed",
-            connection="acme",
+            account="acme",
             provider="stripe",
             event_types=["invoice.paid", "customer.created", "customer.updated"],
             signing_secret=SECRET,
@@ -109,10 +109,7 @@ class Bridge:
     def close(self) -> None:
         self.run(self.client.aclose())
         self.run(self.app.state.inbox.drain())
-        left = asyncio.all_tasks(self.loop)  # the inbox's idle batcher: as asyncio.run does
-        for task in left:
-            task.cancel()
-        self.run(asyncio.gather(*left, return_exceptions=True))
+        assert not asyncio.all_tasks(self.loop)  # the inbox keeps no task while idle
         self.run(self.loop.shutdown_default_executor())
         self.loop.close()
         self.engine.dispose()

@@ -477,7 +477,7 @@ def test_a_flood_of_refused_requests_is_recorded_a_few_times_a_second(server, ca
     endpoint = registry.create_endpoint(
         server.engine,
         name="flooded",
-        connection="acme",
+        account="acme",
         provider="stripe",
         event_types=["invoice.paid"],
         signing_secret=SECRET,

@@ -31,16 +31,16 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
 from bridge import registry
-from bridge.admin import Admin
+from bridge.accounts import rate_in_use
 from bridge.admin.formats import COUNT_CAP, ago, count, when
+from bridge.admin.state import Admin
 from bridge.loops import Answer, LoopsClient
-from bridge.models import QUEUED, AccountState, Connection, Delivery, Endpoint
-from bridge.pacing import rate_in_use
+from bridge.models import QUEUED, Account, AccountState, Delivery, Endpoint
 
-__all__ = ["Account", "read_accounts"]
+__all__ = ["STATES", "AccountView", "read_accounts", "routes"]
 
 _LIST = "/admin/accounts"
 # state -> what the admin reads on its badge
@@ -53,7 +53,7 @@ STATES = {
 
 
 @dataclass(frozen=True, slots=True)
-class Account:
+class AccountView:
     """A Loops account as the admin shows it: never its key, only a hint."""
 
     id: int
@@ -85,41 +85,41 @@ class Account:
 
 
 def read_accounts(
-    engine: Engine, connection_id: int | None = None, *, queues: bool = True
-) -> list[Account]:
-    """Every account (or the one with ``connection_id``), by name, with its state and, unless
+    engine: Engine, account_id: int | None = None, *, queues: bool = True
+) -> list[AccountView]:
+    """Every account (or the one with ``account_id``), by name, with its state and, unless
     ``queues`` is false, its queue. Queue counts are capped like the overview's, so the page
     stays cheap in an outage."""
-    connections = select(
-        col(Connection.id),
-        col(Connection.name),
-        col(Connection.api_key),
-        col(Connection.rate_limit),
+    query = select(
+        col(Account.id),
+        col(Account.name),
+        col(Account.api_key),
+        col(Account.rate_limit),
         col(AccountState.loops_limit),
         col(AccountState.problem_kind),
         col(AccountState.problem),
         col(AccountState.problem_since),
         col(AccountState.held_until),
         col(AccountState.failures),
-    ).outerjoin(AccountState, col(AccountState.connection_id) == col(Connection.id))
-    if connection_id is not None:
-        connections = connections.where(col(Connection.id) == connection_id)
+    ).outerjoin(AccountState, col(AccountState.account_id) == col(Account.id))
+    if account_id is not None:
+        query = query.where(col(Account.id) == account_id)
     with engine.connect() as db:
-        rows = list(db.execute(connections.order_by(col(Connection.name))))
+        rows = list(db.execute(query.order_by(col(Account.name))))
         users: dict[int, list[tuple[str, str]]] = {}
         for endpoint in db.execute(
-            select(col(Endpoint.id), col(Endpoint.name), col(Endpoint.connection_id)).order_by(
+            select(col(Endpoint.id), col(Endpoint.name), col(Endpoint.account_id)).order_by(
                 col(Endpoint.name)
             )
         ):
-            users.setdefault(endpoint.connection_id, []).append((endpoint.id, endpoint.name))
+            users.setdefault(endpoint.account_id, []).append((endpoint.id, endpoint.name))
         found = []
         for row in rows:
             queued, oldest = None, None
             if queues:
                 queued, oldest = _queue(db, row.id)
             found.append(
-                Account(
+                AccountView(
                     id=row.id,
                     name=row.name,
                     key_hint=registry.mask(row.api_key),
@@ -138,13 +138,13 @@ def read_accounts(
         return found
 
 
-def _queue(db: Db, connection_id: int) -> tuple[int, tuple[int, float] | None]:
+def _queue(db: Db, account_id: int) -> tuple[int, tuple[int, float] | None]:
     """How many deliveries of the account are queued (at most ``COUNT_CAP + 1``), and the
     (id, received_at) of the oldest."""
     of_account = (
         col(Delivery.status) == QUEUED,
         col(Delivery.endpoint_id).in_(
-            select(col(Endpoint.id)).where(col(Endpoint.connection_id) == connection_id)
+            select(col(Endpoint.id)).where(col(Endpoint.account_id) == account_id)
         ),
     )
     capped = select(col(Delivery.id)).where(*of_account).limit(COUNT_CAP + 1).subquery()
@@ -158,166 +158,171 @@ def _queue(db: Db, connection_id: int) -> tuple[int, tuple[int, float] | None]:
     return queued, (oldest.id, oldest.received_at) if oldest else None
 
 
-def _read_account(engine: Engine, connection_id: int) -> Account:
-    found = read_accounts(engine, connection_id)
+def _read_account(engine: Engine, account_id: int) -> AccountView:
+    found = read_accounts(engine, account_id)
     if not found:
-        raise registry.NotFound(f"No Loops account with id {connection_id}.")
+        raise registry.NotFound(f"No Loops account with id {account_id}.")
     return found[0]
 
 
-def routes(admin: Admin) -> list[BaseRoute]:
-    default_rate = admin.settings.loops_rate_limit
+def _shown(request: Request, template: str, status_code: int, **context: object) -> Response:
+    admin, now = Admin.of(request), time.time()
+    return admin.render(
+        request,
+        template,
+        status_code,
+        states=STATES,
+        default_rate=admin.settings.loops_rate_limit,
+        now=now,
+        when=when,
+        ago=lambda epoch: ago(epoch, now),
+        count=count,
+        **context,
+    )
 
-    def shown(request: Request, template: str, status_code: int, **context: object) -> Response:
-        now = time.time()
-        return admin.render(
-            request,
-            template,
-            status_code,
-            states=STATES,
-            default_rate=default_rate,
-            now=now,
-            when=when,
-            ago=lambda epoch: ago(epoch, now),
-            count=count,
-            **context,
+
+async def _list_page(
+    request: Request, status_code: int = 200, name: str = "", errors: dict | None = None
+) -> Response:
+    admin = Admin.of(request)
+    accounts = await admin.run(read_accounts, admin.engine)
+    return _shown(
+        request,
+        "accounts/list.html",
+        status_code,
+        title="Loops accounts",
+        accounts=accounts,
+        name=name,
+        errors=errors or {},
+    )
+
+
+async def _account_page(
+    request: Request,
+    status_code: int = 200,
+    rate_limit: str | None = None,
+    errors: dict | None = None,
+) -> Response:
+    admin = Admin.of(request)
+    try:
+        account = await admin.run(_read_account, admin.engine, _id(request))
+    except registry.NotFound:
+        return _not_found(request)
+    return _shown(
+        request,
+        "accounts/show.html",
+        status_code,
+        title=f"Loops account {account.name}",
+        account=account,
+        rate_limit=rate_limit if rate_limit is not None else str(account.own_rate_limit or ""),
+        errors=errors or {},
+    )
+
+
+async def index(request: Request) -> Response:
+    return await _list_page(request)
+
+
+async def add(request: Request) -> Response:
+    admin = Admin.of(request)
+    form = await request.form()
+    name, api_key = str(form.get("name", "")), str(form.get("api_key", ""))
+    problems = await admin.run(registry.account_problems, admin.engine, name, api_key)
+    if problems:
+        return await _list_page(request, 400, name=name, errors=problems)
+    try:
+        added = await admin.run(registry.add_account, admin.engine, name, api_key)
+    except registry.Invalid as exc:  # added meanwhile under the same name
+        return await _list_page(request, 400, name=name, errors={"name": str(exc)})
+    return admin.redirect(
+        _LIST, f"Added Loops account {added.name!r} (key {registry.mask(added.api_key)})."
+    )
+
+
+async def one(request: Request) -> Response:
+    return await _account_page(request)
+
+
+async def set_rate_limit(request: Request) -> Response:
+    admin, account_id = Admin.of(request), _id(request)
+    typed = str((await request.form()).get("rate_limit", ""))
+    try:
+        rate_limit = registry.read_rate_limit(typed)
+    except registry.Invalid as exc:
+        return await _account_page(request, 400, typed, {"rate_limit": str(exc)})
+    try:
+        done = await admin.run(
+            lambda: registry.update_account(admin.engine, account_id, rate_limit=rate_limit)
         )
+    except registry.NotFound:
+        return _not_found(request)
+    if done.rate_limit is None:
+        default = admin.settings.loops_rate_limit
+        said = f"the default rate limit ({default} per second, BRIDGE_LOOPS_RATE_LIMIT)"
+    else:
+        said = f"at most {done.rate_limit} requests per second"
+    return admin.redirect(f"{_LIST}/{account_id}", f"Loops account {done.name!r} now uses {said}.")
 
-    async def page(
-        request: Request, status_code: int = 200, name: str = "", errors: dict | None = None
-    ) -> Response:
-        accounts = await admin.run(read_accounts, admin.engine)
-        return shown(
-            request,
-            "accounts/list.html",
-            status_code,
-            title="Loops accounts",
-            accounts=accounts,
-            name=name,
-            errors=errors or {},
+
+async def replace_key(request: Request) -> Response:
+    admin, account_id = Admin.of(request), _id(request)
+    api_key = str((await request.form()).get("api_key", ""))
+    try:
+        done = await admin.run(
+            lambda: registry.update_account(admin.engine, account_id, api_key=api_key)
         )
+    except registry.NotFound:
+        return _not_found(request)
+    except registry.Invalid as exc:
+        return await _account_page(request, 400, errors={"api_key": str(exc)})
+    deliveries = "delivery is" if done.made_due == 1 else "deliveries are"
+    due = f" Its {done.made_due} queued {deliveries} due now." if done.made_due else ""
+    return admin.redirect(
+        f"{_LIST}/{account_id}",
+        f"Replaced the API key of Loops account {done.name!r} (now {done.key_hint}); any "
+        f"problem with the old key is cleared.{due}",
+    )
 
-    async def show(request: Request) -> Response:
-        return await page(request)
 
-    async def add(request: Request) -> Response:
-        form = await request.form()
-        name, api_key = str(form.get("name", "")), str(form.get("api_key", ""))
-        problems = await admin.run(registry.connection_problems, admin.engine, name, api_key)
-        if problems:
-            return await page(request, 400, name=name, errors=problems)
-        try:
-            added = await admin.run(registry.add_connection, admin.engine, name, api_key)
-        except registry.Invalid as exc:  # added meanwhile under the same name
-            return await page(request, 400, name=name, errors={"name": str(exc)})
-        return admin.redirect(
-            _LIST, f"Added Loops account {added.name!r} (key {registry.mask(added.api_key)})."
-        )
+async def test(request: Request) -> Response:
+    admin = Admin.of(request)
+    try:
+        account = await admin.run(registry.get_account, admin.engine, _id(request))
+    except registry.NotFound:
+        return _not_found(request)
+    client = LoopsClient(admin.settings.loops_api_url, transport=admin.loops_transport)
+    try:
+        answer = await client.check_key(account.api_key)
+    finally:
+        await client.aclose()
+    return admin.redirect(_back(request), _verdict(account.name, answer))
 
-    async def account_page(
-        request: Request,
-        status_code: int = 200,
-        rate_limit: str | None = None,
-        errors: dict | None = None,
-    ) -> Response:
-        try:
-            account = await admin.run(_read_account, admin.engine, _id(request))
-        except registry.NotFound:
-            return _not_found(admin, request)
-        return shown(
-            request,
-            "accounts/show.html",
-            status_code,
-            title=f"Loops account {account.name}",
-            account=account,
-            rate_limit=(
-                rate_limit if rate_limit is not None else str(account.own_rate_limit or "")
-            ),
-            errors=errors or {},
-        )
 
-    async def one(request: Request) -> Response:
-        return await account_page(request)
+async def delete(request: Request) -> Response:
+    admin = Admin.of(request)
+    try:
+        name = await admin.run(registry.delete_account, admin.engine, _id(request))
+    except registry.NotFound:
+        return _not_found(request)
+    except registry.Invalid as exc:
+        return admin.redirect(_back(request), f"Not deleted. {exc}")
+    return admin.redirect(_LIST, f"Deleted Loops account {name!r}.")
 
-    async def set_rate_limit(request: Request) -> Response:
-        connection_id = _id(request)
-        typed = str((await request.form()).get("rate_limit", ""))
-        try:
-            rate_limit = registry.read_rate_limit(typed)
-        except registry.Invalid as exc:
-            return await account_page(request, 400, typed, {"rate_limit": str(exc)})
-        try:
-            done = await admin.run(
-                lambda: registry.update_connection(
-                    admin.engine, connection_id, rate_limit=rate_limit
-                )
-            )
-        except registry.NotFound:
-            return _not_found(admin, request)
-        if done.rate_limit is None:
-            said = f"the default rate limit ({default_rate} per second, BRIDGE_LOOPS_RATE_LIMIT)"
-        else:
-            said = f"at most {done.rate_limit} requests per second"
-        return admin.redirect(
-            f"{_LIST}/{connection_id}", f"Loops account {done.name!r} now uses {said}."
-        )
 
-    async def replace_key(request: Request) -> Response:
-        connection_id = _id(request)
-        api_key = str((await request.form()).get("api_key", ""))
-        try:
-            done = await admin.run(
-                lambda: registry.update_connection(admin.engine, connection_id, api_key=api_key)
-            )
-        except registry.NotFound:
-            return _not_found(admin, request)
-        except registry.Invalid as exc:
-            return await account_page(request, 400, errors={"api_key": str(exc)})
-        deliveries = "delivery is" if done.made_due == 1 else "deliveries are"
-        due = f" Its {done.made_due} queued {deliveries} due now." if done.made_due else ""
-        return admin.redirect(
-            f"{_LIST}/{connection_id}",
-            f"Replaced the API key of Loops account {done.name!r} (now {done.key_hint}); any "
-            f"problem with the old key is cleared.{due}",
-        )
-
-    async def test(request: Request) -> Response:
-        connection_id = _id(request)
-        try:
-            connection = await admin.run(registry.get_connection, admin.engine, connection_id)
-        except registry.NotFound:
-            return _not_found(admin, request)
-        client = LoopsClient(admin.settings.loops_api_url)
-        try:
-            answer = await client.check_key(connection.api_key)
-        finally:
-            await client.aclose()
-        return admin.redirect(_back(request), _verdict(connection.name, answer))
-
-    async def delete(request: Request) -> Response:
-        connection_id = _id(request)
-        try:
-            name = await admin.run(registry.delete_connection, admin.engine, connection_id)
-        except registry.NotFound:
-            return _not_found(admin, request)
-        except registry.Invalid as exc:
-            return admin.redirect(_back(request), f"Not deleted. {exc}")
-        return admin.redirect(_LIST, f"Deleted Loops account {name!r}.")
-
-    return [
-        Route("/accounts", show, methods=["GET"]),
-        Route("/accounts", add, methods=["POST"]),
-        Route("/accounts/{connection_id}", one, methods=["GET"]),
-        Route("/accounts/{connection_id}/rate-limit", set_rate_limit, methods=["POST"]),
-        Route("/accounts/{connection_id}/api-key", replace_key, methods=["POST"]),
-        Route("/accounts/{connection_id}/test", test, methods=["POST"]),
-        Route("/accounts/{connection_id}/delete", delete, methods=["POST"]),
-    ]
+routes = [
+    Route("/accounts", index, methods=["GET"]),
+    Route("/accounts", add, methods=["POST"]),
+    Route("/accounts/{account_id}", one, methods=["GET"]),
+    Route("/accounts/{account_id}/rate-limit", set_rate_limit, methods=["POST"]),
+    Route("/accounts/{account_id}/api-key", replace_key, methods=["POST"]),
+    Route("/accounts/{account_id}/test", test, methods=["POST"]),
+    Route("/accounts/{account_id}/delete", delete, methods=["POST"]),
+]
 
 
 def _id(request: Request) -> int:
     """The account id from the path; -1 (no such account) when it is not a number."""
-    raw = request.path_params["connection_id"]
+    raw = request.path_params["account_id"]
     return int(raw) if raw.isdigit() else -1
 
 
@@ -340,11 +345,10 @@ def _verdict(name: str, answer: Answer) -> str:
     )
 
 
-def _not_found(admin: Admin, request: Request) -> Response:
-    return admin.render(
+def _not_found(request: Request) -> Response:
+    return Admin.of(request).error(
         request,
-        "error.html",
         404,
-        title="No such Loops account",
-        message="There is no Loops account with this id; it may have been deleted.",
+        "No such Loops account",
+        "There is no Loops account with this id; it may have been deleted.",
     )

@@ -6,6 +6,7 @@ browsers that do not send that header, an ``Origin`` that is not this server's. 
 rule of Go's ``http.CrossOriginProtection`` (https://words.filippo.io/csrf/), also used by
 Datasette. Requests with neither header come from non-browser clients, which cannot be
 tricked into sending the admin's cookie; the session cookie is SameSite=Lax besides.
+:class:`CrossSiteProtection` applies the rule to every request of the admin.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["cross_site"]
+from bridge.admin.state import Admin
+
+__all__ = ["CrossSiteProtection", "cross_site"]
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -40,3 +44,27 @@ def cross_site(request: Request, public_url: str) -> str | None:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+class CrossSiteProtection:
+    """ASGI middleware: answers a cross-site request with a 403 page, before anything else
+    reads it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            admin = Admin.of(request)
+            refused = cross_site(request, admin.settings.public_url)
+            if refused:
+                page = admin.error(
+                    request,
+                    403,
+                    "Request refused",
+                    f"Cross-site request refused: {refused}. Reload the page and try again.",
+                )
+                await page(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -33,20 +33,20 @@ from sqlmodel import Session, col
 from sqlmodel import select as select_models
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
 import providers
 from bridge import registry
-from bridge.admin import Admin
-from bridge.admin.accounts import STATES, Account, read_accounts
+from bridge.admin.accounts import STATES, AccountView, read_accounts
 from bridge.admin.formats import ago, hours, int_or_none, pretty, when
+from bridge.admin.state import Admin
 from bridge.models import (
     DEAD,
     DELIVERED,
     IGNORED,
     QUEUED,
     STATUSES,
-    Connection,
+    Account,
     Delivery,
     Endpoint,
     LoopsCall,
@@ -152,9 +152,10 @@ def list_deliveries(
     before: int | None = None,
     after: int | None = None,
     size: int = PAGE_SIZE,
+    scan_limit: int = SCAN_LIMIT,
 ) -> Page:
     """One page of the log, newest first: the ``size`` deliveries just older than ``before``,
-    or just newer than ``after``, or the newest ones."""
+    or just newer than ``after``, or the newest ones; ``scan_limit``: see :class:`_Walk`."""
     backwards = after is not None  # towards newer deliveries: walk up, show reversed
     bound: ColumnElement[bool] | None = None
     if after is not None:
@@ -162,7 +163,7 @@ def list_deliveries(
     elif before is not None:
         bound = _ID < before
     with engine.connect() as conn:
-        walk = _Walk(conn, filters.conditions())
+        walk = _Walk(conn, filters.conditions(), scan_limit)
         found, stopped = walk(bound, backwards, size + 1)
         rows = found[:size]
         further = rows[-1].id if len(found) > size else stopped
@@ -183,8 +184,8 @@ def list_deliveries(
 
 
 class _Walk:
-    """Reads matching deliveries in id order from one index, never more than ``SCAN_LIMIT``
-    entries of it per call.
+    """Reads matching deliveries in id order from one index, never more than ``limit``
+    (``SCAN_LIMIT``) entries of it per call.
 
     With one filter (or none) its index, which ends in ``id``, answers alone: the walk stops
     after ``size`` rows. With several, a single-column index cannot: walking the status index
@@ -195,8 +196,11 @@ class _Walk:
     the next page goes on from there. Pages may then hold fewer rows, never cost more.
     """
 
-    def __init__(self, conn: Db, conditions: list[ColumnElement[bool]]) -> None:
+    def __init__(
+        self, conn: Db, conditions: list[ColumnElement[bool]], limit: int = SCAN_LIMIT
+    ) -> None:
         self._conn = conn
+        self._limit = limit
         self._driving: list[ColumnElement[bool]] = []
         self._others: list[ColumnElement[bool]] = []
         if len(conditions) > 1:
@@ -207,7 +211,7 @@ class _Walk:
             self._driving = conditions
 
     def _count_up_to_limit(self, condition: ColumnElement[bool]) -> int:
-        window = select(_ID).where(condition).limit(SCAN_LIMIT).subquery()
+        window = select(_ID).where(condition).limit(self._limit).subquery()
         counted: int = self._conn.execute(select(func.count()).select_from(window)).scalar_one()
         return counted
 
@@ -221,7 +225,7 @@ class _Walk:
         if not self._others:
             query = select(*_ROW).where(*within).order_by(order).limit(size)
             return [Row(**row._asdict()) for row in self._conn.execute(query)], None
-        window = select(_ID).where(*within).order_by(order).limit(SCAN_LIMIT).subquery()
+        window = select(_ID).where(*within).order_by(order).limit(self._limit).subquery()
         query = (
             select(*_ROW)
             .join(window, window.c.id == _ID)
@@ -234,7 +238,7 @@ class _Walk:
             return rows, None
         last = func.max(window.c.id) if upwards else func.min(window.c.id)
         read, stopped = self._conn.execute(select(func.count(), last)).one()
-        return rows, stopped if read == SCAN_LIMIT else None
+        return rows, stopped if read == self._limit else None
 
 
 def _endpoint_names(engine: Engine) -> dict[str, str]:
@@ -249,8 +253,8 @@ class Detail:
     provider: str  # its label: "Stripe"
     endpoint_name: str | None
     endpoint_paused: bool
-    connection_name: str | None
-    account: Account | None  # its Loops account's state, for a delivery still queued
+    account_name: str | None
+    account: AccountView | None  # its Loops account's state, for a delivery still queued
     calls: list[LoopsCall]
     details: providers.Details | None  # names and Loops properties read from the payload
 
@@ -261,7 +265,7 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
         if delivery is None:
             return None
         endpoint = session.get(Endpoint, delivery.endpoint_id)
-        connection = session.get(Connection, endpoint.connection_id) if endpoint else None
+        account = session.get(Account, endpoint.account_id) if endpoint else None
         calls = session.exec(
             select_models(LoopsCall)
             .where(LoopsCall.delivery_id == delivery_id)
@@ -272,10 +276,10 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
             provider=providers.get(endpoint.provider).label if endpoint else "provider",
             endpoint_name=endpoint.name if endpoint else None,
             endpoint_paused=bool(endpoint and endpoint.paused),
-            connection_name=connection.name if connection else None,
+            account_name=account.name if account else None,
             account=(
-                next(iter(read_accounts(engine, connection.id, queues=False)), None)  # type: ignore[arg-type]
-                if connection and delivery.status == QUEUED
+                next(iter(read_accounts(engine, account.id, queues=False)), None)  # type: ignore[arg-type]
+                if account and delivery.status == QUEUED
                 else None
             ),
             calls=list(calls),
@@ -301,104 +305,107 @@ def _exists(engine: Engine, delivery_id: int) -> bool:
 # --- the pages ----------------------------------------------------------------------------
 
 
-def routes(admin: Admin) -> list[BaseRoute]:
-    engine = admin.engine
-    known_types = sorted({t for name in providers.names() for t in providers.get(name).event_types})
+_KNOWN_TYPES = sorted({t for name in providers.names() for t in providers.get(name).event_types})
 
-    def not_found(request: Request, message: str) -> Response:
-        return admin.render(request, "error.html", 404, title="Not found", message=message)
 
-    async def index(request: Request) -> Response:
-        filters = Filters.read(request.query_params)
-        before = int_or_none(request.query_params.get("before"))
-        after = int_or_none(request.query_params.get("after"))
-        page = await admin.run(lambda: list_deliveries(engine, filters, before=before, after=after))
-        names = await admin.run(_endpoint_names, engine)
-        return admin.render(
-            request,
-            "deliveries/list.html",
-            title="Deliveries",
-            page=page,
-            filters=filters,
-            paged=before is not None or after is not None,
-            scan_limit=SCAN_LIMIT,
-            endpoints=names,
-            statuses=STATUSES,
-            event_types=known_types,
-            when=when,
-        )
+def _not_found(request: Request) -> Response:
+    message = f"There is no delivery {request.path_params['delivery_id']}."
+    return Admin.of(request).error(request, 404, "Not found", message)
 
-    async def show(request: Request) -> Response:
-        delivery_id = int_or_none(request.path_params["delivery_id"])
-        detail = await admin.run(_detail, engine, delivery_id) if delivery_id else None
-        if detail is None:
-            return not_found(request, f"There is no delivery {request.path_params['delivery_id']}.")
-        delivery = detail.delivery
-        settings, now = admin.settings, time.time()
-        tried = (
-            delivery.finished_at - delivery.queued_at
-            if delivery.finished_at and delivery.queued_at
-            else settings.max_age_hours * 3600
-        )
-        return admin.render(
-            request,
-            "deliveries/show.html",
-            title=f"Delivery {delivery.id}",
-            d=delivery,
-            detail=detail,
-            queued=delivery.status == QUEUED,
-            dead=delivery.status == DEAD,
-            tried=hours(tried),
-            max_age=hours(settings.max_age_hours * 3600),
-            gives_up=(delivery.queued_at or now) + settings.max_age_hours * 3600,
-            pruned=delivery.payload is None and delivery.status in (DELIVERED, IGNORED),
-            retention_days=f"{settings.retention_days:g}",
-            states=STATES,
-            payload=pretty(delivery.payload),
-            properties=json.dumps(detail.details.properties, indent=2) if detail.details else None,
-            pretty=pretty,
-            when=when,
-            ago=ago,
-            now=now,
-        )
 
-    def requeue(
-        change: Callable[[Engine, int], None], done: str
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def action(request: Request) -> Response:
-            delivery_id = int_or_none(request.path_params["delivery_id"])
-            if not delivery_id or not await admin.run(_exists, engine, delivery_id):
-                return not_found(
-                    request, f"There is no delivery {request.path_params['delivery_id']}."
-                )
-            try:
-                await admin.run(change, engine, delivery_id)
-            except registry.Invalid as exc:
-                done_here = str(exc)
-            else:
-                done_here = done
-            return admin.redirect(f"/admin/deliveries/{delivery_id}", done_here)
+async def index(request: Request) -> Response:
+    admin = Admin.of(request)
+    filters = Filters.read(request.query_params)
+    before = int_or_none(request.query_params.get("before"))
+    after = int_or_none(request.query_params.get("after"))
+    page = await admin.run(
+        lambda: list_deliveries(admin.engine, filters, before=before, after=after)
+    )
+    names = await admin.run(_endpoint_names, admin.engine)
+    return admin.render(
+        request,
+        "deliveries/list.html",
+        title="Deliveries",
+        page=page,
+        filters=filters,
+        paged=before is not None or after is not None,
+        scan_limit=SCAN_LIMIT,
+        endpoints=names,
+        statuses=STATUSES,
+        event_types=_KNOWN_TYPES,
+        when=when,
+    )
 
-        return action
 
-    return [
-        Route("/deliveries", index, methods=["GET"]),
-        Route("/deliveries/{delivery_id}", show, methods=["GET"]),
-        Route(
-            "/deliveries/{delivery_id}/retry",
-            requeue(
-                registry.retry_delivery,
-                "Queued again: the worker picks it up within about a second.",
-            ),
-            methods=["POST"],
-        ),
-        Route(
-            "/deliveries/{delivery_id}/send-again",
-            requeue(
-                registry.send_again,
-                "Queued to be sent again with a new idempotency key: Loops runs the workflow "
-                "again.",
-            ),
-            methods=["POST"],
-        ),
-    ]
+async def show(request: Request) -> Response:
+    admin = Admin.of(request)
+    delivery_id = int_or_none(request.path_params["delivery_id"])
+    detail = await admin.run(_detail, admin.engine, delivery_id) if delivery_id else None
+    if detail is None:
+        return _not_found(request)
+    delivery = detail.delivery
+    settings, now = admin.settings, time.time()
+    tried = (
+        delivery.finished_at - delivery.queued_at
+        if delivery.finished_at and delivery.queued_at
+        else settings.max_age_hours * 3600
+    )
+    return admin.render(
+        request,
+        "deliveries/show.html",
+        title=f"Delivery {delivery.id}",
+        d=delivery,
+        detail=detail,
+        queued=delivery.status == QUEUED,
+        dead=delivery.status == DEAD,
+        tried=hours(tried),
+        max_age=hours(settings.max_age_hours * 3600),
+        gives_up=(delivery.queued_at or now) + settings.max_age_hours * 3600,
+        pruned=delivery.payload is None and delivery.status in (DELIVERED, IGNORED),
+        retention_days=f"{settings.retention_days:g}",
+        states=STATES,
+        payload=pretty(delivery.payload),
+        properties=json.dumps(detail.details.properties, indent=2) if detail.details else None,
+        pretty=pretty,
+        when=when,
+        ago=ago,
+        now=now,
+    )
+
+
+async def retry(request: Request) -> Response:
+    return await _requeue(
+        request,
+        registry.retry_delivery,
+        "Queued again: the worker picks it up within about a second.",
+    )
+
+
+async def send_again(request: Request) -> Response:
+    return await _requeue(
+        request,
+        registry.send_again,
+        "Queued to be sent again with a new idempotency key: Loops runs the workflow again.",
+    )
+
+
+async def _requeue(request: Request, change: Callable[[Engine, int], None], done: str) -> Response:
+    """Queue the delivery again through ``change``; back to its page, saying ``done`` or why
+    not."""
+    admin = Admin.of(request)
+    delivery_id = int_or_none(request.path_params["delivery_id"])
+    if not delivery_id or not await admin.run(_exists, admin.engine, delivery_id):
+        return _not_found(request)
+    try:
+        await admin.run(change, admin.engine, delivery_id)
+    except registry.Invalid as exc:
+        done = str(exc)
+    return admin.redirect(f"/admin/deliveries/{delivery_id}", done)
+
+
+routes = [
+    Route("/deliveries", index, methods=["GET"]),
+    Route("/deliveries/{delivery_id}", show, methods=["GET"]),
+    Route("/deliveries/{delivery_id}/retry", retry, methods=["POST"]),
+    Route("/deliveries/{delivery_id}/send-again", send_again, methods=["POST"]),
+]

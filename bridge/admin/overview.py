@@ -23,11 +23,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
-from bridge.admin import Admin
-from bridge.admin.accounts import STATES, Account, read_accounts
+from bridge.admin.accounts import STATES, AccountView, read_accounts
 from bridge.admin.formats import COUNT_CAP, ago, count, when
+from bridge.admin.state import Admin
 from bridge.models import DEAD, QUEUED, STATUSES, Delivery, Endpoint, LoopsCall
 
 __all__ = ["COUNT_CAP", "Overview", "read_overview"]
@@ -58,10 +58,10 @@ class Overview:
     queued: int  # queued now, at most COUNT_CAP + 1
     oldest_queued: tuple[int, float] | None  # (delivery id, received_at)
     dead: int  # dead, received in the last DEAD_DAYS days, at most COUNT_CAP + 1
-    troubled: list[Account]  # Loops accounts that are not healthy
+    troubled: list[AccountView]  # Loops accounts that are not healthy
     paces: list[Pace]
     endpoints: int
-    connections: int
+    accounts: int
 
 
 def _capped_count(db: Db, condition: ColumnElement[bool]) -> int:
@@ -102,16 +102,16 @@ def read_overview(engine: Engine, default_limit: int, now: float | None = None) 
         times: dict[int, list[float]] = {account.id: [] for account in accounts}
         started_at = col(LoopsCall.started_at)
         calls = db.execute(
-            select(col(Endpoint.connection_id), started_at)
+            select(col(Endpoint.account_id), started_at)
             .join(Delivery, col(Delivery.id) == col(LoopsCall.delivery_id))
             .join(Endpoint, col(Endpoint.id) == col(Delivery.endpoint_id))
             .where(started_at >= now - MINUTE)
             .order_by(started_at)
             .limit(_CALLS_READ)
         )
-        for connection_id, at in calls:
-            if connection_id in times:  # not an account added since the names were read
-                times[connection_id].append(at)
+        for account_id, at in calls:
+            if account_id in times:  # not an account added since the names were read
+                times[account_id].append(at)
         endpoints: int = db.execute(select(func.count()).select_from(Endpoint)).scalar_one()
     return Overview(
         counts=counts,
@@ -129,27 +129,28 @@ def read_overview(engine: Engine, default_limit: int, now: float | None = None) 
             for a in accounts
         ],
         endpoints=endpoints,
-        connections=len(accounts),
+        accounts=len(accounts),
     )
 
 
-def routes(admin: Admin) -> list[BaseRoute]:
-    async def overview(request: Request) -> Response:
-        now = time.time()
-        seen = await admin.run(read_overview, admin.engine, admin.settings.loops_rate_limit, now)
-        return admin.render(
-            request,
-            "overview.html",
-            title="Overview",
-            o=seen,
-            statuses=STATUSES,
-            dead_days=DEAD_DAYS,
-            max_age=admin.settings.max_age_hours,
-            states=STATES,
-            now=now,
-            count=count,
-            when=when,
-            ago=lambda epoch: ago(epoch, now),
-        )
+async def overview(request: Request) -> Response:
+    admin = Admin.of(request)
+    now = time.time()
+    seen = await admin.run(read_overview, admin.engine, admin.settings.loops_rate_limit, now)
+    return admin.render(
+        request,
+        "overview.html",
+        title="Overview",
+        o=seen,
+        statuses=STATUSES,
+        dead_days=DEAD_DAYS,
+        max_age=admin.settings.max_age_hours,
+        states=STATES,
+        now=now,
+        count=count,
+        when=when,
+        ago=lambda epoch: ago(epoch, now),
+    )
 
-    return [Route("/", overview, methods=["GET"])]
+
+routes = [Route("/", overview, methods=["GET"])]

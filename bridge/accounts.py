@@ -152,17 +152,23 @@ def record(
     intervals: Intervals,
 ) -> None:
     """What an attempt's last answer (``verdict``; None: no call was made) shows of the
-    account. An answer through a key that was replaced meanwhile says nothing."""
-    problem = next_probe(verdict, 0, intervals) if verdict else None
-    if problem is None:
-        if was_probe:
-            _healthy(conn, account_id)
+    account. Only the first sign of a problem and the probes' answers count: the attempts
+    that were in flight when a problem began say nothing new, and an answer through a key
+    that was replaced meanwhile says nothing at all."""
+    if next_probe(verdict, 0, intervals) is None if verdict else True:
+        if was_probe:  # Loops answered: the problem is over (a 429's wait still holds)
+            _healthy(conn, account_id, keep_hold=verdict is Verdict.RETRY_AFTER)
         return
     if current_key != api_key:
         return
     ensure(conn, account_id)
     where = _STATE.account_id == account_id
-    failures = conn.execute(select(_STATE.failures).where(where)).scalar_one() + 1
+    kind_now, failures = conn.execute(
+        select(_STATE.problem_kind, _STATE.failures).where(where)
+    ).one()
+    if kind_now is not None and not was_probe:
+        return
+    failures += 1
     kind, wait = next_probe(verdict, failures, intervals)  # type: ignore[arg-type, misc]
     now = database_now(conn.dialect.name)
     conn.execute(
@@ -198,13 +204,16 @@ def note_limit(conn: sa.Connection, account_id: int, reported: int) -> None:
     )
 
 
-def _healthy(conn: sa.Connection, account_id: int) -> int:
+def _healthy(conn: sa.Connection, account_id: int, keep_hold: bool = False) -> int:
+    """No problem any more; ``keep_hold``: a 429's wait (which :func:`hold` put in
+    ``next_slot``) still holds, not the probe's claim."""
+    now = database_now(conn.dialect.name)
+    held = sa.case((_STATE.next_slot > now, _STATE.next_slot), else_=None) if keep_hold else None
     conn.execute(
         update(AccountState)
         .where(_STATE.account_id == account_id)
-        .values(problem=None, problem_kind=None, problem_since=None, failures=0, held_until=None)
+        .values(problem=None, problem_kind=None, problem_since=None, failures=0, held_until=held)
     )
-    now = database_now(conn.dialect.name)
     next_try = Delivery.next_attempt_at
     return conn.execute(
         update(Delivery)

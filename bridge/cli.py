@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 import providers
-from bridge import db, logs, registry, vault
+from bridge import __version__, db, logs, registry, vault
 from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loops-bridge", description="Stripe webhooks in, Loops contacts and events out."
     )
-    parser.add_argument("--version", action="version", version=f"loops-bridge {_version()}")
+    parser.add_argument("--version", action="version", version=f"loops-bridge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the web app and the delivery worker")
@@ -129,15 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", type=int)
     _json_flag(show)
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("loops-bridge")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown (not installed)"
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:

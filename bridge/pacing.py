@@ -102,7 +102,8 @@ class Paces:
         account = self._accounts.setdefault(account_id, _Account())
         account.held += 1
         account.slots.clear()
-        await anyio.to_thread.run_sync(self._hold, account_id, seconds)
+        async with account.reserving:  # no caller reserves a slot inside the wait meanwhile
+            await anyio.to_thread.run_sync(self._hold, account_id, seconds)
 
     def _reserve(self, account_id: int, count: int, interval: float) -> float:
         """Reserve ``count`` slots; the first one, in this process's monotonic clock."""

@@ -487,11 +487,6 @@ def test_forget_removes_the_state_and_a_new_one_starts_healthy(engine: Engine) -
     assert (fresh["held_until"], fresh["next_slot"]) == (None, 0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/accounts.py record() counts every failed attempt, not only probes: the "
-    "deliveries in flight when an outage begins push its first probe from 1 s to 20 s",
-)
 def test_the_first_probe_of_an_outage_comes_after_one_second(engine: Engine) -> None:
     """The docstring's promise ("outage: held, probed after 1 s, 2 s, 4 s ... 20 s";
     models.AccountState.failures: "probes failed in a row"), when the several deliveries
@@ -505,11 +500,6 @@ def test_the_first_probe_of_an_outage_comes_after_one_second(engine: Engine) -> 
     assert held["held_until"] <= after + 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/accounts.py record() -> _healthy() clears held_until, so a probe answered "
-    "429 lifts the hold accounts.hold() had just set for Loops' wait",
-)
 def test_a_probe_answered_429_ends_the_problem_but_the_wait_holds(engine: Engine) -> None:
     """As the worker does it: the probe is claimed, Loops answers 429 (accounts.hold, from
     bridge.pacing), then the attempt is recorded. bridge/pacing.py: "no delivery for it is

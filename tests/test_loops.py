@@ -6,6 +6,7 @@ transport is the point, and the sandbox app through ``httpx.ASGITransport``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -255,10 +256,12 @@ def test_an_idempotency_key_outside_ascii_gives_up_without_sending() -> None:
 class _Listener(asyncio.Protocol):
     """A loopback socket that takes connections and keeps whatever bytes arrive."""
 
-    received: bytearray
-
-    def __init__(self, received: bytearray) -> None:
+    def __init__(self, received: bytearray, connections: list[asyncio.BaseTransport]) -> None:
         self.received = received
+        self.connections = connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connections.append(transport)
 
     def data_received(self, data: bytes) -> None:
         self.received += data
@@ -273,16 +276,20 @@ def test_a_key_http_cannot_carry_is_refused_and_never_repeated(api_key: str) -> 
     """Through a real transport to a loopback socket: HTTP itself refuses the header (a
     MockTransport would take a line break), and nothing reaches the socket."""
     received = bytearray()
+    connections: list[asyncio.BaseTransport] = []
 
     async def run() -> Answer:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Listener(received), "127.0.0.1", 0)
+        listener = functools.partial(_Listener, received, connections)
+        server = await loop.create_server(listener, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         client = LoopsClient(f"http://127.0.0.1:{port}/api/v1")
         try:
             return await client.create_contact(api_key, CONTACT)
         finally:
             await client.aclose()
+            for connection in connections:
+                connection.close()
             server.close()
             await server.wait_closed()
 
@@ -323,7 +330,7 @@ def test_against_the_sandbox_done_already_and_retry_after() -> None:
     assert event.verdict is Verdict.DONE
     assert (over.verdict, over.status_code) == (Verdict.RETRY_AFTER, 429)
     assert over.rate_limit == 3
-    assert over.retry_after is None  # the sandbox, like Loops as documented, sends none
+    assert over.retry_after is None  # the sandbox sends none (Loops documents none)
     assert later.verdict is Verdict.DONE
     assert (repeat.verdict, repeat.status_code) == (Verdict.ALREADY, 409)
     assert repeat.message == "Loops answered 409: Idempotency key has been used"

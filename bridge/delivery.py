@@ -69,7 +69,7 @@ _PRUNE_EVERY = 3600.0
 
 def backoff(attempt: int, first: float) -> float:
     """Seconds to wait before try ``attempt + 1``, after ``attempt`` failed tries."""
-    return min(LONGEST_WAIT, first * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+    return min(LONGEST_WAIT, first * 2 ** min(attempt - 1, 64)) * random.uniform(0.8, 1.2)
 
 
 def idempotency_key(endpoint_id: str, event_id: str) -> str:

@@ -18,7 +18,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -124,7 +123,8 @@ class Harness:
     # -- the bridge ---------------------------------------------------------------------------
 
     def get(self, url: str, **params: Any) -> httpx.Response:
-        return self.run(self.client.get(url, params=params))
+        # None, not {}: httpx replaces the query string of ``url`` with any params given.
+        return self.run(self.client.get(url, params=params or None))
 
     def form(self, url: str, **fields: Any) -> httpx.Response:
         """POST a form, as the admin's pages do (same origin)."""
@@ -274,7 +274,9 @@ def run_cli(
                 code = cli_main(list(args))
             except SystemExit as exc:  # argparse's usage errors
                 code = exc.code if isinstance(exc.code, int) else 2
-    done = subprocess.CompletedProcess(["loops-bridge", *args], code, out.getvalue(), err.getvalue())
+    done = subprocess.CompletedProcess(
+        ["loops-bridge", *args], code, out.getvalue(), err.getvalue()
+    )
     leaks.command(args, env, stdin, done)
     if check and done.returncode != 0:
         raise AssertionError(f"loops-bridge {' '.join(args)} failed:\n{done.stderr}")
@@ -302,23 +304,6 @@ def _stdin(value: str | None) -> Iterator[None]:
         yield
     finally:
         sys.stdin = saved
-
-
-def refused(env: Mapping[str, str], *args: str, within: float = 30.0) -> Any:
-    """``loops-bridge ARGS`` run in this process (:func:`run_cli`) by a test that expects it
-    to refuse to start (``serve``, ``worker``): its CompletedProcess. Should it start and run
-    instead, it is interrupted after ``within`` seconds and the test fails, rather than hang."""
-
-    def started(*_: object) -> None:
-        raise AssertionError(f"loops-bridge {' '.join(args)} ran instead of refusing to start")
-
-    before = signal.signal(signal.SIGALRM, started)
-    signal.setitimer(signal.ITIMER_REAL, within)
-    try:
-        return run_cli(env, *args, check=False)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, before)
 
 
 class Served:

@@ -1,340 +1,465 @@
-"""Delivery under faults, as Stripe and a user would see it: the bridge (and extra workers)
-as real processes, the Loops sandbox over HTTP playing outages, refused keys and 429s, and
-``kill -9`` in the middle of a burst. See bridge/delivery.py and bridge/queue.py."""
+"""Delivery (bridge/delivery.py) as Loops and a user see it: the bridge, its worker and the
+Loops sandbox in-process (tests/harness.py), the sandbox playing outages, refused keys and
+429s. Probes, backoff and the maximum age are made short through the settings and
+:class:`bridge.accounts.Intervals`; nothing waits on a 30 s clock."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from collections.abc import Callable, Iterator
+import itertools
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
-from bridge import db
-from bridge.models import DELIVERED, FAILED, IGNORED, QUEUED, Delivery
-from bridge.queue import Queue
-from tests.helpers import fixture_bytes, signed_headers
-from tests.servers import Bridge, Sandbox, Worker, bridge_env, cli, wait_until
-from tests.test_end_to_end import (
-    CUSTOMER_CREATED,
-    CUSTOMER_UPDATED,
-    INVOICE_PAID,
-    SECRET,
-    deliver,
-    delivery,
-    make_endpoint,
-    with_email,
-)
+from bridge import accounts, db
+from bridge.delivery import LONGEST_WAIT, Worker, backoff, idempotency_key
+from bridge.models import DEAD, DELIVERED, FAILED, QUEUED, Delivery
+from tests.harness import FAST, Harness, busiest_second, stripe_event
+from tests.helpers import fixture_bytes
 
-
-def statuses(env: dict) -> dict[str, int]:
-    counted: dict[str, int] = {}
-    for row in cli(env, "deliveries", "list", "--limit", "100000", "--json"):
-        counted[row["status"]] = counted.get(row["status"], 0) + 1
-    return counted
-
-
-def post_all(bridge: Bridge, endpoint: str, bodies: list[bytes]) -> list[dict]:
-    """POST every body at once, like Stripe sending a month of invoices."""
-
-    async def run() -> list[dict]:
-        limits = httpx.Limits(max_connections=32)
-        async with httpx.AsyncClient(base_url=bridge.url, limits=limits, timeout=60) as client:
-            posts = [
-                client.post(f"/webhooks/{endpoint}", content=b, headers=signed_headers(b, SECRET))
-                for b in bodies
-            ]
-            return [r.json() for r in await asyncio.gather(*posts)]
-
-    return asyncio.run(run())
+SECRET = "whsec_deliveryTestSecretDDDDDDDDDDDD"
+INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
+CUSTOMER_CREATED = "constructed/customer.created.event.json"
+CUSTOMER_UPDATED = "constructed/customer.updated.event.json"
+ACME_KEY = "loops_key_acme_1234"  # the key Harness.endpoint gives account "acme"
 
 
 def customers(count: int, prefix: str = "c") -> list[bytes]:
     return [
-        with_email(CUSTOMER_CREATED, f"{prefix}{i}@example.com", f"evt_{prefix}{i}")
+        stripe_event(CUSTOMER_CREATED, f"evt_{prefix}{i}", email=f"{prefix}{i}@example.com")
         for i in range(count)
     ]
 
 
-def busiest_second(calls: list[dict]) -> int:
-    times = sorted(c["at"] for c in calls)
-    return max((sum(1 for t in times if s <= t < s + 1.0) for s in times), default=0)
-
-
-@pytest.fixture
-def start(env: dict[str, str]) -> Iterator[Callable[..., tuple[Sandbox, Bridge]]]:
-    """Start the Loops sandbox (with these arguments) and the bridge pointed at it, once the
-    test has put what it needs in ``env``; both are stopped at the end."""
-    started: list[Sandbox | Bridge] = []
-
-    def start_(*sandbox_args: str) -> tuple[Sandbox, Bridge]:
-        sandbox = Sandbox(env, *sandbox_args)
-        env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
-        started.append(sandbox)
-        started.append(Bridge(env))
-        return sandbox, started[-1]  # type: ignore[return-value]
-
-    yield start_
-    for server in reversed(started):
-        server.stop()
-
-
-# -- faults at Loops ------------------------------------------------------------------------
-
-
-def test_after_an_outage_everything_resumes_within_30_s_of_loops_answering(env, start):
-    # Each delivery's own backoff would be a minute or more: the account's probe, not the
-    # delivery's schedule, must bring them back.
-    env["BRIDGE_RETRY_BASE_SECONDS"] = "60"
-    sandbox, bridge = start()
-    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
-    sandbox.post("faults", {"status": 503}).raise_for_status()
-    answers = post_all(bridge, endpoint, [
-        with_email(INVOICE_PAID, f"o{i}@example.com", f"evt_o{i}") for i in range(6)
-    ])  # fmt: skip
-    # The account is probed one delivery at a time, 1 s, 2 s, 4 s ... apart.
-    wait_until(lambda: len(sandbox.calls()) >= 3, what="the account to be probed")
-    met = [delivery(env, a["id"]) for a in answers]
-    assert {d["status"] for d in met} == {QUEUED}
-    assert any("503" in (d["reason"] or "") and "next try in" in d["reason"] for d in met)
-    httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
-    wait_until(lambda: statuses(env) == {DELIVERED: 6}, timeout=30,
-               what="every delivery within 30 s of Loops answering again")  # fmt: skip
-    # The account was probed one request at a time, not hammered by every delivery.
-    during = [c for c in sandbox.calls() if c["status"] == 503]
-    assert len(during) <= 6, [c["at"] for c in during]
-    assert len(sandbox.get("events")) == 6
-
-
-def test_a_refused_key_pauses_the_account_until_loops_takes_it_again(env, start):
-    sandbox, bridge = start()
-    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
-    sandbox.post("faults", {"status": 401}).raise_for_status()
-    answers = post_all(bridge, endpoint, [
-        with_email(INVOICE_PAID, f"k{i}@example.com", f"evt_k{i}") for i in range(4)
-    ])  # fmt: skip
-    wait_until(lambda: "paused" in (delivery(env, answers[0]["id"])["reason"] or "")
-               or "paused" in (delivery(env, answers[-1]["id"])["reason"] or ""),
-               what="the account to be paused")  # fmt: skip
-    paused = [delivery(env, a["id"]) for a in answers]
-    assert {d["status"] for d in paused} == {QUEUED}  # paused, not failed
-    (first,) = [d for d in paused if d["reason"]]  # the others were not even tried
-    assert "API key of account 'acme'" in first["reason"]
-    assert "loops_key_acme_1234" not in bridge.log()
-    refused = len(sandbox.calls())
-    httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
-    wait_until(lambda: statuses(env) == {DELIVERED: 4}, timeout=45,
-               what="the paused deliveries to resume by themselves")  # fmt: skip
-    assert refused <= 4 + 2  # one probe at a time while the key was refused
-    assert len(sandbox.get("events")) == 4
-
-
-def test_a_delivery_retried_past_its_maximum_age_is_dead(env, start):
-    env["BRIDGE_MAX_AGE_HOURS"] = str(1.5 / 3600)  # 1.5 s
-    sandbox, bridge = start()
-    endpoint = make_endpoint(env, signing_secret=SECRET)
-    sandbox.post("faults", {"status": 502}).raise_for_status()
-    answer = deliver(bridge, endpoint, fixture_bytes(INVOICE_PAID))
-    shown = delivery(env, answer["id"], until="dead")
-    assert "tries stop 0.000416667 hours after it was queued" in shown["reason"]
-    assert "502" in shown["reason"]
-    assert cli(env, "deliveries", "list", "--status", "dead", "--json")[0]["id"] == answer["id"]
-
-
-def test_a_storm_of_429s_for_one_account_never_slows_another(env, sandbox, bridge):
-    acme = make_endpoint(env, events="customer.created", signing_secret=SECRET)
-    cli(env, "accounts", "add", "--name", "beta", "--api-key", "loops_key_beta_5678")
-    beta = make_endpoint(env, events="customer.created", account="beta", signing_secret=SECRET)
-    sandbox.post("faults", {"status": 429, "key": "loops_key_acme_1234"}).raise_for_status()
-
-    post_all(bridge, acme, customers(20, "a"))
-    wait_until(lambda: len(sandbox.calls()) >= 5, what="acme to be refused")
-    post_all(bridge, beta, customers(40, "b"))
-    wait_until(lambda: len(sandbox.get("contacts", key="…5678")) == 40, timeout=30,
-               what="beta's deliveries")  # fmt: skip
-
-    calls = [c for c in sandbox.calls() if c["key"] == "…5678"]
-    assert {c["status"] for c in calls} == {200}
-    times = sorted(c["at"] for c in calls)
-    assert (len(times) - 1) / (times[-1] - times[0]) >= 8.0, "beta kept its own pace"
-    assert busiest_second(calls) <= 10
-    waiting = cli(env, "deliveries", "list", "--endpoint", acme, "--json")
-    assert {d["status"] for d in waiting} == {QUEUED}  # held back, not failed
-
-    httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
-    wait_until(lambda: len(sandbox.get("contacts", key="…1234")) == 20, timeout=30,
-               what="acme's deliveries once Loops takes them")  # fmt: skip
-
-
-def test_the_pace_follows_the_limit_loops_reports(env, start):
-    # The bridge assumes 10/s; this account only has 4.
-    sandbox, bridge = start("--rate-limit", "4")
-    endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
-    post_all(bridge, endpoint, customers(24))
-    wait_until(lambda: statuses(env) == {DELIVERED: 24}, timeout=30, what="the deliveries")
-    calls = sandbox.calls()
-    first = min(c["at"] for c in calls)
-    later = [c for c in calls if c["at"] > first + 2]  # once Loops has said its limit
-    assert later and {c["status"] for c in later} == {200}
-    assert busiest_second(later) <= 4
-
-
-# -- order ----------------------------------------------------------------------------------
-
-
-def customer_updated(name: str, created: int, event_id: str) -> bytes:
-    event = json.loads(fixture_bytes(CUSTOMER_UPDATED))
-    event.update(id=event_id, created=created)
-    event["data"]["object"].update(name=name, email="order@example.com")
-    return json.dumps(event).encode()
-
-
-def test_an_older_event_arriving_late_does_not_overwrite_newer_names(env, sandbox, bridge):
-    endpoint = make_endpoint(
-        env, events="customer.updated", loops_event="customerUpdated", signing_secret=SECRET
+def outcome(h: Harness, answer: httpx.Response | dict) -> dict:
+    """Run the bridge until the delivery Stripe was answered about is no longer queued;
+    what ``loops-bridge deliveries show`` says of it then."""
+    accepted = answer if isinstance(answer, dict) else answer.json()
+    assert accepted["status"] == "queued", accepted
+    delivery_id = accepted["id"]
+    h.until(
+        lambda: h.deliveries(id=delivery_id)[0]["status"] != QUEUED,
+        what=f"delivery {delivery_id} to be done",
     )
-    newer = customer_updated("Grace Hopper", 1_714_600_000, "evt_newer")
-    older = customer_updated("Grace Brewster", 1_714_500_000, "evt_older")
-    delivery(env, deliver(bridge, endpoint, newer)["id"], until="delivered")
-    shown = delivery(env, deliver(bridge, endpoint, older)["id"], until="delivered")
+    return h.cli("deliveries", "show", str(delivery_id), "--json")
 
-    (contact,) = sandbox.get("contacts")
-    assert (contact["firstName"], contact["lastName"]) == ("Grace", "Hopper")
+
+def gaps(calls: list[dict]) -> list[float]:
+    """Seconds between consecutive sandbox requests, by the sandbox's clock."""
+    times = sorted(c["at"] for c in calls)
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+# -- what reaches Loops -----------------------------------------------------------------------
+
+
+def test_invoice_paid_creates_the_contact_then_sends_the_event(harness):
+    endpoint = harness.endpoint(
+        "customer.created,invoice.paid",
+        secret=SECRET,
+        user_group="customers",
+        loops_event="successfulPayment",
+    )
+    shown = outcome(harness, harness.webhook(endpoint, fixture_bytes(INVOICE_PAID), SECRET))
+    assert shown["status"] == DELIVERED
+    assert [c["path"] for c in shown["loops_calls"]] == ["/contacts/create", "/events/send"]
+    assert all(c["status_code"] == 200 for c in shown["loops_calls"])
+
+    (contact,) = harness.loops_get("contacts")
+    assert contact["email"] == "test12@email.com"
+    assert contact["source"] == "Stripe webhook"
+    assert contact["userGroup"] == "customers"
+    assert contact["firstName"] == "test12"
+    (event,) = harness.loops_get("events")
+    assert event["eventName"] == "successfulPayment"
+    assert event["eventProperties"]["amountPaid"] == 700
+    assert event["eventProperties"]["invoiceNumber"] == "7CC2D095-0001"
+    assert event["idempotencyKey"] == idempotency_key(endpoint, "evt_1PBXo9RxqlZt79sDnw7dd5cs")
+
+
+def test_an_existing_loops_contact_keeps_its_source_and_group(harness):
+    created = harness.run(
+        harness.loops.post(
+            "/api/v1/contacts/create",
+            json={"email": "test12@email.com", "userGroup": "vip"},
+            headers={"Authorization": f"Bearer {ACME_KEY}"},
+        )
+    )
+    assert created.status_code == 200, created.text
+    endpoint = harness.endpoint(
+        "invoice.paid", secret=SECRET, user_group="customers", loops_event="successfulPayment"
+    )
+    shown = outcome(harness, harness.webhook(endpoint, fixture_bytes(INVOICE_PAID), SECRET))
+    assert [c["status_code"] for c in shown["loops_calls"]] == [409, 200]
+    (contact,) = harness.loops_get("contacts")
+    assert (contact["source"], contact["userGroup"]) == ("API", "vip")
+    assert contact["firstName"] == "test12"  # the name rode on the event send
+    (event,) = harness.loops_get("events")
+    assert event["contactProperties"] == {"firstName": "test12"}
+
+
+def test_a_known_contact_costs_one_call_per_event(harness):
+    endpoint = harness.endpoint(
+        "customer.created,customer.updated", secret=SECRET, loops_event="stripeCustomer"
+    )
+    outcome(harness, harness.webhook(endpoint, fixture_bytes(CUSTOMER_CREATED), SECRET))
+    shown = outcome(harness, harness.webhook(endpoint, fixture_bytes(CUSTOMER_UPDATED), SECRET))
+    assert shown["status"] == DELIVERED
+    assert [c["path"] for c in shown["loops_calls"]] == ["/events/send"]
+
+
+def test_a_contacts_only_endpoint_updates_the_names_of_a_known_contact(harness):
+    endpoint = harness.endpoint("customer.created,customer.updated", secret=SECRET)
+    outcome(harness, harness.webhook(endpoint, fixture_bytes(CUSTOMER_CREATED), SECRET))
+    renamed = stripe_event(CUSTOMER_UPDATED, "evt_renamed", created=1_714_600_000, name="Ada B")
+    shown = outcome(harness, harness.webhook(endpoint, renamed, SECRET))
+    (call,) = shown["loops_calls"]
+    assert (call["method"], call["path"]) == ("PUT", "/contacts/update")
+    assert '"source"' not in call["request"]
+    (contact,) = harness.loops_get("contacts")
+    assert (contact["firstName"], contact["lastName"]) == ("Ada", "B")
+    assert harness.loops_get("events") == []
+
+
+def test_an_older_event_arriving_late_does_not_overwrite_newer_names(harness):
+    endpoint = harness.endpoint("customer.updated", secret=SECRET, loops_event="customerUpdated")
+
+    def updated(name: str, created: int, event_id: str) -> bytes:
+        return stripe_event(
+            CUSTOMER_UPDATED, event_id, created=created, name=name, email="order@example.com"
+        )
+
+    outcome(
+        harness, harness.webhook(endpoint, updated("Grace Hopper", 1_714_600_000, "e2"), SECRET)
+    )
+    late = updated("Grace Brewster", 1_714_500_000, "e1")
+    shown = outcome(harness, harness.webhook(endpoint, late, SECRET))
+    assert shown["status"] == DELIVERED
     assert "newer event" in shown["reason"]
-    assert [e["eventName"] for e in sandbox.get("events")] == ["customerUpdated"] * 2
+    (contact,) = harness.loops_get("contacts")
+    assert (contact["firstName"], contact["lastName"]) == ("Grace", "Hopper")
+    # Its Loops event still went, without the names.
+    assert [e["eventName"] for e in harness.loops_get("events")] == ["customerUpdated"] * 2
+    assert harness.loops_get("events")[1]["contactProperties"] == {}
     # A newer one still wins over what is there.
-    newest = customer_updated("Grace Murray", 1_714_700_000, "evt_newest")
-    delivery(env, deliver(bridge, endpoint, newest)["id"], until="delivered")
-    (contact,) = sandbox.get("contacts")
+    outcome(
+        harness, harness.webhook(endpoint, updated("Grace Murray", 1_714_700_000, "e3"), SECRET)
+    )
+    (contact,) = harness.loops_get("contacts")
     assert contact["lastName"] == "Murray"
 
 
-# -- crashes and shutdown -------------------------------------------------------------------
+def test_a_stripe_retry_is_a_duplicate_and_reaches_loops_once(harness):
+    endpoint = harness.endpoint("invoice.paid", secret=SECRET, loops_event="successfulPayment")
+    body = fixture_bytes(INVOICE_PAID)
+    first = harness.webhook(endpoint, body, SECRET).json()
+    outcome(harness, first)
+    # Stripe retries with a fresh timestamp and signature.
+    again = harness.webhook(endpoint, body, SECRET).json()
+    assert again == {
+        "status": "duplicate",
+        "id": first["id"],
+        "reason": "this endpoint already received this event",
+    }
+    harness.settled(1)
+    assert len(harness.loops_get("events")) == 1
+    assert len(harness.deliveries()) == 1
 
 
-def test_kill_9_mid_burst_then_restart_delivers_every_event_exactly_once(tmp_path):
-    env = bridge_env(tmp_path, BRIDGE_LEASE_SECONDS="3", BRIDGE_LOOPS_RATE_LIMIT="300")
-    sandbox = Sandbox(env, "--rate-limit", "300")
-    env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
-    bridge = Bridge(env)
-    count = 1500
-    try:
-        endpoint = make_endpoint(
-            env, events="customer.created", loops_event="signedUp", signing_secret=SECRET
+def test_an_event_loops_already_has_is_not_sent_twice(harness):
+    # As after a crash between Loops' answer and the bridge recording it: the retry sends
+    # the same Idempotency-Key, and Loops' 409 counts as delivered.
+    endpoint = harness.endpoint("invoice.paid", secret=SECRET, loops_event="successfulPayment")
+    event_id = "evt_1PBXo9RxqlZt79sDnw7dd5cs"
+    sent = harness.run(
+        harness.loops.post(
+            "/api/v1/events/send",
+            json={"email": "test12@email.com", "eventName": "successfulPayment"},
+            headers={
+                "Authorization": f"Bearer {ACME_KEY}",
+                "Idempotency-Key": idempotency_key(endpoint, event_id),
+            },
         )
-        answers = post_all(bridge, endpoint, customers(count))
-        assert {a["status"] for a in answers} == {"queued"}
-        wait_until(lambda: len(sandbox.get("events")) >= 200, timeout=60,
-                   what="delivery to be under way")  # fmt: skip
-        bridge.kill()
-        bridge = Bridge(env)
-        wait_until(lambda: statuses(env) == {DELIVERED: count}, timeout=120,
-                   what="every accepted event to be delivered after the restart")  # fmt: skip
-        events = sandbox.get("events")
-        assert len(events) == count
-        assert len({e["email"] for e in events}) == count
-        assert len(sandbox.get("contacts")) == count
-        assert "delivery worker" in bridge.log()
-    finally:
-        bridge.stop()
-        sandbox.stop()
+    )
+    assert sent.status_code == 200, sent.text
+    shown = outcome(harness, harness.webhook(endpoint, fixture_bytes(INVOICE_PAID), SECRET))
+    assert shown["status"] == DELIVERED
+    # The event's send made the contact too: both steps were already done.
+    assert [c["status_code"] for c in shown["loops_calls"]] == [409, 409]
+    assert "had already been sent (same idempotency key)" in shown["reason"]
+    assert len(harness.loops_get("events")) == 1
 
 
-def test_sigterm_gives_back_what_is_in_flight_and_nothing_stays_claimed(env):
-    sandbox = Sandbox(env)
-    env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
-    bridge = Bridge(env)
-    try:
-        endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
-        sandbox.post("faults", {"delay": 8}).raise_for_status()  # calls hang past the grace
-        post_all(bridge, endpoint, customers(5))
-        wait_until(lambda: len(sandbox.calls()) >= 1, what="a call to be in flight")
-        started = time.monotonic()
-        assert bridge.stop() in (0, -15)
-        assert time.monotonic() - started < 15
-        engine = db.connect(env["BRIDGE_DATABASE_URL"])
-        with engine.connect() as conn:
-            claimed = conn.execute(
-                sa.select(sa.func.count()).where(Delivery.claimed_by.is_not(None))
-            ).scalar_one()
-        assert claimed == 0
-        httpx.delete(f"{sandbox.url}/_sandbox/faults", timeout=5).raise_for_status()
-        bridge = Bridge(env)
-        wait_until(lambda: statuses(env) == {DELIVERED: 5}, what="the rest after a restart")
-        assert len(sandbox.get("contacts")) == 5
-    finally:
-        bridge.stop()
-        sandbox.stop()
+# -- Loops' answers ---------------------------------------------------------------------------
 
 
-# -- retention ------------------------------------------------------------------------------
+def test_a_request_loops_refuses_fails_with_loops_message(harness):
+    endpoint = harness.endpoint("customer.created", secret=SECRET)
+    body = stripe_event(CUSTOMER_CREATED, "evt_bad_email", email="not-an-email")
+    shown = outcome(harness, harness.webhook(endpoint, body, SECRET))
+    assert shown["status"] == FAILED
+    assert [c["status_code"] for c in shown["loops_calls"]] == [400]
+    assert shown["reason"] == "Loops answered 400: Invalid email address: 'not-an-email'."
+    assert shown["attempts"] == 1  # never retried: the same request would fail the same way
 
 
-def test_payloads_of_old_finished_deliveries_are_pruned_and_their_outcome_kept(tmp_path):
-    engine = db.connect(f"sqlite:///{tmp_path / 'bridge.db'}")
-    old, new = time.time() - 40 * 86400, time.time()
-    cli_env = bridge_env(tmp_path)
-    make_endpoint(cli_env, signing_secret=SECRET)
-    endpoint = cli(cli_env, "endpoints", "list", "--json")[0]["id"]
-    rows = [
-        (DELIVERED, old), (IGNORED, old), (FAILED, old), (QUEUED, old), (DELIVERED, new),
-    ]  # fmt: skip
-    with engine.begin() as conn:
-        for i, (status, received) in enumerate(rows):
-            conn.execute(sa.insert(Delivery).values(
-                endpoint_id=endpoint, event_id=f"evt_{i}", event_type="invoice.paid",
-                occurred_at=0, email="a@example.com", payload=b"{}", status=status,
-                reason="kept", received_at=received,
-            ))  # fmt: skip
-    queue = Queue(engine, "test", 30, 10)
-    assert queue.prune_payloads(30, batch=1) == 2
-    with engine.connect() as conn:
-        kept = conn.execute(
-            sa.select(Delivery.status, Delivery.payload, Delivery.reason).order_by(Delivery.id)
-        ).all()
-    assert [(s, p is not None) for s, p, _ in kept] == [
-        (DELIVERED, False), (IGNORED, False), (FAILED, True), (QUEUED, True), (DELIVERED, True),
-    ]  # fmt: skip
-    assert {r for _, _, r in kept} == {"kept"}
+def test_a_short_outage_is_retried_until_delivered(harness):
+    endpoint = harness.endpoint("invoice.paid", secret=SECRET, loops_event="successfulPayment")
+    harness.fault(status=503, count=2)
+    shown = outcome(harness, harness.webhook(endpoint, fixture_bytes(INVOICE_PAID), SECRET))
+    assert shown["status"] == DELIVERED
+    assert [c["status_code"] for c in shown["loops_calls"]] == [503, 503, 200, 200]
+    assert shown["attempts"] == 3
+    assert len(harness.loops_get("events")) == 1
 
 
-# -- several processes on PostgreSQL --------------------------------------------------------
-
-
-def test_two_workers_and_a_server_on_postgresql_share_the_rate_limit(tmp_path, postgres_url):
-    env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=postgres_url, BRIDGE_LEASE_SECONDS="5")
-    sandbox = Sandbox(env)
-    env["BRIDGE_LOOPS_API_URL"] = sandbox.api_url
-    bridge = Bridge(env)
-    workers = [Worker(env, tmp_path / f"worker{i}.log") for i in range(2)]
-    count = 60
-    try:
-        endpoint = make_endpoint(
-            env, events="customer.created", loops_event="signedUp", signing_secret=SECRET
-        )
-        post_all(bridge, endpoint, customers(count))
-        backlog_from = time.monotonic()  # the sandbox stamps calls with the same clock
-        wait_until(lambda: statuses(env) == {DELIVERED: count}, timeout=60,
-                   what="the backlog to be delivered")  # fmt: skip
-        calls = sandbox.calls()
-        assert {c["status"] for c in calls} == {200}, "no 429, no 409: no second over the limit"
-        assert len(calls) == 2 * count
-        assert busiest_second(calls) <= 10
-        # From the end of the burst to the last second of work: after that, the few
-        # deliveries left wait on each other's answers, not on the pace.
-        times = sorted(c["at"] for c in calls if c["at"] >= backlog_from)[:-10]
-        used = (len(times) - 1) / (times[-1] - times[0])
-        assert len(times) > count
-        assert used >= 9.0, f"{used:.2f} requests/s of 10 while there was a backlog"
-        assert len(sandbox.get("events")) == count
-        for worker in workers:  # every process took its share
-            assert " delivered: " in worker.log()
-        assert " delivered: " in bridge.log()
-    finally:
-        for worker in workers:
+def test_an_unreachable_loops_keeps_the_delivery_queued_with_the_reason(tmp_path):
+    # Nothing listens on port 9 of this machine: every call fails to connect. The worker is
+    # the real one with its real HTTP transport, run on the harness's loop.
+    with Harness(tmp_path, worker=False, BRIDGE_LOOPS_API_URL="http://127.0.0.1:9/api/v1") as h:
+        worker = Worker(h.engine, h.settings, intervals=FAST, poll_seconds=0.02)
+        running = h.loop.create_task(worker.run())
+        try:
+            endpoint = h.endpoint("invoice.paid", secret=SECRET)
+            answer = h.webhook(endpoint, fixture_bytes(INVOICE_PAID), SECRET).json()
+            h.until(lambda: h.deliveries(id=answer["id"])[0]["attempts"] >= 2, what="two tries")
+        finally:
             worker.stop()
-        bridge.stop()
-        sandbox.stop()
+            h.run(running)
+        shown = h.cli("deliveries", "show", str(answer["id"]), "--json")
+    assert shown["status"] == QUEUED
+    assert "could not reach Loops" in shown["reason"]
+    assert "next try in" in shown["reason"]
+    assert [c["status_code"] for c in shown["loops_calls"]] == [None] * len(shown["loops_calls"])
+
+
+def test_a_delivery_retried_past_its_maximum_age_is_dead(tmp_path):
+    hours = 0.5 / 3600
+    with Harness(tmp_path, BRIDGE_MAX_AGE_HOURS=str(hours)) as h:
+        endpoint = h.endpoint("invoice.paid", secret=SECRET)
+        h.fault(status=502)
+        shown = outcome(h, h.webhook(endpoint, fixture_bytes(INVOICE_PAID), SECRET))
+        assert shown["status"] == DEAD
+        assert f"tries stop {hours:g} hours after it was queued" in shown["reason"]
+        assert "502" in shown["reason"]
+        (dead,) = h.cli("deliveries", "list", "--status", "dead", "--json")
+        assert dead["id"] == shown["id"]
+
+
+# -- the account's state: outages, refused keys, 429s ------------------------------------------
+
+
+def test_an_outage_holds_the_account_and_a_probe_resumes_every_delivery(tmp_path):
+    # Each delivery's own backoff is a minute or more here: only the account's probe can
+    # bring them back within the test.
+    probes = accounts.Intervals(key_probe=30.0, outage_probe_max=0.3)
+    with Harness(tmp_path, intervals=probes, BRIDGE_RETRY_BASE_SECONDS="60") as h:
+        endpoint = h.endpoint("customer.created", secret=SECRET)
+        h.fault(status=503)
+        first = h.webhook(endpoint, fixture_bytes(CUSTOMER_CREATED), SECRET).json()
+        h.until(lambda: h.deliveries(id=first["id"])[0]["reason"], what="the first 503")
+        h.webhooks(endpoint, customers(5), SECRET)
+        h.until(lambda: len(h.loops_calls()) >= 4, what="the account to be probed")
+
+        met = h.deliveries()
+        assert {d["status"] for d in met} == {QUEUED}
+        tried = [d["reason"] for d in met if d["reason"]]
+        assert tried and all("503" in r and "next try in" in r for r in tried)
+        # The account is held: Loops gets one probe at a time, a probe interval apart, not
+        # the five deliveries that came in meanwhile (due at once) at the pace of 10/s.
+        assert min(gaps(h.loops_calls())) >= 0.8 * probes.outage_probe_max
+
+        h.clear_faults()
+        assert {d["status"] for d in h.settled(6)} == {DELIVERED}
+        assert len(h.loops_get("contacts")) == 6
+
+
+def test_a_refused_key_pauses_the_account_until_loops_takes_it_again(tmp_path, caplog):
+    probes = accounts.Intervals(key_probe=0.3, outage_probe_max=0.2)
+    with Harness(tmp_path, intervals=probes) as h:
+        endpoint = h.endpoint("customer.created", secret=SECRET)
+        h.fault(status=401)
+        first = h.webhook(endpoint, fixture_bytes(CUSTOMER_CREATED), SECRET).json()
+        h.until(lambda: h.deliveries(id=first["id"])[0]["reason"], what="the first 401")
+        h.webhooks(endpoint, customers(3), SECRET)
+        h.until(lambda: len(h.loops_calls()) >= 3, what="the key to be probed")
+
+        paused = h.deliveries()
+        assert {d["status"] for d in paused} == {QUEUED}  # paused, not failed
+        tried = [d["reason"] for d in paused if d["reason"]]
+        assert all(
+            r.startswith("paused: Loops refused the API key of account 'acme'") for r in tried
+        )
+        assert "resumes by itself" in tried[0]
+        # One probe of the key at a time, a key interval apart.
+        assert min(gaps(h.loops_calls())) >= probes.key_probe * 0.9
+        assert "paused: Loops refused the API key" in caplog.text  # logged, without the key
+        assert ACME_KEY not in caplog.text
+
+        h.clear_faults()
+        assert {d["status"] for d in h.settled(4)} == {DELIVERED}
+        assert len(h.loops_get("contacts")) == 4
+
+
+def test_a_replaced_key_resumes_the_account_at_once(tmp_path):
+    # The key is probed only every minute here: the new key, not a probe, must resume it.
+    probes = accounts.Intervals(key_probe=60.0, outage_probe_max=0.2)
+    with Harness(tmp_path, intervals=probes, sandbox_keys=["loops_key_good_9999"]) as h:
+        h.account("acme", "loops_key_revoked_0001")
+        endpoint = h.endpoint("customer.created", secret=SECRET)
+        h.webhooks(endpoint, customers(3), SECRET)
+        h.until(lambda: any(d["reason"] for d in h.deliveries()), what="the key to be refused")
+        assert {d["status"] for d in h.deliveries()} == {QUEUED}
+
+        changed = h.cli("accounts", "set", "acme", "--api-key", "loops_key_good_9999", "--json")
+        assert changed["deliveries_resumed"] == 3
+        assert {d["status"] for d in h.settled(3)} == {DELIVERED}
+        taken = [c for c in h.loops_calls() if c["status"] == 200]
+        assert sorted(c["body"]["email"] for c in taken) == [
+            "c0@example.com",
+            "c1@example.com",
+            "c2@example.com",
+        ]
+        assert {c["key"] for c in taken} == {"…9999"}
+
+
+def test_a_storm_of_429s_holds_that_account_and_never_another(harness):
+    acme = harness.endpoint("customer.created", secret=SECRET)
+    harness.account("beta", "loops_key_beta_5678")
+    beta = harness.endpoint("customer.created", account="beta", secret=SECRET, name="Beta")
+    harness.fault(status=429, key=ACME_KEY)
+    harness.webhooks(acme, customers(10, "a"), SECRET)
+    harness.until(lambda: harness.loops_calls(), what="acme to be refused")
+    harness.webhooks(beta, customers(12, "b"), SECRET)
+    harness.until(
+        lambda: len(harness.loops_get("contacts", key="…5678")) == 12, what="beta's deliveries"
+    )
+
+    calls = harness.loops_calls()
+    beta_calls = [c for c in calls if c["key"] == "…5678"]
+    assert {c["status"] for c in beta_calls} == {200}
+    assert busiest_second(beta_calls) <= 10
+    acme_calls = [c for c in calls if c["key"] == "…1234"]
+    assert {c["status"] for c in acme_calls} == {429}
+    # Each 429 holds the whole account for the wait (1 s when Loops names none): acme is
+    # not called at its pace of 10/s meanwhile.
+    assert busiest_second(acme_calls) <= 5
+    waiting = harness.deliveries(endpoint_id=acme)
+    assert {d["status"] for d in waiting} == {QUEUED}  # held back, not failed
+
+    harness.clear_faults()
+    harness.until(
+        lambda: len(harness.loops_get("contacts", key="…1234")) == 10,
+        what="acme's deliveries once Loops takes them",
+    )
+    assert {d["status"] for d in harness.settled(22)} == {DELIVERED}
+
+
+def test_a_429_is_retried_and_each_contact_arrives_once(harness):
+    endpoint = harness.endpoint("customer.created", secret=SECRET)
+    harness.fault(status=429, count=1)
+    harness.webhooks(endpoint, customers(6), SECRET)
+    assert {d["status"] for d in harness.settled(6)} == {DELIVERED}
+    statuses = [c["status"] for c in harness.loops_calls()]
+    assert statuses.count(429) == 1 and statuses.count(200) == 6
+    assert sorted(c["email"] for c in harness.loops_get("contacts")) == sorted(
+        f"c{i}@example.com" for i in range(6)
+    )
+
+
+# -- the pace ---------------------------------------------------------------------------------
+
+
+def test_a_backlog_never_puts_more_than_the_limit_in_any_second(tmp_path):
+    # Two events for each contact: were two deliveries of one contact ever run at once,
+    # both would create it, and Loops would answer one of them 409.
+    limit = 20
+    with Harness(tmp_path, rate_limit=limit, BRIDGE_LOOPS_RATE_LIMIT=str(limit)) as h:
+        endpoint = h.endpoint(
+            "customer.created,customer.updated", secret=SECRET, loops_event="stripeCustomer"
+        )
+        bodies = customers(15) + [
+            stripe_event(CUSTOMER_UPDATED, f"evt_u{i}", email=f"c{i}@example.com")
+            for i in range(15)
+        ]
+        answers = h.webhooks(endpoint, bodies, SECRET)
+        assert {a["status"] for a in answers} == {"queued"}
+        assert {d["status"] for d in h.settled(30)} == {DELIVERED}
+
+        calls = h.loops_calls()
+        assert {c["status"] for c in calls} == {200}  # no 429, no 409
+        assert len(calls) == 15 + 30  # each contact created once, each event sent once
+        assert busiest_second(calls) <= limit
+        events = h.loops_get("events")
+        assert len({e["idempotencyKey"] for e in events}) == len(events) == 30
+        assert len(h.loops_get("contacts")) == 15
+
+
+def test_the_pace_follows_the_limit_loops_reports(tmp_path):
+    # The bridge assumes 10/s; this Loops account only has 4.
+    with Harness(tmp_path, rate_limit=4) as h:
+        endpoint = h.endpoint("customer.created", secret=SECRET)
+        h.webhooks(endpoint, customers(10), SECRET)
+        assert {d["status"] for d in h.settled(10)} == {DELIVERED}
+        calls = h.loops_calls()
+        first = min(c["at"] for c in calls)
+        later = [c for c in calls if c["at"] > first + 2]  # once Loops has said its limit
+        assert later and {c["status"] for c in later} == {200}
+        assert busiest_second(later) <= 4
+        assert len(h.loops_get("contacts")) == 10
+
+
+# -- shutdown ---------------------------------------------------------------------------------
+
+
+def test_stopping_interrupts_calls_past_the_grace_and_gives_them_back(tmp_path):
+    with Harness(tmp_path) as h:  # the harness's worker waits 1 s for calls in flight
+        endpoint = h.endpoint("customer.created", secret=SECRET)
+        h.fault(delay=60)  # Loops hangs
+        h.webhooks(endpoint, customers(3), SECRET)
+        h.until(lambda: h.loops_calls(), what="a call to be in flight")
+    # The harness has stopped the app, as SIGTERM does.
+    engine = db.connect(f"sqlite:///{tmp_path / 'bridge.db'}")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(Delivery.status, Delivery.reason, Delivery.claimed_by)).all()
+    engine.dispose()
+    assert {(status, claimed) for status, _, claimed in rows} == {(QUEUED, None)}
+    interrupted = [r for _, r, _ in rows if r and r.startswith("interrupted: the worker stopped")]
+    assert interrupted
+
+    with Harness(tmp_path) as h:  # started again: what was given back is delivered
+        assert {d["status"] for d in h.settled(3)} == {DELIVERED}
+        assert len(h.loops_get("contacts")) == 3
+
+
+# -- the retry schedule and the idempotency key (units) ---------------------------------------
+
+
+def test_backoff_doubles_from_the_base_within_20_percent():
+    for attempt in range(1, 11):  # 5 s, 10 s, ... 2560 s
+        expected = 5.0 * 2 ** (attempt - 1)
+        waits = [backoff(attempt, 5.0) for _ in range(200)]
+        assert all(0.8 * expected <= w <= 1.2 * expected for w in waits), (attempt, waits)
+        # Jittered, so that deliveries failed together do not retry together.
+        assert max(waits) - min(waits) > 0.2 * expected
+
+
+def test_backoff_is_capped_at_one_hour():
+    assert LONGEST_WAIT == 3600
+    # A delivery that is an account's only probe through a long outage is tried every 20 s,
+    # so it passes 1,024 tries in under 6 hours.
+    for attempt in (11, 12, 40, 1025, 100_000):
+        waits = [backoff(attempt, 5.0) for _ in range(200)]
+        assert all(0.8 * 3600 <= w <= 1.2 * 3600 for w in waits), attempt
+
+
+def test_idempotency_key_is_stable_per_endpoint_and_event_and_within_100_characters():
+    endpoint = "Xb3_" + "k" * 18  # the shape of a real endpoint id
+    key = idempotency_key(endpoint, "evt_1PBXo9RxqlZt79sDnw7dd5cs")
+    assert key == idempotency_key(endpoint, "evt_1PBXo9RxqlZt79sDnw7dd5cs")
+    assert key != idempotency_key(endpoint, "evt_1PBXo9RxqlZt79sDnw7dd5ct")
+    assert key != idempotency_key("other_endpoint_id_0000", "evt_1PBXo9RxqlZt79sDnw7dd5cs")
+    long_ids = [("e" * 60, f"evt_{'x' * 60}{i}") for i in range(3)]
+    long_keys = [idempotency_key(*ids) for ids in long_ids]
+    assert all(len(k) <= 100 and k.isascii() for k in [key, *long_keys])
+    assert len(set(long_keys)) == 3
+    assert long_keys == [idempotency_key(*ids) for ids in long_ids]

@@ -97,8 +97,9 @@ class Worker:
         self._settings = settings
         self._poll_seconds = poll_seconds
         self._shutdown_grace = shutdown_grace
+        self._intervals = intervals or accounts.Intervals()
         self._queue = Queue(
-            engine, self.name, settings.lease_seconds, settings.loops_rate_limit, intervals
+            engine, self.name, settings.lease_seconds, settings.loops_rate_limit, self._intervals
         )
         self._paces = Paces(engine)
         self._client = LoopsClient(settings.loops_api_url, transport=transport)
@@ -294,7 +295,8 @@ class Worker:
             reason = (
                 f"paused: Loops refused the API key of account {job.account_name!r} "
                 f"({answer.message}). If the key was revoked, replace it under Loops accounts "
-                "in the admin; the bridge checks the key every 30 s and resumes by itself"
+                f"in the admin; the bridge checks the key every {self._intervals.key_probe:g} s "
+                "and resumes by itself"
             )
             return self._again(job, reason, answer, 0.0)
         if answer.verdict is Verdict.RETRY_AFTER:

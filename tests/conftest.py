@@ -5,7 +5,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -21,6 +21,7 @@ POSTGRES_ELSEWHERE = (
     "set BRIDGE_TEST_POSTGRES=postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE "
     "(a user that may create databases) to use another server"
 )
+POSTGRES_SKIPPED = "PostgreSQL tests skipped: "
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,6 +89,18 @@ def postgres_server() -> tuple[str, bool, str]:
     return server, False, ""
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
+    """Every PostgreSQL test skipped comes out as one line of pytest's summary (``-ra``),
+    rather than one line per test."""
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = report.longrepr[2]
+        if POSTGRES_SKIPPED in reason:
+            report.longrepr = (__file__, None, reason)
+    return report
+
+
 def pytest_report_header() -> str:
     server, given, problem = postgres_server()
     shown = make_url(server).render_as_string(hide_password=True)
@@ -112,8 +125,8 @@ def postgres_url() -> Iterator[str]:
         if given:  # failed out here, so the report is not a chain of exceptions
             pytest.fail(f"BRIDGE_TEST_POSTGRES={shown} cannot be used: {problem}", pytrace=False)
         pytest.skip(
-            f"PostgreSQL tests skipped: nothing usable at {shown} ({problem}). Start a server "
-            f"there, or {POSTGRES_ELSEWHERE}."
+            f"{POSTGRES_SKIPPED}nothing usable at {shown} ({problem}). Start a server there, "
+            f"or {POSTGRES_ELSEWHERE}."
         )
 
     if problem:

@@ -77,7 +77,9 @@ class Harness:
         self.env = settings_env(tmp_path, **env)
         leaks.environment(self.env)
         self.settings: Settings = load(self.env)
-        self.engine: Engine = db.connect(self.settings.database_url)
+        self.engine: Engine = db.connect(
+            self.settings.database_url, secret_key=self.settings.secret_key
+        )
         self.sandbox_app = sandbox.create_app(sandbox_keys, rate_limit, clock)
         self.loop = asyncio.new_event_loop()
         self.worker = (

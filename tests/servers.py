@@ -153,6 +153,40 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None, check: bool =
     return done
 
 
+def refusals(env: dict[str, str], *commands: str) -> list[subprocess.CompletedProcess]:
+    """``loops-bridge COMMAND`` for each of ``commands`` (``serve``, ``worker``), started at
+    once as processes that are expected to refuse to start; how each ended. Processes, so that
+    one that starts instead fails the test after a timeout rather than hang it."""
+    started = [
+        subprocess.Popen(
+            [str(BIN), command],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    ]
+    ended = []
+    try:
+        for command, process in zip(commands, started, strict=True):
+            try:
+                stdout, stderr = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    f"loops-bridge {command} started instead of refusing"
+                ) from None
+            done = subprocess.CompletedProcess([command], process.returncode, stdout, stderr)
+            leaks.command([command], env, None, done)
+            ended.append(done)
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return ended
+
+
 def bridge_env(tmp: Path, **overrides: str) -> dict[str, str]:
     port = free_port()
     env = {

@@ -4,7 +4,8 @@
   ``create_all`` made before there were migrations;
 - a database made before migrations, rows and all, is refused by every command until
   ``loops-bridge migrate`` has upgraded it, and keeps its rows;
-- a fresh database is at the current revision after any command.
+- a fresh database is at the current revision after any command, even with several
+  processes starting on it at once, and one of them makes its key file (bridge/vault.py).
 
 And the logs, which ``loops-bridge`` writes as one JSON object per line on request.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import stat
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -21,17 +23,20 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from cryptography.fernet import Fernet
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
 
-from bridge import db, logs
+from bridge import db, logs, sandbox, vault
+from tests import leaks
+from tests.harness import Served, settings_env
 from tests.harness import run_cli as cli
-from tests.harness import settings_env
 from tests.helpers import (
     OLD_ENDPOINT,
     alembic,
@@ -39,7 +44,7 @@ from tests.helpers import (
     fixture_bytes,
     signed_headers,
 )
-from tests.servers import BIN, Bridge, bridge_env, wait_until
+from tests.servers import BIN, Bridge, bridge_env, refusals, wait_until
 
 KEY = "loops_key_dbServe_8e7d6c5b"
 SECRET = "whsec_dbServeSecretJJJJJJJJJJJJJJJJJ"
@@ -147,8 +152,7 @@ def test_migrate_upgrades_a_database_from_before_migrations_and_keeps_its_rows(
     create_all_at_814cde7(engine)
     env = settings_env(tmp_path, BRIDGE_DATABASE_URL=url)
     shown = make_url(url).render_as_string(hide_password=True)
-    for refused in ("serve", "worker"):
-        done = cli(env, refused, check=False)
+    for done in refusals(env, "serve", "worker"):
         assert done.returncode == 1, done.stderr
         assert done.stderr.strip() == (
             f"error: The database at {shown} is at schema revision 0001 but this version of "
@@ -186,17 +190,32 @@ def test_a_fresh_database_is_at_the_current_revision_after_any_command(url, engi
 
 
 def test_processes_starting_at_once_on_a_fresh_database_take_turns(url, engine, tmp_path):
+    """One of them creates the schema, and one the key file of the stored secrets: made
+    owner-only, and announced once."""
     env = bridge_env(tmp_path, BRIDGE_DATABASE_URL=url)
+    args = ["accounts", "list"]
     starting = [
-        subprocess.Popen([str(BIN), "deliveries", "list"], env=env, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [str(BIN), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(4)
     ]
+    said = ""
     for process in starting:
-        _, stderr = process.communicate(timeout=60)
-        assert process.wait() == 0, stderr.decode()
+        stdout, stderr = process.communicate(timeout=60)
+        done = subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+        leaks.command(args, env, None, done)
+        assert done.returncode == 0, stderr
+        said += stderr
     assert db.revision(engine) == db.head()
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
+    path = vault.key_path(url).absolute()
+    assert said.count(f"created a new secret key at {path}: back it up") == 1, said
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    Fernet(path.read_text().strip())  # one key, as Fernet makes them
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+    assert "secret key" not in cli(env, *args).stderr  # a later start says nothing of it
 
 
 def test_migrate_says_when_there_is_nothing_to_do(url, tmp_path):
@@ -302,9 +321,11 @@ def test_a_bad_log_format_is_reported_in_text(tmp_path):
     assert done.stderr.startswith("error: BRIDGE_LOG_FORMAT='xml' is not valid")
 
 
-def test_serve_logs_json_lines_uvicorn_included_and_no_secret(env, sandbox, tmp_path):
-    env["BRIDGE_LOG_FORMAT"] = "json"
-    env["BRIDGE_TEST_LOG"] = str(tmp_path / "bridge.log")  # the sandbox's log is apart
+def test_serve_logs_json_lines_uvicorn_included_and_no_secret(tmp_path):
+    """``loops-bridge serve``'s own output, as a process writes it, while it takes webhooks
+    and delivers one to a Loops sandbox (on a socket, served by this process)."""
+    loops = Served(sandbox.create_app())
+    env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="json", BRIDGE_LOOPS_API_URL=f"{loops.url}/api/v1")
     cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
     created = cli(
         env,
@@ -322,15 +343,21 @@ def test_serve_logs_json_lines_uvicorn_included_and_no_secret(env, sandbox, tmp_
         stdin=SECRET,
     )
     body = fixture_bytes("captured-test-mode/invoice.paid.event.json")
+
+    def contact_created() -> bool:
+        calls = httpx.get(f"{loops.url}/_sandbox/requests", timeout=5).json()
+        return any(c["path"].endswith("/contacts/create") for c in calls)
+
     bridge = Bridge(env)
     try:
         accepted = bridge.post(created["id"], body, signed_headers(body, SECRET))
         assert accepted.status_code == 200, accepted.text
         refused = bridge.post(created["id"], body, signed_headers(body, "whsec_wrongWRONGwrong"))
         assert refused.status_code == 400
-        wait_until(lambda: sandbox.calls("/contacts/create"), what="the contact in Loops")
+        wait_until(contact_created, what="the contact in Loops")
     finally:
         assert bridge.stop() in (0, -15)
+        loops.stop()
     output = bridge.log()
     entries = json_lines(output)
     assert any(e["logger"].startswith("uvicorn") for e in entries), output

@@ -4,13 +4,15 @@
   the raw column values, hold none of them;
 - without the key, or with a wrong one, every command fails with a message that says which
   key and what to do, and no traceback;
-- the key file is made owner-only, once, and announced once;
 - ``loops-bridge rotate-secret-key`` re-encrypts everything, and webhooks still verify;
 - ``loops-bridge migrate`` encrypts the plain rows of an earlier version (and the downgrade
   decrypts them).
 
-Every process runs in the test's folder, so PostgreSQL's key file (``./data/secret.key``)
-is the test's own.
+The key file is made owner-only, once, and announced once, by processes starting at once on
+a fresh database: tests/test_db.py. Commands run in this process (``bridge.cli.main``) and
+webhooks go through the in-process harness, except ``serve`` and ``worker`` when they must
+refuse to start; every test runs in its own folder, so PostgreSQL's key file
+(``./data/secret.key``) is the test's own.
 """
 
 from __future__ import annotations
@@ -22,15 +24,21 @@ from pathlib import Path
 import pytest
 from alembic import command
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from bridge import db, vault
 from bridge.registry import mask
-from tests.helpers import fixture_bytes, signed_headers
-from tests.servers import BIN, Bridge, Sandbox, bridge_env, cli, wait_until
-from tests.test_db import ENDPOINT, alembic, create_all_at_814cde7
-from tests.test_db import KEY as OLD_KEY
-from tests.test_db import SECRET as OLD_SECRET
+from tests.harness import Harness, settings_env
+from tests.harness import run_cli as cli
+from tests.helpers import (
+    OLD_API_KEY,
+    OLD_ENDPOINT,
+    OLD_SIGNING_SECRET,
+    alembic,
+    create_all_at_814cde7,
+    fixture_bytes,
+)
+from tests.servers import refusals
 
 KEY = "loops_key_vaultTest_7a6b5c4d3e"
 SECRET = "whsec_vaultTestSecretGGGGGGGGGGGGGGGG"
@@ -45,10 +53,10 @@ CREATED = (
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def env(request, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    monkeypatch.chdir(tmp_path)  # the processes started here find ./data/ here
+    monkeypatch.chdir(tmp_path)  # commands, and the processes started here, find ./data/ here
     if request.param == "sqlite":
-        return bridge_env(tmp_path)
-    return bridge_env(tmp_path, BRIDGE_DATABASE_URL=request.getfixturevalue("postgres_url"))
+        return settings_env(tmp_path)
+    return settings_env(tmp_path, BRIDGE_DATABASE_URL=request.getfixturevalue("postgres_url"))
 
 
 def key_file(env: dict[str, str]) -> Path:
@@ -57,11 +65,12 @@ def key_file(env: dict[str, str]) -> Path:
 
 def stored(env: dict[str, str]) -> list[str]:
     """The API keys and signing secrets as they are in the database, read without the
-    bridge."""
+    bridge (the API keys are in ``connections`` before revision 0004)."""
     engine = create_engine(env["BRIDGE_DATABASE_URL"])
     try:
         with engine.connect() as conn:
-            keys = conn.execute(text("SELECT api_key FROM accounts ORDER BY id")).all()
+            accounts = "accounts" if inspect(conn).has_table("accounts") else "connections"
+            keys = conn.execute(text(f"SELECT api_key FROM {accounts} ORDER BY id")).all()
             values = conn.execute(text("SELECT value FROM secrets ORDER BY id")).all()
             return [row[0] for row in (*keys, *values)]
     finally:
@@ -101,26 +110,24 @@ def add_account_and_endpoint(env: dict[str, str]) -> str:
     return created["id"]
 
 
-def delivered(env: dict[str, str], endpoint_id: str, secret: str, api_key: str = KEY) -> None:
-    """A webhook signed with ``secret`` is accepted by ``loops-bridge serve`` and reaches a
-    Loops that takes only ``api_key``."""
-    sandbox = Sandbox(env, "--api-key", api_key)
-    bridge = Bridge({**env, "BRIDGE_LOOPS_API_URL": sandbox.api_url})
-    try:
-        body = fixture_bytes(INVOICE_PAID)
-        refused = bridge.post(endpoint_id, body, signed_headers(body, "whsec_notTheSecret"))
+def delivered(
+    folder: Path, env: dict[str, str], endpoint_id: str, secret: str, api_key: str = KEY
+) -> None:
+    """A webhook signed with ``secret`` is accepted by the bridge, which reads the stored
+    secrets with the key as the commands left it, and reaches a Loops that takes only
+    ``api_key``."""
+    body = fixture_bytes(INVOICE_PAID)
+    with Harness(folder, sandbox_keys=[api_key], **env) as bridge:
+        refused = bridge.webhook(endpoint_id, body, "whsec_notTheSecret")
         assert refused.status_code == 400, refused.text
-        answer = bridge.post(endpoint_id, body, signed_headers(body, secret))
+        answer = bridge.webhook(endpoint_id, body, secret)
         assert answer.status_code == 200 and answer.json()["status"] == "queued", answer.text
-
-        def done() -> bool:
-            shown = cli(env, "deliveries", "show", str(answer.json()["id"]), "--json")
-            return shown["status"] == "delivered"
-
-        wait_until(done, what="the delivery to reach Loops with the stored API key")
-    finally:
-        assert bridge.stop() in (0, -15)
-        sandbox.stop()
+        delivery = answer.json()["id"]
+        (done,) = bridge.until(
+            lambda: [d for d in bridge.deliveries(id=delivery) if d["status"] != "queued"],
+            what="the delivery to reach Loops with the stored API key",
+        )
+        assert done["status"] == "delivered", done
 
 
 def assert_refused(done: subprocess.CompletedProcess, *expected: str) -> None:
@@ -149,12 +156,14 @@ def test_a_copied_database_reveals_no_secret(env, tmp_path):
 
     # The database without its key: every command says what is missing, and makes no key.
     key_file(env).rename(tmp_path / "elsewhere.key")
-    for args in (["accounts", "list"], ["endpoints", "list", "--json"], ["serve"], ["worker"]):
-        assert_refused(
-            cli(env, *args, check=False),
-            "stores encrypted Loops API keys and signing secrets, but BRIDGE_SECRET_KEY is "
-            f"unset and there is no key file at {key_file(env)}. Put back the secret.key",
-        )
+    missing = (
+        "stores encrypted Loops API keys and signing secrets, but BRIDGE_SECRET_KEY is "
+        f"unset and there is no key file at {key_file(env)}. Put back the secret.key"
+    )
+    for args in (["accounts", "list"], ["endpoints", "list", "--json"]):
+        assert_refused(cli(env, *args, check=False), missing)
+    for done in refusals(env, "serve", "worker"):
+        assert_refused(done, missing)
     assert not key_file(env).exists()
 
     # A wrong key, or something that is no key: the message names it, and never shows it.
@@ -162,7 +171,7 @@ def test_a_copied_database_reveals_no_secret(env, tmp_path):
     done = cli({**env, "BRIDGE_SECRET_KEY": wrong}, "endpoints", "list", check=False)
     assert_refused(done, "The key from BRIDGE_SECRET_KEY does not open the Loops API keys")
     assert wrong not in done.stderr
-    done = cli({**env, "BRIDGE_SECRET_KEY": "hunter2hunter2"}, "serve", check=False)
+    (done,) = refusals({**env, "BRIDGE_SECRET_KEY": "hunter2hunter2"}, "serve")
     assert_refused(done, "BRIDGE_SECRET_KEY does not hold a valid key")
     assert "hunter2" not in done.stderr
     (tmp_path / "elsewhere.key").write_text(wrong)
@@ -172,28 +181,10 @@ def test_a_copied_database_reveals_no_secret(env, tmp_path):
     assert f"The key from the key file {key_file(env)} does not open" in done.stderr
 
 
-def test_the_key_file_is_made_owner_only_and_announced_once(env, tmp_path):
-    starting = [
-        subprocess.Popen([str(BIN), "accounts", "list"], env=env, stderr=subprocess.PIPE)
-        for _ in range(4)
-    ]
-    said = ""
-    for process in starting:
-        _, stderr = process.communicate(timeout=60)
-        assert process.wait() == 0, stderr.decode()
-        said += stderr.decode()
-    path = key_file(env)
-    assert said.count(CREATED.format(path=path)) == 1, said
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    Fernet(path.read_text().strip())  # one key, as Fernet makes them
-    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
-    assert "secret key" not in cli(env, "accounts", "list").stderr
-
-
 # -- rotate-secret-key -----------------------------------------------------------------------
 
 
-def test_rotate_secret_key_in_the_key_file_and_webhooks_still_verify(env):
+def test_rotate_secret_key_in_the_key_file_and_webhooks_still_verify(env, tmp_path):
     endpoint_id = add_account_and_endpoint(env)
     path = key_file(env)
     before = path.read_text()
@@ -218,12 +209,12 @@ def test_rotate_secret_key_in_the_key_file_and_webhooks_still_verify(env):
     again = cli(env, "rotate-secret-key")
     assert "Re-encrypted 1 Loops API key(s) and 2 signing secret(s)" in again.stdout
     assert path.read_text().strip() not in again.stdout + again.stderr  # never shown
-    delivered(env, endpoint_id, SECOND)
+    delivered(tmp_path, env, endpoint_id, SECOND)
 
 
 def test_rotate_secret_key_given_in_bridge_secret_key(tmp_path):
     first = vault.new_key()
-    env = bridge_env(tmp_path, BRIDGE_SECRET_KEY=first)
+    env = settings_env(tmp_path, BRIDGE_SECRET_KEY=first)
     add_account_and_endpoint(env)
     assert not (tmp_path / "secret.key").exists()  # the variable is the key
 
@@ -254,18 +245,18 @@ def test_migrate_encrypts_the_plain_secrets_of_an_earlier_version(env, tmp_path)
         alembic(engine, command.upgrade, "0002")  # the version before this one
     finally:
         engine.dispose()  # closed before the file is read below: see database_files()
-    assert stored(env) == [OLD_KEY, OLD_SECRET]
+    assert stored(env) == [OLD_API_KEY, OLD_SIGNING_SECRET]
 
     done = cli(env, "migrate")
     assert f"from schema revision 0002 to {db.head()}" in done.stdout
     assert CREATED.format(path=key_file(env)) in done.stderr
     tokens = stored(env)
-    assert all(t.startswith("gAAAAA") for t in tokens) and OLD_KEY not in tokens
+    assert all(t.startswith("gAAAAA") for t in tokens) and OLD_API_KEY not in tokens
     for raw in database_files(env, tmp_path):
-        assert OLD_KEY.encode() not in raw and OLD_SECRET.encode() not in raw
+        assert OLD_API_KEY.encode() not in raw and OLD_SIGNING_SECRET.encode() not in raw
     (listed,) = cli(env, "accounts", "list", "--json")
-    assert listed["api_key"] == mask(OLD_KEY)
-    delivered(env, ENDPOINT, OLD_SECRET, OLD_KEY)
+    assert listed["api_key"] == mask(OLD_API_KEY)
+    delivered(tmp_path, env, OLD_ENDPOINT, OLD_SIGNING_SECRET, OLD_API_KEY)
 
     engine = db.connect(url, create_schema=False)
     try:
@@ -273,4 +264,4 @@ def test_migrate_encrypts_the_plain_secrets_of_an_earlier_version(env, tmp_path)
         alembic(engine, command.downgrade, "0002")
     finally:
         engine.dispose()
-    assert stored(env) == [OLD_KEY, OLD_SECRET]
+    assert stored(env) == [OLD_API_KEY, OLD_SIGNING_SECRET]

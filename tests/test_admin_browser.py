@@ -1,15 +1,24 @@
 """The admin in a real browser: headless Chromium (Debian's ``chromium``) driven by
-Playwright, against the real bridge and the Loops sandbox on loopback. Skipped, with how to
-install it, where Chromium is missing."""
+Playwright, against the bridge (its app and delivery worker) and the Loops sandbox, each in
+uvicorn on loopback in a thread of the test process (``tests.harness.Served``). Skipped,
+with how to install it, where Chromium is missing."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.servers import ADMIN_PASSWORD, Bridge, Sandbox
+from bridge import db, registry, sandbox
+from bridge.app import create_app
+from bridge.delivery import Worker
+from bridge.settings import load
+from tests import leaks
+from tests.harness import ADMIN_PASSWORD, Served, settings_env
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -18,10 +27,49 @@ pytestmark = pytest.mark.skipif(
     "to run the browser tests of the admin",
 )
 SECRET = "whsec_browserTestSecretGGGGGGGGGGGG"
+API_KEY = "loops_browser_key_1234"
+
+
+class Live:
+    """The bridge and the Loops sandbox on loopback, where a browser can reach them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.loops = Served(sandbox.create_app())
+        sock = Served.bound_socket()
+        env = settings_env(
+            tmp_path,
+            BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{sock.getsockname()[1]}",
+            BRIDGE_LOOPS_API_URL=f"{self.loops.url}/api/v1",
+        )
+        leaks.environment(env)
+        self.settings = load(env)
+        self.engine = db.connect(self.settings.database_url)
+        worker = Worker(self.engine, self.settings, poll_seconds=0.05, shutdown_grace=1.0)
+        self.bridge = Served(create_app(self.settings, self.engine, worker=worker), sock)
+        self.url = self.bridge.url
+
+    def sandbox(self, what: str) -> Any:
+        """What the sandbox saw: ``requests``, ``contacts`` or ``events``."""
+        return httpx.get(f"{self.loops.url}/_sandbox/{what}", timeout=5).json()
+
+    def fault(self, **fault: Any) -> None:
+        httpx.post(f"{self.loops.url}/_sandbox/faults", json=fault).raise_for_status()
+
+    def stop(self) -> None:
+        self.bridge.stop()
+        self.loops.stop()
+        self.engine.dispose()
 
 
 @pytest.fixture
-def page(bridge: Bridge) -> Iterator:
+def live(tmp_path: Path) -> Iterator[Live]:
+    started = Live(tmp_path)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def page(live: Live) -> Iterator:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -37,7 +85,7 @@ def page(bridge: Bridge) -> Iterator:
                 "--disable-sync",
             ],
         )
-        context = browser.new_context(base_url=bridge.url)
+        context = browser.new_context(base_url=live.url)
         context.set_default_timeout(15_000)
         page = context.new_page()
         errors: list[str] = []
@@ -57,14 +105,14 @@ def sign_in(page) -> None:
     page.wait_for_url(lambda url: "/login" not in url)
 
 
-def test_set_up_and_watch_a_test_event_arrive(page, sandbox: Sandbox, env):
+def test_set_up_and_watch_a_test_event_arrive(page, live: Live):
     sign_in(page)
 
     page.get_by_role("link", name="Loops accounts").click()
     page.get_by_label("Name").fill("acme")
-    page.get_by_label("API key").fill("loops_browser_key_1234")
+    page.get_by_label("API key").fill(API_KEY)
     page.get_by_role("button", name="Add account").click()
-    assert "loops_browser_key_1234" not in page.content()
+    assert API_KEY not in page.content()
     page.get_by_role("button", name="Test the key of acme with Loops").click()
     page.get_by_text("Sandbox team").wait_for()
 
@@ -77,7 +125,7 @@ def test_set_up_and_watch_a_test_event_arrive(page, sandbox: Sandbox, env):
     page.get_by_role("button", name="Create endpoint").click()
     page.get_by_text("Waiting for the signing secret").first.wait_for()
     url = page.locator("#endpoint-url").inner_text().strip()
-    assert url.startswith(f"{env['BRIDGE_PUBLIC_URL']}/webhooks/")
+    assert url.startswith(f"{live.url}/webhooks/")
 
     page.get_by_label("Paste the signing secret").fill(SECRET)
     page.get_by_role("button", name="Add secret").click()
@@ -94,30 +142,22 @@ def test_set_up_and_watch_a_test_event_arrive(page, sandbox: Sandbox, env):
     page.get_by_text("/contacts/create").first.wait_for()
     page.get_by_text("/events/send").first.wait_for()
 
-    (contact,) = sandbox.get("contacts")
+    (contact,) = live.sandbox("contacts")
     assert (contact["email"], contact["userGroup"]) == ("jenny@example.com", "customers")
-    assert [e["eventName"] for e in sandbox.get("events")] == ["successfulPayment"]
+    assert [e["eventName"] for e in live.sandbox("events")] == ["successfulPayment"]
 
 
-def test_retry_a_failed_delivery(page, sandbox: Sandbox, env):
-    from tests.servers import cli
-
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", "loops_browser_key_1234")
-    endpoint = cli(
-        env,
-        "endpoints",
-        "create",
-        "--name",
-        "e",
-        "--account",
-        "acme",
-        "--events",
-        "customer.created",
-        "--signing-secret",
-        SECRET,
-        "--json",
-    )["id"]
-    sandbox.post("faults", {"status": 400, "count": 1}).raise_for_status()
+def test_retry_a_failed_delivery(page, live: Live):
+    registry.add_account(live.engine, "acme", API_KEY)
+    endpoint = registry.create_endpoint(
+        live.engine,
+        name="e",
+        account="acme",
+        provider="stripe",
+        event_types=["customer.created"],
+        signing_secret=SECRET,
+    )
+    live.fault(status=400, count=1)
     sign_in(page)
     page.goto(f"/admin/endpoints/{endpoint}/test")
     page.get_by_label("Email address").fill("jenny@example.com")
@@ -127,14 +167,12 @@ def test_retry_a_failed_delivery(page, sandbox: Sandbox, env):
 
     page.get_by_role("button", name="Retry now").click()
     page.locator("h1 .status-delivered").wait_for()
-    assert len(sandbox.get("contacts")) == 1
+    assert len(live.sandbox("contacts")) == 1
 
 
 @pytest.mark.parametrize("width", [375, 1280], ids=["phone", "laptop"])
-def test_pages_fit_the_screen(page, env, width):
-    from tests.servers import cli
-
-    added = cli(env, "accounts", "add", "--name", "acme", "--api-key", "k_1234567890", "--json")
+def test_pages_fit_the_screen(page, live: Live, width):
+    added = registry.add_account(live.engine, "acme", "k_1234567890")
     page.set_viewport_size({"width": width, "height": 800})
     sign_in(page)
     for path in (
@@ -142,7 +180,7 @@ def test_pages_fit_the_screen(page, env, width):
         "/admin/deliveries",
         "/admin/endpoints/new",
         "/admin/accounts",
-        f"/admin/accounts/{added['id']}",
+        f"/admin/accounts/{added.id}",
     ):
         page.goto(path)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")

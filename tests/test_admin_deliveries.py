@@ -1,10 +1,9 @@
-"""The admin's delivery pages, as an admin uses them: a signed-in client against
-``loops-bridge serve`` and the Loops sandbox, each a real process on loopback, with accounts
-and endpoints made by the ``loops-bridge`` CLI. Webhooks are Stripe events built and signed
-by the provider's own sample maker, POSTed to the public webhook URL.
+"""The admin's delivery pages, as an admin uses them: a signed-in client of the bridge, its
+delivery worker and the Loops sandbox, in-process (tests/harness.py). Webhooks are Stripe
+events built and signed by the provider's own sample maker, POSTed to the webhook URL.
 
-The keyset pagination is also checked in-process against every filter combination, with a
-tiny page and search window so that every edge case is reached."""
+The keyset pagination is also checked against every filter combination, with a tiny page
+and search window so that every edge case is reached."""
 
 from __future__ import annotations
 
@@ -13,29 +12,20 @@ import itertools
 import random
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlmodel import Session
 
 import providers
 from bridge import db, registry
-from bridge.admin import deliveries
 from bridge.admin.deliveries import Filters, list_deliveries
 from bridge.admin.formats import pretty, when
 from bridge.admin.overview import busiest_second
 from bridge.models import STATUSES, Delivery, LoopsCall
-from tests.helpers import signed_headers
-from tests.servers import ADMIN_PASSWORD, Bridge, Process, Sandbox, cli, free_port, wait_until
-from tests.test_admin_endpoints import (
-    Offline,
-    account_state,
-    stored_delivery,
-    stored_endpoint,
-    words,
-)
+from tests.harness import PUBLIC_URL, Harness
+from tests.helpers import account_state, signed_headers, stored_delivery, stored_endpoint, words
+from tests.servers import free_port
 
 SECRET = "whsec_adminDeliveriesSecretAAAAAAAA"
 STRIPE = providers.get("stripe")
@@ -44,63 +34,35 @@ STRIPE = providers.get("stripe")
 # --- helpers --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def client(bridge: Bridge) -> Iterator[httpx.Client]:
-    """An HTTP client signed in to the bridge's /admin."""
-    signed_in = bridge.admin()
-    yield signed_in
-    signed_in.close()
-
-
-@pytest.fixture
-def offline(tmp_path: Path) -> Iterator[Offline]:
-    """The admin in-process without a delivery worker: stored rows stay as written."""
-    app = Offline(tmp_path)
-    yield app
-    app.close()
-
-
-def make_endpoint(env: dict, name: str = "Stripe test", **options: str) -> str:
-    if not cli(env, "accounts", "list", "--json"):
-        cli(env, "accounts", "add", "--name", "acme", "--api-key", "loops_key_acme_1234")
-    args = ["--account", "acme", "--events", options.pop("events", "invoice.paid")]
-    for flag, value in options.items():
-        args += [f"--{flag.replace('_', '-')}", value]
-    return cli(env, "endpoints", "create", "--name", name, *args, "--json")["id"]
-
-
-def send(bridge: Bridge, endpoint: str, event_type: str, email: str) -> dict:
+def send(bridge: Harness, endpoint: str, event_type: str, email: str) -> dict:
     """A Stripe event of ``event_type`` for ``email``, signed with SECRET, POSTed as Stripe
     would; the bridge's JSON answer."""
     body, headers = STRIPE.sample(event_type, email, SECRET)
-    response = bridge.post(endpoint, body, headers)
+    response = bridge.webhook(endpoint, body, SECRET, headers)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def page(client: httpx.Client, url: str, status: int = 200) -> str:
-    response = client.get(url)
-    assert response.status_code == status, (url, response.status_code, response.text[:500])
-    assert "Traceback" not in response.text
-    return response.text
+def page(bridge: Harness, url: str, status: int = 200) -> str:
+    return bridge.page(url, status).source
 
 
-def status_of(client: httpx.Client, delivery_id: int) -> str:
-    text = page(client, f"/admin/deliveries/{delivery_id}")
+def status_of(bridge: Harness, delivery_id: int) -> str:
+    text = page(bridge, f"/admin/deliveries/{delivery_id}")
     return re.search(r'<h1>Delivery \d+ <span class="status status-(\w+)"', text)[1]  # type: ignore[index]
 
 
-def wait_for_status(client: httpx.Client, delivery_id: int, status: str) -> str:
-    wait_until(
-        lambda: status_of(client, delivery_id) == status,
+def wait_for_status(bridge: Harness, delivery_id: int, status: str) -> str:
+    bridge.until(
+        lambda: status_of(bridge, delivery_id) == status,
         what=f"delivery {delivery_id} to be {status}",
     )
-    return page(client, f"/admin/deliveries/{delivery_id}")
+    return page(bridge, f"/admin/deliveries/{delivery_id}")
 
 
-def listed(client: httpx.Client, url: str) -> tuple[list[int], str | None, str | None]:
+def listed(bridge: Harness, url: str) -> tuple[list[int], str | None, str | None]:
     """The delivery ids on a list page, newest first, and its Older and Newer links."""
-    text = page(client, url)
+    text = page(bridge, url)
     ids = [int(i) for i in re.findall(r'<td><a href="/admin/deliveries/(\d+)">', text)]
     older = re.search(r'rel="next" href="([^"]+)"', text)
     newer = re.search(r'rel="prev" href="([^"]+)"', text)
@@ -111,31 +73,26 @@ def listed(client: httpx.Client, url: str) -> tuple[list[int], str | None, str |
     )
 
 
-def post(client: httpx.Client, url: str, **form: str) -> httpx.Response:
-    return client.post(url, data=form)
-
-
 # --- test event, delivery page, Loops calls ---------------------------------------------------
 
 
-def test_test_event_reaches_loops_and_its_page_shows_every_call(env, sandbox, bridge, client):
-    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
-    form = page(client, f"/admin/endpoints/{endpoint}/test")
+def test_test_event_reaches_loops_and_its_page_shows_every_call(harness: Harness):
+    harness.sign_in()
+    harness.connect_admin()
+    endpoint = harness.endpoint(loops_event="successfulPayment", secret=SECRET)
+    form = page(harness, f"/admin/endpoints/{endpoint}/test")
     assert '<option value="invoice.paid" selected>' in form
-    assert env["BRIDGE_PUBLIC_URL"] + f"/webhooks/{endpoint}" in form
+    assert f"{PUBLIC_URL}/webhooks/{endpoint}" in form
 
     url = f"/admin/endpoints/{endpoint}/test"
-    sent = post(client, url, event_type="invoice.paid", email="jo@example.com")
+    sent = harness.form(url, event_type="invoice.paid", email="jo@example.com")
     assert sent.status_code == 303, sent.text
     location = sent.headers["location"]
     delivery_id = int(re.fullmatch(r"/admin/deliveries/(\d+)", location)[1])  # type: ignore[index]
-    first_look = page(client, location)
-    assert (
-        f"Test invoice.paid event for jo@example.com sent through {env['BRIDGE_PUBLIC_URL']}"
-        in (first_look)
-    )
+    first_look = page(harness, location)
+    assert f"Test invoice.paid event for jo@example.com sent through {PUBLIC_URL}" in first_look
 
-    shown = html.unescape(wait_for_status(client, delivery_id, "delivered"))
+    shown = html.unescape(wait_for_status(harness, delivery_id, "delivered"))
     assert 'http-equiv="refresh"' not in shown
     assert "POST /contacts/create → 200 in" in shown
     assert "POST /events/send → 200 in" in shown
@@ -144,89 +101,73 @@ def test_test_event_reaches_loops_and_its_page_shows_every_call(env, sandbox, br
     assert '"type": "invoice.paid"' in shown  # the Stripe event
     assert "contact created; event successfulPayment sent" in shown  # what was decided
 
-    (contact,) = sandbox.get("contacts")
+    (contact,) = harness.loops_get("contacts")
     assert contact["email"] == "jo@example.com"
-    (event,) = sandbox.get("events")
+    (event,) = harness.loops_get("events")
     assert (event["email"], event["eventName"]) == ("jo@example.com", "successfulPayment")
     assert event["eventProperties"]["stripeEventType"] == "invoice.paid"
 
 
-def test_test_event_form_checks_its_fields(env, sandbox, bridge, client):
-    endpoint = make_endpoint(env, events="invoice.paid,customer.created", signing_secret=SECRET)
+def test_test_event_form_checks_its_fields(offline: Harness):
+    offline.connect_admin()
+    endpoint = offline.endpoint("invoice.paid,customer.created", secret=SECRET)
     url = f"/admin/endpoints/{endpoint}/test"
-    bad_email = post(client, url, event_type="invoice.paid", email="jo@example")
+    bad_email = offline.form(url, event_type="invoice.paid", email="jo@example")
     assert bad_email.status_code == 400
     assert 'id="email" name="email" type="email" value="jo@example"' in bad_email.text
     assert 'aria-invalid="true" aria-describedby="email-error"' in bad_email.text
     assert "is not an email address" in bad_email.text
-    not_accepted = post(
-        client, url, event_type="checkout.session.completed", email="jo@example.com"
+    not_accepted = offline.form(
+        url, event_type="checkout.session.completed", email="jo@example.com"
     )
     assert not_accepted.status_code == 400
     assert "Pick one of the event types this endpoint accepts" in not_accepted.text
-    assert sandbox.get("requests") == [] and cli(env, "deliveries", "list", "--json") == []
+    assert offline.deliveries() == []
 
-    waiting = make_endpoint(env, name="No secret yet")
-    text = page(client, f"/admin/endpoints/{waiting}/test")
+    waiting = offline.endpoint(name="No secret yet")
+    text = page(offline, f"/admin/endpoints/{waiting}/test")
     assert "This endpoint has no signing secret yet" in text
     assert f'action="/admin/endpoints/{waiting}/test"' not in text
-    refused = post(
-        client,
-        f"/admin/endpoints/{waiting}/test",
-        event_type="invoice.paid",
-        email="jo@example.com",
+    refused = offline.form(
+        f"/admin/endpoints/{waiting}/test", event_type="invoice.paid", email="jo@example.com"
     )
     assert refused.status_code == 400 and "no signing secret yet" in refused.text
+    assert offline.deliveries() == []
 
 
-def test_test_event_says_when_the_public_url_does_not_reach_the_bridge(tmp_path: Path, env):
-    port, elsewhere = free_port(), free_port()
-    env.update(BRIDGE_PORT=str(port), BRIDGE_PUBLIC_URL=f"http://127.0.0.1:{elsewhere}")
-    endpoint = make_endpoint(env, signing_secret=SECRET)
-    server = Process(["serve"], env, f"http://127.0.0.1:{port}", "/healthz")
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            post(client, "/admin/login", password=ADMIN_PASSWORD, next="/admin/")
-            answer = post(
-                client,
-                f"/admin/endpoints/{endpoint}/test",
-                event_type="invoice.paid",
-                email="jo@example.com",
-            )
-        assert answer.status_code == 502
-        assert (
-            f"could not reach its own webhook URL http://127.0.0.1:{elsewhere}/webhooks/"
-            in answer.text
+def test_test_event_says_when_the_public_url_does_not_reach_the_bridge(tmp_path: Path):
+    elsewhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with Harness(tmp_path, worker=False, BRIDGE_PUBLIC_URL=elsewhere) as bridge:
+        bridge.sign_in()
+        endpoint = bridge.endpoint(secret=SECRET)
+        answer = bridge.form(
+            f"/admin/endpoints/{endpoint}/test", event_type="invoice.paid", email="jo@example.com"
         )
-        assert (
-            "BRIDGE_PUBLIC_URL must be an address where this bridge can be reached" in answer.text
-        )
-        assert "ConnectError" in answer.text
-        assert 'value="jo@example.com"' in answer.text  # the form keeps what was typed
-    finally:
-        server.stop()
+    assert answer.status_code == 502
+    assert f"could not reach its own webhook URL {elsewhere}/webhooks/" in answer.text
+    assert "BRIDGE_PUBLIC_URL must be an address where this bridge can be reached" in answer.text
+    assert "ConnectError" in answer.text
+    assert 'value="jo@example.com"' in answer.text  # the form keeps what was typed
 
 
 # --- the list: filters and pages ------------------------------------------------------------
 
 
-def test_filters_return_only_matching_deliveries(env, sandbox: Sandbox, bridge: Bridge, client):
-    a = make_endpoint(
-        env, name="Shop A", events="customer.created,invoice.paid", signing_secret=SECRET
-    )
-    b = make_endpoint(env, name="Shop B", events="customer.created", signing_secret=SECRET)
-    a1 = send(bridge, a, "customer.created", "Ann@Example.com")["id"]
-    a2 = send(bridge, a, "invoice.paid", "ann@example.com")["id"]
-    a3 = send(bridge, a, "checkout.session.completed", "carol@example.com")["id"]
-    wait_for_status(client, a1, "delivered")
-    wait_for_status(client, a2, "delivered")
-    sandbox.post("faults", {"status": 400, "count": 1}).raise_for_status()
-    b1 = send(bridge, b, "customer.created", "bob@example.com")["id"]
-    wait_for_status(client, b1, "failed")
-    b2 = send(bridge, b, "invoice.paid", "bob@example.com")["id"]
+def test_filters_return_only_matching_deliveries(harness: Harness):
+    harness.sign_in()
+    a = harness.endpoint("customer.created,invoice.paid", name="Shop A", secret=SECRET)
+    b = harness.endpoint("customer.created", name="Shop B", secret=SECRET)
+    a1 = send(harness, a, "customer.created", "Ann@Example.com")["id"]
+    a2 = send(harness, a, "invoice.paid", "ann@example.com")["id"]
+    a3 = send(harness, a, "checkout.session.completed", "carol@example.com")["id"]
+    harness.settled(3)
+    harness.fault(status=400, count=1)
+    b1 = send(harness, b, "customer.created", "bob@example.com")["id"]
+    wait_for_status(harness, b1, "failed")
+    b2 = send(harness, b, "invoice.paid", "bob@example.com")["id"]
 
     def ids(**query: str) -> set[int]:
-        shown, older, newer = listed(client, Filters(**query).url())
+        shown, older, newer = listed(harness, Filters(**query).url())
         assert older is None and newer is None
         return set(shown)
 
@@ -241,26 +182,22 @@ def test_filters_return_only_matching_deliveries(env, sandbox: Sandbox, bridge: 
     assert ids(endpoint=a, status="delivered") == {a1, a2}
     assert ids(endpoint=b, event_type="invoice.paid", email="bob@example.com") == {b2}
 
-    text = page(client, f"/admin/deliveries?status=failed&endpoint={b}")
+    text = page(harness, f"/admin/deliveries?status=failed&endpoint={b}")
     assert '<span class="status status-failed">failed</span>' in text
     assert "Shop B" in text and "Loops answered 400" in text
     assert f'<option value="{b}" selected>Shop B</option>' in text
     assert '<option value="failed" selected>failed</option>' in text
     # Nonsense in the query string is ignored, never an error.
-    assert set(listed(client, "/admin/deliveries?status=nope&before=x&after=")[0]) == ids()
+    assert set(listed(harness, "/admin/deliveries?status=nope&before=x&after=")[0]) == ids()
 
 
-def test_keyset_pages_show_every_delivery_exactly_once(
-    env, sandbox: Sandbox, bridge: Bridge, client
-):
-    endpoint = make_endpoint(env, events="customer.created", signing_secret=SECRET)
-    sent = {"customer.updated": [], "invoice.paid": []}  # both ignored: no Loops traffic
-    with httpx.Client(base_url=bridge.url) as poster:
-        for n in range(130):
-            event_type = "invoice.paid" if n % 19 == 0 else "customer.updated"
-            body, headers = STRIPE.sample(event_type, f"c{n}@example.com", SECRET)
-            answer = poster.post(f"/webhooks/{endpoint}", content=body, headers=headers)
-            sent[event_type].append(answer.json()["id"])
+def test_keyset_pages_show_every_delivery_exactly_once(offline: Harness):
+    endpoint = offline.endpoint("customer.created", secret=SECRET)
+    sent: dict[str, list[int]] = {"customer.updated": [], "invoice.paid": []}  # both ignored
+    for n in range(130):
+        event_type = "invoice.paid" if n % 19 == 0 else "customer.updated"
+        body, _ = STRIPE.sample(event_type, f"c{n}@example.com", SECRET)
+        sent[event_type].append(offline.webhook(endpoint, body, SECRET).json()["id"])
 
     for query, expected in (
         ("/admin/deliveries", sent["customer.updated"] + sent["invoice.paid"]),
@@ -269,8 +206,9 @@ def test_keyset_pages_show_every_delivery_exactly_once(
         pages, url, last = [], query, query
         while url:
             last = url
-            shown, url, _ = listed(client, url)
+            shown, url, _ = listed(offline, url)
             pages.append(shown)
+            assert len(pages) <= 3, "the Older links go round in a circle"
             assert url is None or query.partition("?")[2] in url  # the filter is kept
         seen = [i for shown in pages for i in shown]
         assert seen == sorted(expected, reverse=True)  # each once, newest first
@@ -278,17 +216,17 @@ def test_keyset_pages_show_every_delivery_exactly_once(
         # And back with "Newer", from the oldest page to the newest: the same pages.
         back, url = [], last
         while url:
-            shown, _, url = listed(client, url)
+            shown, _, url = listed(offline, url)
             back.insert(0, shown)
+            assert len(back) <= 3, "the Newer links go round in a circle"
         assert back == pages
 
 
 @pytest.mark.parametrize("size,scan", [(7, 20), (3, 1_000), (10, 4)])
-def test_keyset_pages_under_every_filter_combination(tmp_path, monkeypatch, size, scan):
+def test_keyset_pages_under_every_filter_combination(tmp_path: Path, size: int, scan: int):
     """In-process, small enough to check by brute force: every combination of filters, read
     Older from the newest page and Newer back from the oldest, with a search window small
     enough that combined filters yield partial pages."""
-    monkeypatch.setattr(deliveries, "SCAN_LIMIT", scan)
     engine = db.connect(f"sqlite:///{tmp_path / 'keyset.db'}")
     registry.add_account(engine, "acme", "loops_key_acme_1234")
     endpoints = [
@@ -333,7 +271,7 @@ def test_keyset_pages_under_every_filter_combination(tmp_path, monkeypatch, size
 
         expected = [i for i in reversed(stored) if matches(i)]
         pages, older = [], None
-        first = list_deliveries(engine, filters, size=size)
+        first = list_deliveries(engine, filters, size=size, scan_limit=scan)
         assert first.newer is None
         current = first
         while True:
@@ -342,12 +280,14 @@ def test_keyset_pages_under_every_filter_combination(tmp_path, monkeypatch, size
             if current.older is None:
                 break
             older = current.older
-            current = list_deliveries(engine, filters, before=older, size=size)
+            current = list_deliveries(engine, filters, before=older, size=size, scan_limit=scan)
         assert [i for p in pages for i in p] == expected, given
         # Newer, from the last page back to the first, shows the same pages.
         back = [pages[-1]]
         while current.newer is not None:
-            current = list_deliveries(engine, filters, after=current.newer, size=size)
+            current = list_deliveries(
+                engine, filters, after=current.newer, size=size, scan_limit=scan
+            )
             back.insert(0, [r.id for r in current.rows])
         assert [i for p in back for i in p] == expected, given
     engine.dispose()
@@ -356,59 +296,57 @@ def test_keyset_pages_under_every_filter_combination(tmp_path, monkeypatch, size
 # --- actions on a delivery --------------------------------------------------------------------
 
 
-def test_failed_delivery_retried_after_the_cause_is_gone(
-    env, sandbox: Sandbox, bridge: Bridge, client
-):
-    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
-    sandbox.post("faults", {"status": 400, "count": 1}).raise_for_status()  # Loops refuses once
-    delivery_id = send(bridge, endpoint, "invoice.paid", "retry@example.com")["id"]
-    failed = wait_for_status(client, delivery_id, "failed")
+def test_failed_delivery_retried_after_the_cause_is_gone(harness: Harness):
+    harness.sign_in()
+    endpoint = harness.endpoint(loops_event="successfulPayment", secret=SECRET)
+    harness.fault(status=400, count=1)  # Loops refuses once
+    delivery_id = send(harness, endpoint, "invoice.paid", "retry@example.com")["id"]
+    failed = wait_for_status(harness, delivery_id, "failed")
     assert "Loops answered 400" in failed
     assert f'action="/admin/deliveries/{delivery_id}/retry"' in failed and "Retry now" in failed
     assert "send-again" not in failed
 
-    retried = post(client, f"/admin/deliveries/{delivery_id}/retry")
+    retried = harness.form(f"/admin/deliveries/{delivery_id}/retry")
     assert retried.status_code == 303
     assert retried.headers["location"] == f"/admin/deliveries/{delivery_id}"
-    delivered = wait_for_status(client, delivery_id, "delivered")
+    delivered = wait_for_status(harness, delivery_id, "delivered")
     # The refused try, then the retry.
     assert "POST /contacts/create → 400" in delivered
     assert "POST /contacts/create → 200" in delivered
-    assert len(sandbox.get("events")) == 1
+    assert len(harness.loops_get("events")) == 1
 
     # Retrying what is not failed explains itself instead of doing anything.
-    again = post(client, f"/admin/deliveries/{delivery_id}/retry")
+    again = harness.form(f"/admin/deliveries/{delivery_id}/retry")
     assert again.status_code == 303
     said = "Delivery {} is delivered; only a failed or dead delivery can be retried."
-    assert said.format(delivery_id) in page(client, again.headers["location"])
+    assert said.format(delivery_id) in page(harness, again.headers["location"])
 
 
-def test_send_again_fires_the_loops_event_with_a_new_key(
-    env, sandbox: Sandbox, bridge: Bridge, client
-):
-    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
-    delivery_id = send(bridge, endpoint, "invoice.paid", "twice@example.com")["id"]
-    shown = wait_for_status(client, delivery_id, "delivered")
+def test_send_again_fires_the_loops_event_with_a_new_key(harness: Harness):
+    harness.sign_in()
+    endpoint = harness.endpoint(loops_event="successfulPayment", secret=SECRET)
+    delivery_id = send(harness, endpoint, "invoice.paid", "twice@example.com")["id"]
+    shown = wait_for_status(harness, delivery_id, "delivered")
     assert f'action="/admin/deliveries/{delivery_id}/send-again"' in shown
     assert 'data-confirm="Send this event to Loops again? It goes with a new idempotency key' in (
         shown
     )
     assert "Retry now" not in shown
 
-    answer = post(client, f"/admin/deliveries/{delivery_id}/send-again")
+    answer = harness.form(f"/admin/deliveries/{delivery_id}/send-again")
     assert answer.status_code == 303
     notice = "Queued to be sent again with a new idempotency key"
-    assert notice in page(client, answer.headers["location"])
-    wait_until(lambda: len(sandbox.get("events")) == 2, what="the event to be sent again")
-    first, second = sandbox.get("events")
+    assert notice in page(harness, answer.headers["location"])
+    harness.until(lambda: len(harness.loops_get("events")) == 2, what="the event sent again")
+    first, second = harness.loops_get("events")
     assert first["idempotencyKey"] != second["idempotencyKey"]
     assert first["eventName"] == second["eventName"] == "successfulPayment"
-    shown = wait_for_status(client, delivery_id, "delivered")
+    shown = wait_for_status(harness, delivery_id, "delivered")
     assert shown.count("POST /events/send → 200") == 2
     assert "(new, from “Send again”)" in shown
 
 
-def loops_call(offline: Offline, delivery_id: int, status_code: int, answer: str) -> None:
+def loops_call(offline: Harness, delivery_id: int, status_code: int, answer: str) -> None:
     with Session(offline.engine) as session:
         session.add(
             LoopsCall(
@@ -426,8 +364,8 @@ def loops_call(offline: Offline, delivery_id: int, status_code: int, answer: str
 
 
 def test_dead_delivery_says_why_and_is_retried_with_a_fresh_max_age(tmp_path: Path):
-    offline = Offline(tmp_path, BRIDGE_MAX_AGE_HOURS="30")
-    try:
+    with Harness(tmp_path, worker=False, BRIDGE_MAX_AGE_HOURS="30") as offline:
+        offline.sign_in()
         now = time.time()
         registry.add_account(offline.engine, "acme", "loops_key_acme_1234")
         endpoint = stored_endpoint(offline.engine, "acme")
@@ -465,7 +403,7 @@ def test_dead_delivery_says_why_and_is_retried_with_a_fresh_max_age(tmp_path: Pa
         assert '<option value="dead" selected>dead</option>' in listed
         assert overview_of(offline)["dead-recent"] == "1"
 
-        retried = offline.post(f"/admin/deliveries/{dead}/retry")
+        retried = offline.form(f"/admin/deliveries/{dead}/retry")
         assert (retried.status_code, retried.headers["location"]) == (
             303,
             f"/admin/deliveries/{dead}",
@@ -484,20 +422,18 @@ def test_dead_delivery_says_why_and_is_retried_with_a_fresh_max_age(tmp_path: Pa
         assert "POST /contacts/create → 503" in shown.text  # the Loops calls are kept
         assert overview_of(offline)["dead-recent"] == "0"
 
-        again = offline.post(f"/admin/deliveries/{dead}/retry")
+        again = offline.form(f"/admin/deliveries/{dead}/retry")
         assert again.status_code == 303
         notice = f"Delivery {dead} is queued; only a failed or dead delivery can be retried."
         assert notice in offline.page(f"/admin/deliveries/{dead}").text
         # A failed delivery is retried the same way.
-        assert offline.post(f"/admin/deliveries/{failed}/retry").status_code == 303
+        assert offline.form(f"/admin/deliveries/{failed}/retry").status_code == 303
         assert offline.page(f"/admin/deliveries/{failed}")["next-try"]["text"] == "now"
-    finally:
-        offline.close()
 
 
 def test_pruned_payload_is_said_and_the_event_cannot_be_sent_again(tmp_path: Path):
-    offline = Offline(tmp_path, BRIDGE_RETENTION_DAYS="14")
-    try:
+    with Harness(tmp_path, worker=False, BRIDGE_RETENTION_DAYS="14") as offline:
+        offline.sign_in()
         long_ago = time.time() - 20 * 86400
         registry.add_account(offline.engine, "acme", "loops_key_acme_1234")
         endpoint = stored_endpoint(offline.engine, "acme")
@@ -537,7 +473,7 @@ def test_pruned_payload_is_said_and_the_event_cannot_be_sent_again(tmp_path: Pat
         ]
 
         # Sent anyway (an old form, a script): refused, with why.
-        answer = offline.post(f"/admin/deliveries/{pruned}/send-again")
+        answer = offline.form(f"/admin/deliveries/{pruned}/send-again")
         assert answer.status_code == 303
         shown = offline.page(f"/admin/deliveries/{pruned}")
         assert (
@@ -545,11 +481,9 @@ def test_pruned_payload_is_said_and_the_event_cannot_be_sent_again(tmp_path: Pat
             "period (BRIDGE_RETENTION_DAYS)." in shown.text
         )
         assert 'class="status status-delivered">delivered</span>' in shown.source
-    finally:
-        offline.close()
 
 
-def test_queued_delivery_tells_when_its_account_is_held(offline: Offline):
+def test_queued_delivery_tells_when_its_account_is_held(offline: Harness):
     now = time.time()
     acme = registry.add_account(offline.engine, "acme", "loops_key_acme_1234").id
     delivery = stored_delivery(offline.engine, stored_endpoint(offline.engine, "acme"))
@@ -571,21 +505,24 @@ def test_queued_delivery_tells_when_its_account_is_held(offline: Offline):
 # --- rejected requests ----------------------------------------------------------------------
 
 
-def test_bad_signature_is_listed_without_signature_or_body(env, sandbox, bridge: Bridge, client):
-    endpoint = make_endpoint(env, signing_secret=SECRET)
+def test_bad_signature_is_listed_without_signature_or_body(offline: Harness):
+    endpoint = offline.endpoint(secret=SECRET)
     assert "No refused requests for this endpoint" in page(
-        client, f"/admin/endpoints/{endpoint}/rejections"
+        offline, f"/admin/endpoints/{endpoint}/rejections"
     )
     body, _ = STRIPE.sample("invoice.paid", "hidden-body@example.com", SECRET)
     headers = signed_headers(body, "whsec_someOtherSecretBBBBBBBBBBBB")
-    assert bridge.post(endpoint, body, headers).status_code == 400
+    refused = offline.run(
+        offline.client.post(f"/webhooks/{endpoint}", content=body, headers=headers)
+    )
+    assert refused.status_code == 400
     signature = headers["Stripe-Signature"].split("v1=")[1]
 
     def listed_refusal() -> str | None:
-        text = page(client, f"/admin/endpoints/{endpoint}/rejections")
+        text = page(offline, f"/admin/endpoints/{endpoint}/rejections")
         return text if "<td>400</td>" in text else None
 
-    text = wait_until(listed_refusal, what="the refusal to be listed")
+    text = offline.until(listed_refusal, what="the refusal to be listed")
     assert "No signature in the Stripe-Signature header matches" in text
     assert "stripe-signature: t=" in text and "v1=…" in text
     assert signature not in text and SECRET not in text and "whsec_someOther" not in text
@@ -595,7 +532,7 @@ def test_bad_signature_is_listed_without_signature_or_body(env, sandbox, bridge:
     assert "Test-mode and live-mode" in text and "proxy" in text
 
 
-def test_unknown_ids_are_404_pages(env, sandbox, bridge: Bridge, client):
+def test_unknown_ids_are_404_pages(offline: Harness):
     for method, url in (
         ("GET", "/admin/deliveries/999999"),
         ("GET", "/admin/deliveries/not-a-number"),
@@ -605,7 +542,7 @@ def test_unknown_ids_are_404_pages(env, sandbox, bridge: Bridge, client):
         ("GET", "/admin/endpoints/nope/test"),
         ("POST", "/admin/endpoints/nope/test"),
     ):
-        answer = client.request(method, url)
+        answer = offline.run(offline.client.request(method, url))
         assert answer.status_code == 404, (method, url)
         assert "Back to the overview" in answer.text and "Traceback" not in answer.text
 
@@ -613,8 +550,8 @@ def test_unknown_ids_are_404_pages(env, sandbox, bridge: Bridge, client):
 # --- overview -------------------------------------------------------------------------------
 
 
-def overview_numbers(client: httpx.Client) -> dict[str, str]:
-    text = page(client, "/admin/")
+def overview_numbers(bridge: Harness) -> dict[str, str]:
+    text = page(bridge, "/admin/")
     numbers = dict(re.findall(r'<strong id="([\w-]+)">(?:<a[^>]*>)?([^<]+)<', text))
     row = re.search(
         r'<tr id="pace-1">.*?<td class="calls">(\d+)</td>.*?<td class="busiest">(\d+)', text, re.S
@@ -624,31 +561,31 @@ def overview_numbers(client: httpx.Client) -> dict[str, str]:
     return numbers
 
 
-def test_overview_counts_what_was_sent(env, sandbox: Sandbox, bridge: Bridge, client):
-    start = page(client, "/admin/")
+def test_overview_counts_what_was_sent(harness: Harness):
+    harness.sign_in()
+    start = page(harness, "/admin/")
     assert "Getting started" in start and 'href="/admin/accounts"' in start
-    endpoint = make_endpoint(env, loops_event="successfulPayment", signing_secret=SECRET)
-    assert "Getting started" not in page(client, "/admin/")
+    endpoint = harness.endpoint(loops_event="successfulPayment", secret=SECRET)
+    assert "Getting started" not in page(harness, "/admin/")
 
-    delivered = [
-        send(bridge, endpoint, "invoice.paid", f"d{n}@example.com")["id"] for n in range(2)
-    ]
-    for delivery_id in delivered:
-        wait_for_status(client, delivery_id, "delivered")
-    send(bridge, endpoint, "customer.created", "ignored@example.com")
-    sandbox.post("faults", {"status": 400, "count": 1}).raise_for_status()
-    wait_for_status(client, send(bridge, endpoint, "invoice.paid", "f@example.com")["id"], "failed")
+    for n in range(2):
+        send(harness, endpoint, "invoice.paid", f"d{n}@example.com")
+    send(harness, endpoint, "customer.created", "ignored@example.com")
+    harness.settled(3)
+    harness.fault(status=400, count=1)
+    failed = send(harness, endpoint, "invoice.paid", "f@example.com")["id"]
+    wait_for_status(harness, failed, "failed")
 
-    sandbox.post("faults", {"status": 503}).raise_for_status()  # until cleared: stays queued
-    queued = send(bridge, endpoint, "invoice.paid", "q@example.com")["id"]
-    numbers = overview_numbers(client)
+    harness.fault(status=503)  # until cleared: stays queued
+    queued = send(harness, endpoint, "invoice.paid", "q@example.com")["id"]
+    numbers = overview_numbers(harness)
     assert numbers["queue-depth"] == "1" and numbers["count-queued"] == "1"
-    assert f'href="/admin/deliveries/{queued}">' in page(client, "/admin/")  # oldest queued
-    assert 'http-equiv="refresh" content="2"' in page(client, f"/admin/deliveries/{queued}")
+    assert f'href="/admin/deliveries/{queued}">' in page(harness, "/admin/")  # oldest queued
+    assert 'http-equiv="refresh" content="2"' in page(harness, f"/admin/deliveries/{queued}")
 
-    httpx.delete(f"{sandbox.url}/_sandbox/faults").raise_for_status()
-    wait_for_status(client, queued, "delivered")
-    numbers = overview_numbers(client)
+    harness.clear_faults()
+    wait_for_status(harness, queued, "delivered")
+    numbers = overview_numbers(harness)
     assert {k: numbers[k] for k in ("count-delivered", "count-ignored", "count-failed")} == {
         "count-delivered": "3",
         "count-ignored": "1",
@@ -657,11 +594,11 @@ def test_overview_counts_what_was_sent(env, sandbox: Sandbox, bridge: Bridge, cl
     assert numbers["count-queued"] == "0" and numbers["queue-depth"] == "0"
     assert numbers["oldest-queued"] == "none"
     # Every Loops call was made within the last minute, at most 10 in any second.
-    assert int(numbers["calls"]) == len(sandbox.calls())
+    assert int(numbers["calls"]) == len(harness.loops_calls())
     assert 1 <= int(numbers["busiest"]) <= 10
 
 
-def overview_of(offline: Offline) -> dict[str, str]:
+def overview_of(offline: Harness) -> dict[str, str]:
     text = offline.get("/admin/").text
     return dict(re.findall(r'<strong id="([\w-]+)">(?:<a[^>]*>)?([^<]+)<', text))
 

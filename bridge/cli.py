@@ -105,11 +105,29 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--provider", default="stripe", choices=providers.names())
     create.add_argument("--events", required=True, help="comma-separated event types")
     create.add_argument("--user-group", help="userGroup given to contacts this creates")
-    create.add_argument("--loops-event", help="Loops event to send, e.g. successfulPayment")
+    create.add_argument(
+        "--loops-event", help="one Loops event for every accepted type, e.g. successfulPayment"
+    )
+    create.add_argument(
+        "--loops-events",
+        help="a Loops event per type: customer.created=newStripeCustomer,invoice.paid=...",
+    )
+    create.add_argument(
+        "--mailing-lists", help="comma-separated Loops mailing-list ids new contacts join"
+    )
+    create.add_argument(
+        "--on-delete",
+        default="unsubscribe",
+        help="what a deletion does in Loops: unsubscribe (default), delete or ignore",
+    )
     create.add_argument(
         "--no-sync-names", action="store_true", help="never send first and last names"
     )
-    create.add_argument("--signing-secret", help="the provider's whsec_... secret, or -")
+    create.add_argument(
+        "--signing-secret",
+        help="the provider's signing secret, or - to read stdin; left out for a provider "
+        "whose secret the bridge makes (Supabase), one is made and shown once",
+    )
     _json_flag(create)
     _json_flag(sub.add_parser("list", help="list endpoints and their URLs"))
     for action, text in (("add-secret", "add"), ("remove-secret", "remove")):
@@ -373,6 +391,9 @@ def _set_account(args: argparse.Namespace, engine: Engine) -> int:
 def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     if args.action == "create":
         secret = _secret_arg(args.signing_secret) if args.signing_secret else None
+        made = None
+        if secret is None and args.provider in providers.names():
+            secret = made = providers.get(args.provider).new_secret()
         endpoint_id = registry.create_endpoint(
             engine,
             name=args.name,
@@ -383,9 +404,20 @@ def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> 
             loops_event=args.loops_event,
             sync_names=not args.no_sync_names,
             signing_secret=secret,
+            loops_events=_mapping(args.loops_events),
+            mailing_lists=[i.strip() for i in (args.mailing_lists or "").split(",") if i.strip()],
+            on_delete=args.on_delete,
         )
         view = next(v for v in registry.list_endpoints(engine) if v.id == endpoint_id)
-        _print(args, view.as_dict(settings.endpoint_url(endpoint_id)), _describe(view, settings))
+        shown = view.as_dict(settings.endpoint_url(endpoint_id))
+        text = _describe(view, settings)
+        if made:  # shown this once: only its hint is kept anywhere it can be read back
+            shown["signing_secret"] = made
+            text += (
+                f"\n\nThe endpoint's secret, made for you and shown only this once:\n\n"
+                f"    {made}\n\nPut it in the provider's request header now (see the README)."
+            )
+        _print(args, shown, text)
         return 0
     if args.action in ("add-secret", "remove-secret"):
         change = registry.add_secret if args.action == "add-secret" else registry.remove_secret
@@ -412,11 +444,37 @@ def _describe(view: registry.EndpointView, settings: Settings) -> str:
             f"  URL:            {settings.endpoint_url(view.id)}",
             f"  events:         {', '.join(view.event_types)}",
             f"  user group:     {view.user_group or '-'}",
-            f"  Loops event:    {view.loops_event or '- (contacts only)'}",
+            f"  Loops events:   {_events_text(view)}",
+            f"  mailing lists:  {', '.join(view.mailing_lists) or '-'}",
+            f"  on delete:      {view.on_delete}",
             f"  names synced:   {'yes' if view.sync_names else 'no'}",
             f"  signing secret: {secrets}",
         ]
     )
+
+
+def _events_text(view: registry.EndpointView) -> str:
+    if view.loops_events:
+        return ", ".join(f"{t} → {e}" for t, e in view.loops_events.items())
+    if view.loops_event:
+        return f"{view.loops_event} for every event type"
+    return "- (contacts only)"
+
+
+def _mapping(text: str | None) -> dict[str, str]:
+    """``TYPE=EVENT,TYPE=EVENT`` as a person types it."""
+    mapping: dict[str, str] = {}
+    for pair in (text or "").split(","):
+        if not pair.strip():
+            continue
+        event_type, sep, event = pair.partition("=")
+        if not sep or not event_type.strip() or not event.strip():
+            raise registry.Invalid(
+                f"--loops-events takes TYPE=EVENT pairs separated by commas, e.g. "
+                f"customer.created=newStripeCustomer; {pair.strip()[:60]!r} is not one."
+            )
+        mapping[event_type.strip()] = event.strip()
+    return mapping
 
 
 def _delivery_dict(d: Delivery, endpoint_name: str) -> dict:
@@ -427,6 +485,7 @@ def _delivery_dict(d: Delivery, endpoint_name: str) -> dict:
         "event_id": d.event_id,
         "event_type": d.event_type,
         "email": d.email,
+        "user_id": d.user_id,
         "status": d.status,
         "reason": d.reason,
         "attempts": d.attempts,

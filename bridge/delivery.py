@@ -224,6 +224,8 @@ class Worker:
             self._wake.set()
 
     async def _attempt(self, job: Job, progress: Progress) -> Settled:
+        if job.deletion:
+            return await self._delete(job, progress)
         done: list[str] = []
         provider = providers.get(job.provider)
         # The body is read for the delivery being made, not for every candidate polled.
@@ -238,44 +240,80 @@ class Worker:
             if names and names_at is not None and job.occurred_at < names_at:
                 names = {}
                 done.append("names left alone: a newer event had set them")
-        if not known:
-            contact = {"email": job.email, "source": provider.contact_source}
+        # Matched on userId where the platform has one: the email rides along, so a changed
+        # primary email reaches the contact.
+        identity = {"userId": job.user_id} if job.user_id else {}
+        if job.email:
+            identity["email"] = job.email
+        created = False
+        if not known and job.email:  # Loops creates a contact only with an email
+            contact = {**identity, "source": provider.contact_source}
             if job.user_group:
                 contact["userGroup"] = job.user_group
+            if job.mailing_lists:  # new contacts only: an existing one's lists are its own
+                contact["mailingLists"] = {i: True for i in job.mailing_lists.split(",")}
             answer = await self._call(job, progress, self._client.create_contact, contact | names)
             if answer.verdict is Verdict.DONE:
                 progress.names_sent = bool(names)
-                names, done = {}, ["contact created", *done]
+                names, done, created = {}, ["contact created", *done], True
             elif answer.verdict is Verdict.ALREADY:
                 done.insert(0, "contact already in Loops")
             else:
                 return self._failure(job, answer)
             progress.contact_known = True
-        if job.loops_event:
+        if event_name := job.loops_event_name:
             event = {
-                "email": job.email,
-                "eventName": job.loops_event,
+                **identity,
+                "eventName": event_name,
                 "eventProperties": details.properties,
                 **names,
             }
             key = job.idempotency_key or idempotency_key(job.endpoint_id, job.event_id)
             answer = await self._call(job, progress, self._client.send_event, event, key)
             if answer.verdict is Verdict.ALREADY:
-                done.append(f"event {job.loops_event} had already been sent (same idempotency key)")
+                done.append(f"event {event_name} had already been sent (same idempotency key)")
             elif answer.verdict is Verdict.DONE:
-                done.append(f"event {job.loops_event} sent")
+                done.append(f"event {event_name} sent")
             else:
                 return self._failure(job, answer)
             progress.names_sent = progress.names_sent or bool(names)
-        elif names:
-            contact = {"email": job.email, **names}
-            answer = await self._call(job, progress, self._client.update_contact, contact)
+        elif names or (job.user_id and not created):
+            answer = await self._call(
+                job, progress, self._client.update_contact, {**identity, **names}
+            )
             if answer.verdict is not Verdict.DONE:
                 return self._failure(job, answer)
-            progress.names_sent = True
-            done.append("names updated")
+            progress.names_sent = bool(names)
+            progress.contact_known = True
+            done.append("contact updated" if job.user_id else "names updated")
         reason = "; ".join(done) or "contact already known, nothing to change"
         return Settled(DELIVERED, reason, last=progress.calls[-1] if progress.calls else None)
+
+    async def _delete(self, job: Job, progress: Progress) -> Settled:
+        """A deletion on the platform: what the endpoint's on-delete says, by userId where the
+        platform has one. A contact Loops does not have is done, not failed."""
+        if job.on_delete == "ignore":
+            return Settled(DELIVERED, "deletion left alone: the endpoint's on-delete is ignore")
+        identity = {"userId": job.user_id} if job.user_id else {"email": job.email or ""}
+        if job.on_delete == "delete":
+            answer = await self._call(job, progress, self._client.delete_contact, identity)
+            if answer.verdict is Verdict.DONE or answer.status_code == 404:
+                progress.contact_gone = True
+                said = "contact deleted" if answer.status_code != 404 else "nothing to delete"
+                return Settled(DELIVERED, f"{said} in Loops", last=answer)
+            return self._failure(job, answer)
+        # Unsubscribe: an update is an upsert, so only a contact Loops has is updated.
+        found = await self._call(job, progress, self._client.find_contact, identity)
+        if found.verdict is not Verdict.DONE:
+            return self._failure(job, found)
+        if found.response_body.strip() in ("", "[]"):
+            return Settled(DELIVERED, "Loops has no such contact: nothing to unsubscribe")
+        answer = await self._call(
+            job, progress, self._client.update_contact, {**identity, "subscribed": False}
+        )
+        if answer.verdict is not Verdict.DONE:
+            return self._failure(job, answer)
+        return Settled(DELIVERED, "contact unsubscribed in Loops", last=answer)
 
     async def _call(self, job: Job, progress: Progress, method, *args: Any) -> Answer:  # type: ignore[no-untyped-def]
         await self._paces.wait_turn(job.account_id, job.rate_limit)

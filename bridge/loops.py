@@ -28,6 +28,7 @@ import enum
 import json
 import time
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import httpx
 
@@ -197,6 +198,15 @@ class LoopsClient:
 
     async def update_contact(self, api_key: str, contact: dict) -> Answer:
         return await self.call(api_key, "PUT", "/contacts/update", contact)
+
+    async def find_contact(self, api_key: str, identity: dict[str, str]) -> Answer:
+        """``identity``: ``{"email": ...}`` or ``{"userId": ...}``; the answer is a JSON
+        list, empty when Loops has no such contact."""
+        return await self.call(api_key, "GET", "/contacts/find?" + urlencode(identity))
+
+    async def delete_contact(self, api_key: str, identity: dict[str, str]) -> Answer:
+        """404 when Loops has no such contact."""
+        return await self.call(api_key, "POST", "/contacts/delete", identity)
 
     async def send_event(self, api_key: str, event: dict, idempotency_key: str) -> Answer:
         headers = {"Idempotency-Key": idempotency_key}

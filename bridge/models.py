@@ -30,11 +30,13 @@ Times are unix seconds (float), the same on SQLite and PostgreSQL.
 from __future__ import annotations
 
 from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, func
+from sqlalchemy import false as sa_false
 from sqlmodel import Field, SQLModel
 
 from bridge.vault import EncryptedString
 
 QUEUED, DELIVERED, IGNORED, FAILED, DEAD = "queued", "delivered", "ignored", "failed", "dead"
+ON_DELETE = ("unsubscribe", "delete", "ignore")  # what a deletion does to the Loops contact
 STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED, DEAD)
 
 
@@ -57,7 +59,13 @@ class Endpoint(SQLModel, table=True):
     provider: str
     event_types: str  # comma-separated, in the provider's order
     user_group: str | None = None  # userGroup for contacts this endpoint creates
-    loops_event: str | None = None  # eventName to send; None: contacts only
+    loops_event: str | None = None  # eventName for every accepted type; None: see loops_events
+    # JSON {event type: eventName}: a Loops event per type, before loops_event
+    loops_events: str | None = Field(default=None, sa_column=Column(Text))
+    mailing_lists: str | None = None  # comma-separated Loops list ids new contacts join
+    on_delete: str = Field(
+        default="unsubscribe", sa_column_kwargs={"server_default": "unsubscribe"}
+    )
     sync_names: bool = True
     paused: bool = False  # paused: webhooks are still accepted and kept, nothing goes to Loops
     created_at: float
@@ -95,6 +103,8 @@ class Delivery(SQLModel, table=True):
     event_type: str
     occurred_at: int  # the provider's event time
     email: str | None = None
+    user_id: str | None = None  # the platform's user id (Clerk, Supabase): Loops' userId
+    deletion: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
     payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary))  # raw body
     status: str
     reason: str | None = Field(default=None, sa_column=Column(Text))  # why it is in this state
@@ -134,7 +144,7 @@ class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
 
     account_id: int = Field(foreign_key="accounts.id", primary_key=True)
-    email: str = Field(primary_key=True)  # lowercased
+    identity: str = Field(primary_key=True)  # the userId, else the lowercased email
     created_at: float
     names_at: int | None = None  # provider event time of the names last sent to Loops
 

@@ -19,6 +19,7 @@ or not, claimed when the hold ends. What an attempt showed of the account is han
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,8 +56,11 @@ class Job:
     id: int
     endpoint_id: str
     event_id: str
+    event_type: str
     occurred_at: int
-    email: str
+    email: str | None
+    user_id: str | None  # the platform's user id: the contact is matched on it in Loops
+    deletion: bool
     attempts: int
     received_at: float
     queued_at: float
@@ -68,12 +72,26 @@ class Job:
     provider: str
     user_group: str | None
     loops_event: str | None
+    loops_events: str | None  # JSON {event type: eventName}
+    mailing_lists: str | None  # comma-separated list ids
+    on_delete: str
     sync_names: bool
     account_problem: str | None  # a problem_kind (bridge.accounts): this is its probe
 
     @property
     def contact_key(self) -> tuple[int, str]:
-        return self.account_id, self.email.lower()
+        """The contact in its Loops account: by userId where the platform has one."""
+        return self.account_id, _identity(self.user_id, self.email)
+
+    @property
+    def loops_event_name(self) -> str | None:
+        """The Loops event the endpoint sends for this event's type, if any."""
+        per_type = json.loads(self.loops_events) if self.loops_events else {}
+        return per_type.get(self.event_type) or self.loops_event
+
+
+def _identity(user_id: str | None, email: str | None) -> str:
+    return user_id or (email or "").lower()
 
 
 @dataclass(slots=True)
@@ -82,6 +100,7 @@ class Progress:
 
     calls: list[Answer] = field(default_factory=list)
     contact_known: bool = False  # Loops has the contact now (created, or 409)
+    contact_gone: bool = False  # the contact was deleted in Loops
     names_sent: bool = False  # the event's names reached Loops
 
 
@@ -132,9 +151,9 @@ class Queue:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             now = conn.execute(select(self._now)).scalar_one()
             busy = {
-                (account_id, email.lower())
-                for account_id, email in conn.execute(
-                    select(Endpoint.account_id, Delivery.email)
+                (account_id, _identity(user_id, email))
+                for account_id, user_id, email in conn.execute(
+                    select(Endpoint.account_id, Delivery.user_id, Delivery.email)
                     .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
                     # "> ''" and not "IS NOT NULL": SQLite scans the whole table for the
                     # latter, and this runs up to 20 times a second (found by profiling).
@@ -192,8 +211,11 @@ class Queue:
                 Delivery.id,
                 Delivery.endpoint_id,
                 Delivery.event_id,
+                Delivery.event_type,
                 Delivery.occurred_at,
                 Delivery.email,
+                Delivery.user_id,
+                Delivery.deletion,
                 Delivery.attempts,
                 Delivery.received_at,
                 Delivery.queued_at,
@@ -207,6 +229,9 @@ class Queue:
                 Endpoint.provider,
                 Endpoint.user_group,
                 Endpoint.loops_event,
+                Endpoint.loops_events,
+                Endpoint.mailing_lists,
+                Endpoint.on_delete,
                 Endpoint.sync_names,
             )
             .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
@@ -261,7 +286,7 @@ class Queue:
             ).scalar_one()
             contact = conn.execute(
                 select(Contact.names_at).where(
-                    Contact.account_id == job.account_id, Contact.email == job.contact_key[1]
+                    Contact.account_id == job.account_id, Contact.identity == job.contact_key[1]
                 )
             ).first()
         return payload, contact is not None, contact.names_at if contact else None
@@ -274,7 +299,14 @@ class Queue:
         with self._engine.begin() as conn:
             if progress.calls:
                 conn.execute(insert(LoopsCall), [_call_row(job.id, a) for a in progress.calls])
-            if progress.contact_known:
+            if progress.contact_gone:  # deleted in Loops: a new one would be created again
+                conn.execute(
+                    sa.delete(Contact).where(
+                        Contact.account_id == job.account_id,
+                        Contact.identity == job.contact_key[1],
+                    )
+                )
+            elif progress.contact_known:
                 self._remember_contact(conn, job, progress.names_sent)
             owned = conn.execute(
                 update(Delivery)
@@ -297,7 +329,7 @@ class Queue:
         conn.execute(
             insert_(Contact)
             .values(
-                account_id=job.account_id, email=job.contact_key[1], created_at=time.time()
+                account_id=job.account_id, identity=job.contact_key[1], created_at=time.time()
             )
             .on_conflict_do_nothing()
         )
@@ -306,7 +338,7 @@ class Queue:
                 update(Contact)
                 .where(
                     Contact.account_id == job.account_id,
-                    Contact.email == job.contact_key[1],
+                    Contact.identity == job.contact_key[1],
                     sa.or_(Contact.names_at.is_(None), Contact.names_at < job.occurred_at),  # type: ignore[union-attr, operator]
                 )
                 .values(names_at=job.occurred_at)

@@ -8,10 +8,11 @@ Errors are :class:`Invalid` with a message that says what to fix.
 from __future__ import annotations
 
 import enum
+import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
@@ -22,6 +23,7 @@ from bridge.models import (
     DEAD,
     DELIVERED,
     FAILED,
+    ON_DELETE,
     QUEUED,
     Account,
     Contact,
@@ -33,6 +35,7 @@ from bridge.models import (
 )
 
 _LOOPS_EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
+_MAILING_LIST_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 RATE_LIMITS = range(1, 1001)  # requests per second a Loops account may be given
 
 
@@ -61,6 +64,9 @@ class EndpointView:
     event_types: list[str]
     user_group: str | None
     loops_event: str | None
+    loops_events: dict[str, str]
+    mailing_lists: list[str]
+    on_delete: str
     sync_names: bool
     paused: bool
     secret_hints: list[str]
@@ -75,6 +81,9 @@ class EndpointView:
             "event_types": self.event_types,
             "user_group": self.user_group,
             "loops_event": self.loops_event,
+            "loops_events": self.loops_events,
+            "mailing_lists": self.mailing_lists,
+            "on_delete": self.on_delete,
             "sync_names": self.sync_names,
             "paused": self.paused,
             "signing_secrets": self.secret_hints,
@@ -285,8 +294,11 @@ class EndpointForm:
     provider: str
     event_types: list[str]
     user_group: str | None = None
-    loops_event: str | None = None
+    loops_event: str | None = None  # one Loops event for every accepted type
     sync_names: bool = True
+    loops_events: dict[str, str] = field(default_factory=dict)  # or one per event type
+    mailing_lists: list[str] = field(default_factory=list)  # lists new contacts join
+    on_delete: str = "unsubscribe"  # what a deletion does: ON_DELETE
 
     def problems(self) -> dict[str, str]:
         """Field name -> what to fix; empty when the form can be saved."""
@@ -305,10 +317,36 @@ class EndpointForm:
             except Invalid as exc:
                 found["event_types"] = str(exc)
         event = (self.loops_event or "").strip()
-        if event and not _LOOPS_EVENT_NAME.match(event):
+        named = [event] if event else []
+        if self.loops_events:
+            if event:
+                found["loops_events"] = (
+                    "Give one Loops event for every type (--loops-event) or one per type "
+                    "(--loops-events TYPE=EVENT,...), not both."
+                )
+            chosen = {t.strip() for t in self.event_types}
+            stray = sorted(set(self.loops_events) - chosen)
+            if stray:
+                found["loops_events"] = (
+                    f"Loops events are mapped for event type(s) the endpoint does not accept: "
+                    f"{', '.join(stray)}. Accepted: {', '.join(sorted(chosen)) or 'none'}."
+                )
+            named += list(self.loops_events.values())
+        bad = [n for n in named if not _LOOPS_EVENT_NAME.match(n)]
+        if bad:
             found["loops_event"] = (
-                f"Loops event name {event!r} is not valid: use letters, digits, - and _, "
+                f"Loops event name {bad[0]!r} is not valid: use letters, digits, - and _, "
                 "starting with a letter (e.g. successfulPayment)."
+            )
+        lists = [i for i in self.mailing_lists if not _MAILING_LIST_ID.match(i)]
+        if lists:
+            found["mailing_lists"] = (
+                f"Mailing list id {lists[0][:40]!r} is not valid: copy the id from Loops, "
+                "Audience → Lists → the list → its id (letters and digits)."
+            )
+        if self.on_delete not in ON_DELETE:
+            found["on_delete"] = (
+                f"On delete {self.on_delete[:20]!r} is not one of: {', '.join(ON_DELETE)}."
             )
         return found
 
@@ -323,6 +361,10 @@ class EndpointForm:
         endpoint.event_types = _check_event_types(plugin, self.event_types)
         endpoint.user_group = (self.user_group or "").strip() or None
         endpoint.loops_event = (self.loops_event or "").strip() or None
+        per_type = {t: e for t, e in self.loops_events.items() if t in endpoint.accepted_types()}
+        endpoint.loops_events = json.dumps(per_type) if per_type else None
+        endpoint.mailing_lists = ",".join(self.mailing_lists) or None
+        endpoint.on_delete = self.on_delete
         endpoint.sync_names = self.sync_names
 
 
@@ -352,10 +394,22 @@ def create_endpoint(
     loops_event: str | None = None,
     sync_names: bool = True,
     signing_secret: str | None = None,
+    loops_events: dict[str, str] | None = None,
+    mailing_lists: list[str] | None = None,
+    on_delete: str = "unsubscribe",
 ) -> str:
     """Create an endpoint and return its id (the last part of its webhook URL)."""
     form = EndpointForm(
-        name, account, provider, event_types, user_group, loops_event, sync_names
+        name,
+        account,
+        provider,
+        event_types,
+        user_group,
+        loops_event,
+        sync_names,
+        loops_events or {},
+        mailing_lists or [],
+        on_delete,
     )
     problems = form.problems()
     if problems:
@@ -536,6 +590,9 @@ def _views(session: Session, endpoints: list[Endpoint]) -> list[EndpointView]:
             event_types=e.accepted_types(),
             user_group=e.user_group,
             loops_event=e.loops_event,
+            loops_events=json.loads(e.loops_events) if e.loops_events else {},
+            mailing_lists=[i for i in (e.mailing_lists or "").split(",") if i],
+            on_delete=e.on_delete,
             sync_names=e.sync_names,
             paused=e.paused,
             secret_hints=hints.get(e.id, []),

@@ -12,9 +12,15 @@ The shape of the data a provider hands on::
     raw request (bytes + headers)
         -> Provider.verify()   raises Rejected(reason) on any bad signature / header
         -> Provider.parse()    raises Rejected(reason) if the body is not an event it knows
-        -> Event               provider-neutral: id, type, time, email; stored with the body
+        -> Event               provider-neutral: id (the dedupe key), type, time, email,
+                               the platform's user id, deletion; stored with the body
     later, when the delivery is made, from the stored body:
         -> Provider.details()  names and Loops event properties
+
+Around those: ``secret_problem`` checks a pasted secret's form, ``new_secret`` makes one for
+platforms where the receiver chooses it (Supabase), ``redact`` hides the provider's own
+signature or secret headers in the rejected-requests log, and ``sample`` makes a signed test
+request for the admin's "send a test event".
 
 The split keeps the ingest path lean: it reads only what it needs to dedupe and filter.
 
@@ -54,10 +60,12 @@ class Rejected(Exception):
 class Event:
     """One verified provider event: what the inbox needs to dedupe, filter and store it."""
 
-    id: str  # the provider's event id (Stripe: evt_...), the dedupe key per endpoint
+    id: str  # the dedupe key per endpoint: Stripe's evt_..., Clerk's svix-id, a body hash
     type: str  # e.g. "invoice.paid"
     occurred_at: int  # provider's event time, unix seconds (last-writer-wins on contact fields)
-    email: str | None  # None: Loops cannot take this event, so it is ignored
+    email: str | None
+    user_id: str | None = None  # the platform's user id: the contact's userId in Loops
+    deletion: bool = False  # the user or customer was deleted: the endpoint's on-delete applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +92,11 @@ class Provider(Protocol):
         """Raise Rejected unless ``body`` is signed by one of ``secrets``, recently. The
         signatures must be compared in constant time (see the module docstring)."""
 
-    def parse(self, body: bytes) -> Event:
-        """Read a verified body. Raise Rejected if it is not an event this provider knows.
-        This is on the ingest path: read only what :class:`Event` holds."""
+    def parse(self, body: bytes, headers: Mapping[str, str]) -> Event:
+        """Read a verified request (header names in any case). Raise Rejected if it is not an
+        event this provider knows; an event type it does not handle still parses, and is
+        answered ``ignored``. This is on the ingest path: read only what :class:`Event`
+        holds."""
 
     def details(self, body: bytes) -> Details:
         """Names and Loops properties of a body that :meth:`parse` accepted."""
@@ -94,6 +104,14 @@ class Provider(Protocol):
     def secret_problem(self, secret: str) -> str | None:
         """What is wrong with a signing secret a person pasted (where to find the right
         one), or None when it has the provider's form."""
+
+    def new_secret(self) -> str | None:
+        """A strong secret for a new endpoint, shown once, where the receiver chooses it (a
+        shared secret header); None where the platform makes the secret."""
+
+    def redact(self, name: str, value: str) -> str | None:
+        """How one of this provider's own headers is shown in the rejected-requests log (a
+        signature cut to its scheme, a shared secret hidden); None for any other header."""
 
     def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
         """A realistic signed test request for ``event_type``: (body, headers)."""

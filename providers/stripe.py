@@ -640,6 +640,7 @@ class StripeProvider:
     event_types = (
         "customer.created",
         "customer.updated",
+        "customer.deleted",
         "invoice.paid",
         "invoice.payment_failed",
         "invoice.upcoming",
@@ -687,7 +688,19 @@ class StripeProvider:
                 return
         raise Rejected(_NO_MATCH)
 
-    def parse(self, body: bytes) -> Event:
+    def new_secret(self) -> str | None:
+        return None  # Stripe makes the signing secret
+
+    def redact(self, name: str, value: str) -> str | None:
+        """``Stripe-Signature``: the time stays, each signature shows only its scheme."""
+        if name.lower() != "stripe-signature":
+            return None
+        return ",".join(
+            part if part.startswith("t=") or "=" not in part else part.split("=", 1)[0] + "=…"
+            for part in value.split(",")
+        )
+
+    def parse(self, body: bytes, headers: Mapping[str, str]) -> Event:
         event, obj = _load(body)
         _refuse_repeated_keys(body, event)
         email = _email(obj)
@@ -696,7 +709,13 @@ class StripeProvider:
                 "The Stripe event's email is not an email address: it is longer than 320 "
                 "characters or holds control characters."
             )
-        return Event(id=event["id"], type=event["type"], occurred_at=event["created"], email=email)
+        return Event(
+            id=event["id"],
+            type=event["type"],
+            occurred_at=event["created"],
+            email=email,
+            deletion=event["type"] == "customer.deleted",
+        )
 
     def details(self, body: bytes) -> Details:
         event, obj = _load(body)

@@ -68,12 +68,14 @@ def live(tmp_path: Path) -> Iterator[Live]:
     started.stop()
 
 
-@pytest.fixture
-def page(live: Live) -> Iterator:
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """One Chromium for the module (starting it is most of a test's time); each test gets
+    a context of its own, so no cookie or page carries over."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
+        started = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=[
                 "--no-sandbox",
@@ -85,16 +87,22 @@ def page(live: Live) -> Iterator:
                 "--disable-sync",
             ],
         )
-        context = browser.new_context(base_url=live.url)
-        context.set_default_timeout(15_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        yield page
-        # No page may break the Content-Security-Policy or throw.
-        assert errors == []
-        browser.close()
+        yield started
+        started.close()
+
+
+@pytest.fixture
+def page(browser, live: Live) -> Iterator:
+    context = browser.new_context(base_url=live.url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    # No page may break the Content-Security-Policy or throw.
+    assert errors == []
 
 
 def sign_in(page) -> None:

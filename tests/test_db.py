@@ -178,7 +178,7 @@ def test_migrate_upgrades_a_database_from_before_migrations_and_keeps_its_rows(
     assert endpoint["signing_secrets"] == ["whsec_…FFFF"]
     with engine.connect() as conn:
         calls = conn.execute(text("SELECT delivery_id, status_code FROM loops_calls")).all()
-        contacts = conn.execute(text("SELECT email, names_at FROM contacts")).all()
+        contacts = conn.execute(text("SELECT identity, names_at FROM contacts")).all()
     assert calls == [(1, 200)] and contacts == [("jenny1@example.com", None)]
 
 

@@ -47,13 +47,15 @@ class Read:
     type: str
     occurred_at: int
     email: str | None
+    user_id: str | None
+    deletion: bool
     first_name: str | None
     last_name: str | None
     properties: dict
 
 
 def read(body: bytes) -> Read:
-    event, details = provider.parse(body), provider.details(body)
+    event, details = provider.parse(body, {}), provider.details(body)
     assert_loops_properties(details.properties)
     return Read(**asdict(event), **asdict(details))
 
@@ -101,13 +103,35 @@ def test_registered_under_its_name():
         "Stripe",
         "Stripe webhook",
     )
-    assert stripe.event_types[:4] == (
+    assert stripe.event_types[:5] == (
         "customer.created",
         "customer.updated",
+        "customer.deleted",
         "invoice.paid",
         "invoice.payment_failed",
     )
-    assert len(stripe.event_types) == 9
+    assert len(stripe.event_types) == 10
+
+
+def test_a_deleted_customer_is_a_deletion_by_email_and_nothing_else_is():
+    """customer.deleted carries the customer as it was: its email finds the Loops contact."""
+    customer = fixture_json("captured-test-mode/customer.created.data.json")["object"]
+    deleted = provider.parse(json.dumps(envelope("customer.deleted", customer)).encode(), {})
+    assert (deleted.type, deleted.deletion, deleted.email) == (
+        "customer.deleted",
+        True,
+        "test12@email.com",
+    )
+    assert deleted.user_id is None  # Stripe has no user id: Loops finds the contact by email
+    updated = provider.parse(json.dumps(envelope("customer.updated", customer)).encode(), {})
+    assert not updated.deletion
+
+
+def test_the_rejected_requests_log_shows_only_the_scheme_of_a_stripe_signature():
+    shown = provider.redact("Stripe-Signature", "t=1700000000,v1=abcdef0123,v0=99887766")
+    assert shown == "t=1700000000,v1=…,v0=…"
+    assert provider.redact("content-type", "application/json") is None
+    assert provider.new_secret() is None  # Stripe makes the signing secret
 
 
 # --- verify ---
@@ -374,12 +398,12 @@ def test_thin_event_is_refused_with_snapshot_hint():
 )
 def test_bodies_that_are_not_stripe_events_are_refused(body, reason):
     with pytest.raises(providers.Rejected, match=reason):
-        provider.parse(body)
+        provider.parse(body, {})
 
 
 def test_repeated_keys_are_refused_wherever_they_are():
     body = fixture_bytes(INVOICE_PAID)
-    provider.parse(body)
+    provider.parse(body, {})
     for old, new in [
         (b'"id": "evt_1PBX', b'"id": "evt_0", "id": "evt_1PBX'),
         (b'"id": "evt_1PBX', b'"id": "evt_0", "\\u0069d": "evt_1PBX'),  # spelled otherwise
@@ -391,14 +415,14 @@ def test_repeated_keys_are_refused_wherever_they_are():
         repeated = body.replace(old, new, 1)
         assert repeated != body
         with pytest.raises(providers.Rejected, match="same key twice"):
-            provider.parse(repeated)
+            provider.parse(repeated, {})
 
 
 def test_escaped_colons_without_repeated_keys_are_fine():
     body = fixture_bytes(INVOICE_PAID).replace(
         b'"metadata": {}', b'"metadata": {"a\\u003ab": "\\u003A", "\\\\u003a": "x"}', 1
     )
-    assert provider.parse(body).id == "evt_1PBXo9RxqlZt79sDnw7dd5cs"
+    assert provider.parse(body, {}).id == "evt_1PBXo9RxqlZt79sDnw7dd5cs"
 
 
 @pytest.mark.parametrize("depth", [254, 255, 1024, 1025, 100_000])
@@ -407,7 +431,7 @@ def test_deep_nesting_is_refused_with_a_reason(depth):
         b'"metadata": {}', b'"metadata": ' + b"[" * depth + b"]" * depth, 1
     )
     with pytest.raises(providers.Rejected, match="nested more than 254 levels"):
-        provider.parse(body)
+        provider.parse(body, {})
 
 
 @pytest.mark.parametrize(
@@ -426,13 +450,13 @@ def test_values_that_cannot_be_stored_are_refused(field, value):
     event = fixture_json(INVOICE_PAID)
     raw = json.dumps(event).replace(json.dumps(event[field]), json.dumps(value), 1)
     with pytest.raises(providers.Rejected, match=f"no valid {field}"):
-        provider.parse(raw.encode())
+        provider.parse(raw.encode(), {})
 
 
 def test_an_email_with_control_characters_is_refused():
     body = fixture_bytes(INVOICE_PAID).replace(b"test12@email.com", b"test12@email.com\\u0000", 1)
     with pytest.raises(providers.Rejected, match="not an email address"):
-        provider.parse(body)
+        provider.parse(body, {})
 
 
 def test_event_types_not_offered_still_parse():
@@ -580,7 +604,7 @@ def test_sample_invoice_is_a_2000_usd_invoice_with_links():
 def test_samples_have_fresh_event_ids():
     first, _ = provider.sample("customer.created", "a@example.com", SECRET)
     second, _ = provider.sample("customer.created", "a@example.com", SECRET)
-    assert provider.parse(first).id != provider.parse(second).id
+    assert provider.parse(first, {}).id != provider.parse(second, {}).id
 
 
 def test_sample_of_unknown_type_is_an_error():

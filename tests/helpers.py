@@ -8,6 +8,7 @@ the bridge verifies with, exactly as Stripe documents them:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import html
@@ -343,3 +344,22 @@ def stored_endpoint(engine: Engine, account: str, name: str = "Stripe live") -> 
     return registry.create_endpoint(
         engine, name=name, account=account, provider="stripe", event_types=["invoice.paid"]
     )
+
+
+def svix_headers(
+    body: bytes, secret: str, timestamp: int | None = None, msg_id: str | None = None
+) -> dict[str, str]:
+    """The headers Clerk sends, signed as Svix signs (Standard Webhooks), with the standard
+    library: ``v1,`` + base64(HMAC-SHA256(key=base64-decoded part of ``whsec_...``,
+    msg=f"{svix-id}.{svix-timestamp}." + raw_body)).
+    https://docs.svix.com/receiving/verifying-payloads/how-manual"""
+    t = int(time.time()) if timestamp is None else timestamp
+    msg_id = msg_id or f"msg_{time.time_ns():027d}"
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{t}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "svix-id": msg_id,
+        "svix-timestamp": str(t),
+        "svix-signature": "v1," + base64.b64encode(digest).decode(),
+        "content-type": "application/json",
+    }

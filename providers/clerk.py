@@ -1,0 +1,571 @@
+"""Clerk: verify Svix's signature headers, read a Clerk event into a plain :class:`Event`.
+
+Clerk sends its webhooks through Svix (https://clerk.com/docs/webhooks/overview). The body
+has no event id, so the dedupe key is the ``svix-id`` header: Svix keeps it across retries
+of one message. Clerk's ``timestamp`` is in milliseconds in its docs' example and in seconds
+in its OpenAPI examples; a value of 10^11 or more is read as milliseconds (10^11 seconds is
+the year 5138, 10^11 ms is 1973).
+
+What each event type becomes (the contact is matched on ``userId`` where there is one):
+
+===================== ========================================================================
+Event type            Event
+===================== ========================================================================
+user.created          email: the address in ``data.email_addresses`` whose ``id`` is
+user.updated          ``data.primary_email_address_id`` (not the first one: a user who changed
+                      their primary address keeps the old one first); user_id: ``data.id``
+user.deleted          deletion, by user_id ``data.id`` only: the body carries nothing else
+waitlistEntry.created email: ``data.email_address``; no user_id (``wle_...`` is the entry's
+waitlistEntry.updated id, not a user's)
+anything else         parses with its type (e.g. session.created), no email, no user_id: the
+                      inbox answers it ``ignored``. A session's ``data.user`` is not read.
+===================== ========================================================================
+
+Names (user.* only): ``data.first_name`` and ``data.last_name``, trimmed, empty or null ->
+none. Loops event properties: flat, camelCase, left out when Clerk's field is missing, null
+or empty, strings cut to Loops' 500-character limit (quotes counted); times are ISO 8601 UTC
+strings (``"2022-05-31T15:56:31Z"``).
+
+========================= ======================= ============================================
+Property                  Event types             Clerk field
+========================= ======================= ============================================
+clerkEventType            all                     ``type``
+userId                    user.*                  ``data.id`` (user_...)
+externalId                user.*                  ``data.external_id`` (your app's own id)
+username                  user.*                  ``data.username``
+imageUrl                  user.*                  ``data.image_url``
+createdAt                 user.*, waitlistEntry.* ``data.created_at``
+waitlistEntryId           waitlistEntry.*         ``data.id`` (wle_...)
+waitlistStatus            waitlistEntry.*         ``data.status`` (pending, invited, ...)
+========================= ======================= ============================================
+
+Verification is Standard Webhooks' (https://www.standardwebhooks.com/), which Svix's is
+(https://docs.svix.com/receiving/verifying-payloads/how-manual): ``v1,`` + base64
+HMAC-SHA256 over ``f"{svix-id}.{svix-timestamp}.{body}"``, keyed with the base64-decoded part
+of the ``whsec_...`` secret, one space-separated ``v1,`` entry per signing secret while one
+is rolled. The maintained ``standardwebhooks`` library does the check (constant-time, with
+:func:`hmac.compare_digest`), once per configured secret, and refuses a ``svix-timestamp``
+more than :data:`TOLERANCE` (300 s) from this server's clock either way. Before that, headers
+that Svix never sends are refused with a reason: missing, not printable ASCII, a
+``svix-signature`` longer than :data:`MAX_HEADER_CHARS` or with more than
+:data:`MAX_SIGNATURES` entries, a ``svix-timestamp`` that is not whole seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import string
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from secrets import choice
+from typing import Any
+
+import orjson
+from standardwebhooks.webhooks import (
+    EmptyWebhookSecretError,
+    Webhook,
+    WebhookVerificationError,
+)
+
+from providers import Details, Event, Rejected
+
+__all__ = ["provider"]
+
+TOLERANCE = 300  # seconds either way: standardwebhooks' window (5 minutes), Svix's too
+MAX_SIGNATURES = 10  # v1, entries in one svix-signature header: one per signing secret
+MAX_HEADER_CHARS = 2048  # room for them (a v1 entry is 47 characters)
+MAX_ID_CHARS = 255  # the svix-id and the type are indexed columns; Svix's ids are 31
+MILLISECONDS_FROM = 10**11  # a Clerk time at least this large is in milliseconds
+
+# Loops refuses any body value over 500 characters, its quotes counted
+# (https://loops.so/docs/api-reference/intro), so a string keeps at most 498.
+LOOPS_STRING_LIMIT = 498
+
+_ID_HEADER, _TIMESTAMP_HEADER, _SIGNATURE_HEADER = "svix-id", "svix-timestamp", "svix-signature"
+_SECRET_PLACE = "Clerk's dashboard: Webhooks → your endpoint → Signing Secret"
+
+# --- Why a request is refused. Shown to the sender and the admin; never holds a secret. ---
+
+_NO_SECRET = (
+    "This endpoint has no signing secret yet: paste the endpoint's Signing Secret (whsec_...) "
+    f"from {_SECRET_PLACE}, into the bridge."
+)
+_UNUSABLE_SECRETS = (
+    "None of this endpoint's signing secrets is a Clerk signing secret (whsec_ followed by "
+    "base64), so no signature can be checked: paste the endpoint's Signing Secret (whsec_...) "
+    f"from {_SECRET_PLACE}."
+)
+_NO_HEADER = (
+    "The request has no {} header: is this request from Clerk? Clerk signs every webhook "
+    "with the svix-id, svix-timestamp and svix-signature headers. Send only Clerk webhooks to "
+    "this URL, and check that no proxy drops those headers."
+)
+_BAD_ID = (
+    f"The svix-id header is longer than {MAX_ID_CHARS} characters or holds characters other "
+    "than printable ASCII; Svix's message ids look like msg_2dQp... Send the header exactly "
+    "as Clerk sent it."
+)
+_BAD_TIMESTAMP = (
+    "The svix-timestamp header is not a unix time in whole seconds. Send the header exactly "
+    "as Clerk sent it."
+)
+_MALFORMED = (
+    "The svix-signature header is malformed: expected 'v1,<base64 signature>', several "
+    "separated by single spaces while a secret is rolled. Send the header exactly as Clerk "
+    "sent it."
+)
+_NO_V1 = (
+    "The svix-signature header has no v1 signature ('v1,<base64>'; other schemes are "
+    "ignored). Clerk signs every webhook with v1: check that the request really comes from "
+    "Clerk."
+)
+_TOO_LONG = (
+    f"The svix-signature header is longer than {MAX_HEADER_CHARS} characters or holds more "
+    f"than {MAX_SIGNATURES} signatures. Clerk sends one v1 signature per signing secret of "
+    "the endpoint (two while a secret is being rolled)."
+)
+_NOT_UTF8 = (
+    "The request body is not UTF-8 text, so it is not a Clerk event as Clerk sent it "
+    "(a proxy may have re-encoded or compressed it)."
+)
+_NO_MATCH = (
+    "The signature does not match any of the endpoint's signing secrets: paste the endpoint's "
+    f"Signing Secret (whsec_...) from {_SECRET_PLACE}. Each Clerk instance (development, "
+    "production) and each endpoint has its own. A proxy that rewrites the body (even its "
+    "whitespace) also breaks the signature."
+)
+_STALE = (
+    f"The svix-timestamp is more than {TOLERANCE} s old, so the request was refused as a "
+    "possible replay. If Clerk sent it just now, this server's clock is off: check it (sync "
+    "it with NTP). Svix signs each delivery attempt as it sends it, so real retries are "
+    "never too old."
+)
+_FUTURE = (
+    f"The svix-timestamp is more than {TOLERANCE} s in the future, so the request was "
+    "refused: a signature is only accepted within that window of this server's clock. If "
+    "Clerk sent it just now, this server's clock is behind: check it (sync it with NTP)."
+)
+# standardwebhooks 1.1 WebhookVerificationError messages (webhooks.py) -> our reason.
+_LIBRARY_REASONS = {
+    "Message timestamp too old": _STALE,
+    "Message timestamp too new": _FUTURE,
+    "Invalid Signature Headers": _BAD_TIMESTAMP,
+}
+_NO_MATCH_MESSAGE = "No matching signature found"
+
+_NOT_JSON = "The body is not JSON, so it is not a Clerk event."
+_NOT_OBJECT = "The body is JSON but not an object, so it is not a Clerk event."
+_TOO_DEEP = (
+    "The body is JSON nested more than 254 levels deep; a Clerk event is a few levels deep, "
+    "so it is not a Clerk event."
+)
+_DUPLICATE_KEYS = (
+    "The body has an object with the same key twice, so JSON readers may disagree on what it "
+    "says. Clerk never sends that: send the event exactly as Clerk serialized it."
+)
+_NOT_EMAIL = (
+    "The Clerk event's email is not an email address: it is longer than 320 characters or "
+    "holds control characters."
+)
+_BAD_USER_ID = (
+    f"The Clerk event's user id (data.id) is longer than {MAX_ID_CHARS} characters or holds "
+    "control characters, so it is not a Clerk user id (user_...)."
+)
+
+
+# --- Reading fields defensively: Clerk adds keys over time, and leaves many null. ---
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_name(value: Any) -> bool:
+    """An id or type fit to be stored and indexed (PostgreSQL refuses a NUL in text)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and value.isprintable()
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value.strip() or None
+
+
+def _seconds(clerk_time: int) -> int:
+    return clerk_time // 1000 if clerk_time >= MILLISECONDS_FROM else clerk_time
+
+
+def _iso(clerk_time: Any) -> str | None:
+    if not _is_int(clerk_time) or clerk_time < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(_seconds(clerk_time), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """``name`` (lower case) in any case: a starlette ``Headers`` finds it itself, a plain
+    dict is searched."""
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
+def _decodes(key: str) -> bool:
+    """``key`` is non-empty strict base64, padded or not."""
+    try:
+        return bool(base64.b64decode(key + "=" * (-len(key) % 4), validate=True))
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _webhook(secret: str) -> Webhook | None:
+    try:
+        return Webhook(secret)
+    except (ValueError, EmptyWebhookSecretError):  # not base64, or nothing after whsec_
+        return None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("repeated key")
+    return obj
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    """The event, or Rejected saying why the body is not one.
+
+    Two reads: orjson's is the strict one (UTF-8, no lone surrogates, no NaN), and its
+    writer refuses past 254 levels, which bounds what the admin later indents; json's, with
+    a hook, refuses a key given twice in one object, which every reader here would read as
+    its last value but another reader may not (Clerk signs the bytes it serialized, and never
+    repeats a key). Together about 40 µs for a 1.5 KB user event, on a path that carries
+    sign-ups, not payments."""
+    try:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError as error:  # also raised for bytes that are not UTF-8
+        if str(error).startswith("depth limit exceeded"):  # past 1024 levels
+            raise Rejected(_TOO_DEEP) from None
+        raise Rejected(_NOT_JSON) from None
+    if not isinstance(event, dict):
+        raise Rejected(_NOT_OBJECT)
+    try:
+        orjson.dumps(event)
+    except orjson.JSONEncodeError:  # orjson writes at most 254 levels
+        raise Rejected(_TOO_DEEP) from None
+    try:
+        json.loads(body, object_pairs_hook=_unique_keys)
+    except ValueError:
+        raise Rejected(_DUPLICATE_KEYS) from None
+    kind = event.get("object")
+    if kind not in ("event", None):
+        # Named only when it reads as a name: the reason is shown, and must not echo junk.
+        what = f"a Clerk {kind!r} object" if _is_name(kind) and len(kind) <= 40 else "an object"
+        raise Rejected(
+            f"The body is {what}, not an event (object 'event'). Send Clerk webhook events "
+            "to this URL."
+        )
+    timestamp = event.get("timestamp")
+    missing = [
+        name
+        for name, present in (
+            ("type", _is_name(event.get("type"))),
+            ("timestamp", _is_int(timestamp) and 0 <= timestamp < 2**53),
+            ("data", isinstance(event.get("data"), dict)),
+        )
+        if not present
+    ]
+    if missing:
+        raise Rejected(f"The Clerk event has no valid {', '.join(missing)}.")
+    return event
+
+
+def _primary_email(user: dict[str, Any]) -> str | None:
+    primary = user.get("primary_email_address_id")
+    addresses = user.get("email_addresses")
+    if not isinstance(primary, str) or not isinstance(addresses, list):
+        return None
+    for address in addresses:
+        if isinstance(address, dict) and address.get("id") == primary:
+            return _text(address.get("email_address"))
+    return None
+
+
+def _loops_properties(values: dict[str, Any]) -> dict[str, str | int | float | bool]:
+    """Keep what Loops accepts: non-empty strings, cut to its limit."""
+    return {
+        key: value[:LOOPS_STRING_LIMIT]
+        for key, value in values.items()
+        if isinstance(value, str) and value.strip()
+    }
+
+
+# --- Samples: the fixtures' shapes (tests/fixtures/clerk), the given email as the primary. ---
+
+_BASE62 = string.digits + string.ascii_letters
+_INSTANCE_ID = "ins_29w83yT7CwllvXylYLxcslj88O9"
+_DAY_MS = 86_400_000
+_SAMPLE_CLIENT = {
+    "http_request": {
+        "client_ip": "192.168.1.100",
+        "user_agent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/128.0.0.0 Safari/537.36",
+    }
+}
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        digits.append(_BASE62[digit])
+    return "".join(reversed(digits))
+
+
+def _sample_id(prefix: str, email: str) -> str:
+    """A Clerk-shaped id (27 characters after the prefix) that is the same for the same
+    email: test events for one address act on one Loops contact, matched by userId, and
+    one for another address never moves that contact's email."""
+    digest = hashlib.sha256(f"{prefix}{email.strip().lower()}".encode()).digest()
+    return prefix + _base62(int.from_bytes(digest), 27)
+
+
+def _sample_user(event_type: str, email: str, now_ms: int) -> dict[str, Any]:
+    user_id = _sample_id("user_", email)
+    if event_type == "user.deleted":  # as Clerk sends it: the id and nothing to read
+        return {"deleted": True, "id": user_id, "object": "user"}
+    address_id = _sample_id("idn_", email)
+    created = now_ms if event_type == "user.created" else now_ms - 30 * _DAY_MS
+    return {
+        "birthday": "",
+        "created_at": created,
+        "email_addresses": [
+            {
+                "email_address": email,
+                "id": address_id,
+                "linked_to": [],
+                "object": "email_address",
+                "verification": {"status": "verified", "strategy": "email_code"},
+            }
+        ],
+        "external_accounts": [],
+        "external_id": None,
+        "first_name": "John",
+        "gender": "",
+        "id": user_id,
+        "image_url": "https://img.clerk.com/xxxxxx",
+        "last_name": "Doe",
+        "last_sign_in_at": created,
+        "object": "user",
+        "password_enabled": True,
+        "phone_numbers": [],
+        "primary_email_address_id": address_id,
+        "primary_phone_number_id": None,
+        "primary_web3_wallet_id": None,
+        "private_metadata": {},
+        "profile_image_url": "https://www.gravatar.com/avatar?d=mp",
+        "public_metadata": {},
+        "two_factor_enabled": False,
+        "unsafe_metadata": {},
+        "updated_at": now_ms,
+        "username": None,
+        "web3_wallets": [],
+    }
+
+
+def _sample_waitlist_entry(event_type: str, email: str, now_ms: int) -> dict[str, Any]:
+    invited = event_type == "waitlistEntry.updated"
+    created = now_ms - _DAY_MS if invited else now_ms
+    invitation = {
+        "object": "invitation",
+        "id": _sample_id("inv_", email),
+        "email_address": email,
+        "status": "pending",
+        "created_at": now_ms,
+        "updated_at": now_ms,
+    }
+    return {
+        "object": "waitlistEntry",
+        "id": _sample_id("wle_", email),
+        "email_address": email,
+        "status": "invited" if invited else "pending",
+        "is_locked": False,
+        "created_at": created,
+        "updated_at": now_ms,
+        "invitation": invitation if invited else None,
+    }
+
+
+class ClerkProvider:
+    name = "clerk"
+    label = "Clerk"
+    contact_source = "Clerk webhook"
+    event_types = (
+        "user.created",
+        "user.updated",
+        "user.deleted",
+        "waitlistEntry.created",
+        "waitlistEntry.updated",
+    )
+
+    def secret_problem(self, secret: str) -> str | None:
+        if secret.startswith("whsec_") and _decodes(secret.removeprefix("whsec_")):
+            return None
+        return (
+            "That does not look like a Clerk signing secret: it is whsec_ followed by base64 "
+            f"(some 32 letters, digits, + and /). Copy it from {_SECRET_PLACE}."
+        )
+
+    def new_secret(self) -> str | None:
+        return None  # Clerk (Svix) makes the signing secret
+
+    def redact(self, name: str, value: str) -> str | None:
+        """``svix-signature``: each signature shows only its scheme (``v1,…``)."""
+        if name.lower() != _SIGNATURE_HEADER:
+            return None
+        shown = []
+        for entry in value.split():
+            scheme = entry.split(",", 1)[0]
+            short = len(scheme) <= 3 and scheme.isascii() and scheme.isalnum() and "," in entry
+            shown.append(f"{scheme},…" if short else "…")
+        return " ".join(shown)
+
+    def verify(self, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> None:
+        usable = [secret for secret in secrets if secret.strip()]
+        if not usable:
+            raise Rejected(_NO_SECRET)
+        names = (_ID_HEADER, _TIMESTAMP_HEADER, _SIGNATURE_HEADER)
+        msg_id, timestamp, signature = (_header(headers, name) or "" for name in names)
+        for name, value in zip(names, (msg_id, timestamp, signature), strict=True):
+            if not value:
+                raise Rejected(_NO_HEADER.format(name))
+        if len(signature) > MAX_HEADER_CHARS or signature.count("v1,") > MAX_SIGNATURES:
+            raise Rejected(_TOO_LONG)
+        if not (signature.isascii() and signature.isprintable()):
+            raise Rejected(_MALFORMED)
+        if not any(entry.startswith("v1,") for entry in signature.split(" ")):
+            raise Rejected(_NO_V1)
+        if not (_is_name(msg_id) and msg_id.isascii()):
+            raise Rejected(_BAD_ID)
+        # The library reads float(): "1.7e9" or " 17..." would pass it, and be signed as
+        # another string than the one sent.
+        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+            raise Rejected(_BAD_TIMESTAMP)
+        try:
+            payload = body.decode("utf-8")  # once, not once per secret inside the library
+        except UnicodeDecodeError:
+            raise Rejected(_NOT_UTF8) from None
+        webhooks = [webhook for webhook in map(_webhook, usable) if webhook is not None]
+        if not webhooks:
+            raise Rejected(_UNUSABLE_SECRETS)
+        # The library reads Standard Webhooks' names; Svix's are the same headers, branded.
+        standard = {
+            "webhook-id": msg_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": signature,
+        }
+        for webhook in webhooks:
+            try:
+                webhook.verify(payload, standard, json_parse=False)
+            except WebhookVerificationError as error:
+                message = str(error)
+                # Only "no match" depends on the secret; every other failure is the request's.
+                if message != _NO_MATCH_MESSAGE:
+                    raise Rejected(
+                        _LIBRARY_REASONS.get(message, f"The Svix signature check failed: {message}")
+                    ) from None
+            except ValueError:  # an entry without exactly one comma, or not base64
+                raise Rejected(_MALFORMED) from None
+            else:
+                return
+        raise Rejected(_NO_MATCH)
+
+    def parse(self, body: bytes, headers: Mapping[str, str]) -> Event:
+        msg_id = _header(headers, _ID_HEADER)
+        if not msg_id:
+            raise Rejected(_NO_HEADER.format(_ID_HEADER))
+        if not (_is_name(msg_id) and msg_id.isascii()):
+            raise Rejected(_BAD_ID)
+        event = _load(body)
+        event_type, data = event["type"], event["data"]
+        email = user_id = None
+        if event_type.startswith("user."):
+            email = _primary_email(data)
+            if isinstance(data.get("id"), str):
+                user_id = data["id"]
+                if not _is_name(user_id):
+                    raise Rejected(_BAD_USER_ID)
+        elif event_type.startswith("waitlistEntry."):
+            email = _text(data.get("email_address"))
+        if email and (len(email) > 320 or not email.isprintable()):
+            raise Rejected(_NOT_EMAIL)
+        return Event(
+            id=msg_id,
+            type=event_type,
+            occurred_at=_seconds(event["timestamp"]),
+            email=email,
+            user_id=user_id,
+            deletion=event_type == "user.deleted",
+        )
+
+    def details(self, body: bytes) -> Details:
+        event = _load(body)
+        event_type, data = event["type"], event["data"]
+        first_name = last_name = None
+        properties: dict[str, Any] = {"clerkEventType": event_type}
+        if event_type.startswith("user."):
+            first_name, last_name = _text(data.get("first_name")), _text(data.get("last_name"))
+            properties |= {
+                "userId": data.get("id"),
+                "externalId": data.get("external_id"),
+                "username": data.get("username"),
+                "imageUrl": data.get("image_url"),
+                "createdAt": _iso(data.get("created_at")),
+            }
+        elif event_type.startswith("waitlistEntry."):
+            properties |= {
+                "waitlistEntryId": data.get("id"),
+                "waitlistStatus": data.get("status"),
+                "createdAt": _iso(data.get("created_at")),
+            }
+        return Details(
+            first_name=first_name, last_name=last_name, properties=_loops_properties(properties)
+        )
+
+    def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
+        if event_type not in self.event_types:
+            raise ValueError(
+                f"Clerk has no sample for {event_type!r}; known: {', '.join(self.event_types)}"
+            )
+        webhook = _webhook(secret)
+        if webhook is None:
+            raise ValueError("The signing secret is not a Clerk one (whsec_ followed by base64).")
+        now = int(time.time())
+        build = _sample_user if event_type.startswith("user.") else _sample_waitlist_entry
+        event = {
+            "data": build(event_type, email, now * 1000),
+            "event_attributes": _SAMPLE_CLIENT,
+            "instance_id": _INSTANCE_ID,
+            "object": "event",
+            "timestamp": now * 1000,  # milliseconds, as in Clerk's docs
+            "type": event_type,
+        }
+        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)  # as JS writes
+        msg_id = "msg_" + "".join(choice(_BASE62) for _ in range(27))
+        signed_at = datetime.fromtimestamp(now, UTC)
+        return payload.encode("utf-8"), {
+            _ID_HEADER: msg_id,
+            _TIMESTAMP_HEADER: str(now),
+            _SIGNATURE_HEADER: webhook.sign(msg_id, signed_at, payload),
+            "content-type": "application/json",
+        }
+
+
+provider = ClerkProvider()

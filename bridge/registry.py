@@ -48,8 +48,10 @@ class NotFound(Invalid):
 
 
 def mask(secret: str) -> str:
-    """A hint that identifies a secret without revealing it: ``whsec_…c0ff``."""
-    prefix = secret.split("_", 1)[0] + "_" if "_" in secret[:8] else ""
+    """A hint that identifies a secret without revealing it: ``whsec_…c0ff``. Only a kind
+    prefix of lower-case letters is kept, never the start of a random secret."""
+    kind = re.match(r"[a-z]{3,7}_", secret)
+    prefix = kind.group() if kind else ""
     return f"{prefix}…{secret[-4:]}" if len(secret) > 12 else "…"
 
 

@@ -105,6 +105,13 @@ SHOWN_ONCE = (
     (re.compile(r"admin password \(shown once, only a hash is kept\): (\S+)"), ADMIN_PASSWORD),
     (re.compile(r"It is shown this once and the bridge stores it nowhere:\s+(\S+)"), SECRET_KEY),
     (re.compile(r'"secret_key": "([^"]+)"'), SECRET_KEY),
+    # A secret the bridge makes for an endpoint (Supabase's Loops-Secret): the CLI's text, its
+    # --json, and the admin's page after creating the endpoint.
+    (
+        re.compile(r"made for you and shown only this once:\s+(?:<code[^>]*>)?([^\s<\"]+)"),
+        SIGNING_SECRET,
+    ),
+    (re.compile(r'"signing_secret": "([^"]+)"'), SIGNING_SECRET),
 )
 # A Stripe signing secret in full, registered or not (a hint has "…" after the prefix).
 SIGNING_SHAPE = re.compile(r"whsec_[A-Za-z0-9]{8,}")

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+import providers
 from bridge import db, registry, sandbox
 from bridge.app import create_app
 from bridge.delivery import Worker
@@ -126,14 +127,33 @@ def test_set_up_and_watch_a_test_event_arrive(page, live: Live):
 
     page.goto("/admin/endpoints/new")
     page.get_by_label("Name", exact=True).fill("Stripe test")
-    page.get_by_label("customer.created").check()
-    page.get_by_label("invoice.paid").check()
+    # Choosing the provider swaps in its event types, in place: what was typed stays.
+    page.get_by_label("Provider").select_option("stripe")
+    assert page.get_by_role("button", name="Show its event types").is_hidden()
+    page.get_by_text("Stripe event types, and the Loops event for each").wait_for()
+    assert page.get_by_label("Name", exact=True).input_value() == "Stripe test"
+    page.get_by_label("customer.created", exact=True).check()
+    assert page.get_by_label("Loops event for invoice.payment_failed").get_attribute(
+        "placeholder"
+    ) == ("e.g. failedPayment")
+    # A Loops event typed for a type ticks it.
+    page.get_by_label("Loops event for invoice.paid").fill("successfulPayment")
+    assert page.get_by_label("invoice.paid", exact=True).is_checked()
     page.get_by_label("User group for new contacts").fill("customers")
-    page.get_by_label("Loops event to send").fill("successfulPayment")
+    page.get_by_label("Mailing lists for new contacts").fill("cm1paying, cm2news")
+    page.get_by_label("When a user or customer is deleted").select_option("delete")
     page.get_by_role("button", name="Create endpoint").click()
     page.get_by_text("Waiting for the signing secret").first.wait_for()
     url = page.locator("#endpoint-url").inner_text().strip()
     assert url.startswith(f"{live.url}/webhooks/")
+    mapping = " ".join(page.locator("#loops-events").inner_text().split())
+    assert mapping == (
+        "customer.created → no Loops event: the contact only invoice.paid → successfulPayment"
+    )
+    assert page.locator("#mailing-lists").inner_text() == "cm1paying, cm2news"
+    assert page.locator("#on-delete").inner_text().startswith("delete:")
+    (endpoint,) = registry.list_endpoints(live.engine)
+    assert endpoint.loops_events == {"invoice.paid": "successfulPayment"}
 
     page.get_by_label("Paste the signing secret").fill(SECRET)
     page.get_by_role("button", name="Add secret").click()
@@ -152,6 +172,7 @@ def test_set_up_and_watch_a_test_event_arrive(page, live: Live):
 
     (contact,) = live.sandbox("contacts")
     assert (contact["email"], contact["userGroup"]) == ("jenny@example.com", "customers")
+    assert contact["mailingLists"] == {"cm1paying": True, "cm2news": True}
     assert [e["eventName"] for e in live.sandbox("events")] == ["successfulPayment"]
 
 
@@ -183,12 +204,26 @@ def test_pages_fit_the_screen(page, live: Live, width):
     added = registry.add_account(live.engine, "acme", "k_1234567890")
     page.set_viewport_size({"width": width, "height": 800})
     sign_in(page)
+    endpoints = [
+        registry.create_endpoint(
+            live.engine,
+            name=f"{name} endpoint",
+            account="acme",
+            provider=name,
+            event_types=list(providers.get(name).event_types),
+            loops_events={providers.get(name).event_types[0]: "aRatherLongLoopsEventName"},
+            mailing_lists=["cm1abcdefghijklmnopqrstu", "cm2abcdefghijklmnopqrstu"],
+        )
+        for name in providers.names()
+    ]
     for path in (
         "/admin/",
         "/admin/deliveries",
         "/admin/endpoints/new",
         "/admin/accounts",
         f"/admin/accounts/{added.id}",
+        *(f"/admin/endpoints/{e}" for e in endpoints),
+        f"/admin/endpoints/{endpoints[0]}/edit",
     ):
         page.goto(path)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")

@@ -108,6 +108,60 @@ def test_test_event_reaches_loops_and_its_page_shows_every_call(harness: Harness
     assert event["eventProperties"]["stripeEventType"] == "invoice.paid"
 
 
+# A secret of each provider's form, for endpoints that take test events from the admin.
+PROVIDER_SECRETS = {
+    "stripe": SECRET,
+    "clerk": "whsec_YWRtaW5DbGVya1Rlc3RTZWNyZXQwMTIz",
+    "supabase": "supabaseAdminTestSecret0123456789abcdef",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDER_SECRETS))
+def test_test_event_of_every_type_goes_through_for_every_provider(offline: Harness, name: str):
+    if name not in providers.names():
+        pytest.skip(f"provider {name!r} is not registered (pyproject.toml entry point)")
+    offline.connect_admin()
+    plugin = providers.get(name)
+    endpoint = offline.endpoint(
+        ",".join(plugin.event_types),
+        provider=name,
+        name=f"{plugin.label} e",
+        secret=PROVIDER_SECRETS[name],
+    )
+    url = f"/admin/endpoints/{endpoint}/test"
+    form = page(offline, url)
+    offered = re.findall(r'<option value="([^"]+)"', form.split('id="event_type"', 1)[1])
+    assert offered == list(plugin.event_types)
+    assert f"builds a realistic {plugin.label} event" in form
+    for n, event_type in enumerate(plugin.event_types):
+        sent = offline.form(url, event_type=event_type, email=f"t{n}@example.com")
+        assert sent.status_code == 303, (event_type, sent.text[-800:])
+    rows = offline.deliveries(endpoint_id=endpoint)
+    assert [(r["event_type"], r["status"]) for r in rows] == [
+        (t, "queued") for t in plugin.event_types
+    ]
+    assert offline.get(f"/admin/endpoints/{endpoint}/rejections").text.count("<td>400</td>") == 0
+
+
+def test_refused_request_of_a_provider_with_a_secret_header_is_explained_its_way(
+    offline: Harness,
+):
+    if "supabase" not in providers.names():
+        pytest.skip("provider 'supabase' is not registered (pyproject.toml entry point)")
+    secret = PROVIDER_SECRETS["supabase"]
+    endpoint = offline.endpoint("INSERT", provider="supabase", name="Users", secret=secret)
+    body, headers = providers.get("supabase").sample("INSERT", "hidden@example.com", secret)
+    wrong = {**headers, "Loops-Secret": "wrongValueFromElsewhere_QWERTYzxcvbnmPOIU"}
+    refused = offline.run(offline.client.post(f"/webhooks/{endpoint}", content=body, headers=wrong))
+    assert refused.status_code == 400
+    text = html.unescape(page(offline, f"/admin/endpoints/{endpoint}/rejections"))
+    assert "<td>400</td>" in text
+    assert "The Loops-Secret header does not match this endpoint's secret" in text
+    assert "loops-secret: [redacted]" in text
+    assert "wrongValueFromElsewhere" not in text and "hidden@example.com" not in text
+    assert "Stripe" not in text and "whsec_" not in text
+
+
 def test_test_event_form_checks_its_fields(offline: Harness):
     offline.connect_admin()
     endpoint = offline.endpoint("invoice.paid,customer.created", secret=SECRET)

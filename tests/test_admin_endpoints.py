@@ -8,16 +8,19 @@ tests write the rows themselves and read the pages of the bridge without its wor
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session
 
+import providers
 from bridge import registry
 from bridge.admin.formats import when
-from bridge.models import AccountState
+from bridge.models import ON_DELETE, AccountState
 from tests.harness import PUBLIC_URL, Harness
 from tests.helpers import (
     Page,
@@ -28,6 +31,7 @@ from tests.helpers import (
     words,
 )
 
+STRIPE = providers.get("stripe")
 KEY = "3f9a1c0e7b5d42a8b6c1e9f07d2a4c5e"  # shown only as …4c5e
 SECRET = "whsec_adminPageSecretAAAAAAAAAAA1"  # shown only as whsec_…AAA1
 CUSTOMER_CREATED = "constructed/customer.created.event.json"
@@ -39,7 +43,8 @@ def add_account(admin: Harness, name: str = "acme", key: str = KEY) -> None:
     assert added.status_code == 303, added.text
 
 
-def endpoint_form(**changes: object) -> dict:
+def endpoint_form(events: dict[str, str] | None = None, **changes: object) -> dict:
+    """The endpoint form's fields; ``events``: the Loops event typed next to each type."""
     form: dict[str, object] = {
         "name": "Stripe test",
         "account": "acme",
@@ -47,10 +52,18 @@ def endpoint_form(**changes: object) -> dict:
         "event_types": ["customer.created", "invoice.paid"],
         "user_group": "customers",
         "sync_names": "on",
-        "loops_event": "",
+        "mailing_lists": "",
+        "on_delete": "unsubscribe",
     }
     form.update(changes)
+    form.update({f"loops_event:{t}": name for t, name in (events or {}).items()})
     return {field: value for field, value in form.items() if value is not None}
+
+
+def row(provider: providers.Provider, event_type: str) -> tuple[str, str]:
+    """The ids of an event type's checkbox and Loops event input in the endpoint form."""
+    n = list(provider.event_types).index(event_type) + 1
+    return f"accept-{provider.name}-{n}", f"loops-event-{provider.name}-{n}"
 
 
 def create_endpoint(admin: Harness, secret: str | None = None, **changes: object) -> str:
@@ -362,7 +375,7 @@ def test_refused_key_pauses_deliveries_until_it_is_replaced(tmp_path: Path):
     with Harness(tmp_path, sandbox_keys=["loops_key_right_1234"]) as bridge:
         bridge.sign_in()
         add_account(bridge, "acme", "loops_key_wrong_0000")
-        endpoint_id = create_endpoint(bridge, SECRET, loops_event="stripeCustomer")
+        endpoint_id = create_endpoint(bridge, SECRET, events={"customer.created": "stripeCustomer"})
         (account,) = bridge.page("/admin/accounts").actions(r"/admin/accounts/\d+/test")
         account_url = account.removesuffix("/test")
         accepted = bridge.webhook(endpoint_id, customer_created(), SECRET).json()
@@ -395,7 +408,7 @@ def test_endpoint_made_in_the_form_takes_a_signed_webhook_once_its_secret_is_pas
 ):
     harness.sign_in()
     add_account(harness)
-    endpoint_id = create_endpoint(harness, loops_event="stripeCustomer")
+    endpoint_id = create_endpoint(harness, events={"customer.created": "stripeCustomer"})
     url = f"{PUBLIC_URL}/webhooks/{endpoint_id}"
 
     page = harness.page(f"/admin/endpoints/{endpoint_id}")
@@ -433,9 +446,7 @@ def test_invalid_form_shows_each_problem_at_its_field_and_saves_nothing(offline:
     add_account(offline)
     refused = offline.form(
         "/admin/endpoints/new",
-        **endpoint_form(
-            name=" ", account="nobody", event_types=None, loops_event="1 bad", user_group="vip"
-        ),
+        **endpoint_form(name=" ", account="nobody", event_types=None, user_group="vip"),
     )
     assert refused.status_code == 400
     page = Page(refused)
@@ -443,15 +454,14 @@ def test_invalid_form_shows_each_problem_at_its_field_and_saves_nothing(offline:
     for field, message in {
         "name": "Give the endpoint a name",
         "account": "Pick one of the Loops accounts",
-        "loops_event": "Loops event name '1 bad' is not valid",
     }.items():
         assert page[field]["aria-invalid"] == "true"
         assert f"{field}-error" in page[field]["aria-describedby"].split()
         assert message in page[f"{field}-error"]["text"]
     assert "Pick at least one event type" in page["event_types-error"]["text"]
-    assert "event_types-error" in page.source.split("<fieldset", 1)[1].split(">", 1)[0]
+    assert "event_types-error" in page["event-types-stripe"]["aria-describedby"].split()
+    assert page[row(STRIPE, "invoice.paid")[0]]["aria-invalid"] == "true"
     # What was typed is kept; a field without a problem is not marked.
-    assert page["loops_event"]["value"] == "1 bad"
     assert page["user_group"]["value"] == "vip"
     assert "aria-invalid" not in page["user_group"]
     assert offline.cli("endpoints", "list", "--json") == []
@@ -475,8 +485,8 @@ def test_edited_event_types_apply_to_the_next_webhook(offline: Harness):
     assert "invoice.paid is not enabled" in answer["reason"]
     form = offline.page(f"/admin/endpoints/{endpoint_id}/edit")
     assert form["name"]["value"] == "Stripe customers"
-    assert 'value="customer.created" checked' in form.source
-    assert 'value="invoice.paid" checked' not in form.source
+    assert "checked" in form[row(STRIPE, "customer.created")[0]]
+    assert "checked" not in form[row(STRIPE, "invoice.paid")[0]]
     (shown,) = offline.cli("endpoints", "list", "--json")
     assert shown["event_types"] == ["customer.created"]
 
@@ -484,8 +494,10 @@ def test_edited_event_types_apply_to_the_next_webhook(offline: Harness):
 def test_paused_endpoint_keeps_webhooks_until_resumed(harness: Harness):
     harness.sign_in()
     add_account(harness)
-    held = create_endpoint(harness, SECRET, name="Held", loops_event="heldEvent")
-    other = create_endpoint(harness, SECRET, name="Other", loops_event="otherEvent")
+    held = create_endpoint(harness, SECRET, name="Held", events={"customer.created": "heldEvent"})
+    other = create_endpoint(
+        harness, SECRET, name="Other", events={"customer.created": "otherEvent"}
+    )
 
     assert harness.form(f"/admin/endpoints/{held}/pause").status_code == 303
     page = harness.page(f"/admin/endpoints/{held}")
@@ -545,7 +557,7 @@ def test_secrets_are_added_and_removed_and_never_shown_in_full(offline: Harness)
     add_account(offline)
     endpoint_id = create_endpoint(offline, old)
     page = offline.page(f"/admin/endpoints/{endpoint_id}")
-    assert "Add a second one while Stripe rolls the secret" in page.text
+    assert "Add a second one while the secret is being changed in Stripe" in page.text
 
     refused = offline.form(f"/admin/endpoints/{endpoint_id}/secrets", secret="wrong-0123")
     assert refused.status_code == 400
@@ -598,3 +610,336 @@ def test_unknown_ids_answer_a_404_page(offline: Harness):
         assert answer.status_code == 404, (method, path, answer.text)
         assert "<h1>No such" in answer.text, (method, path)
     assert offline.get(f"/admin/endpoints/{real}").status_code == 200
+
+
+# --- what an endpoint does with an event: a Loops event per type, lists, deletions -----------
+
+
+def test_form_maps_each_type_to_its_loops_event_with_lists_and_on_delete(offline: Harness):
+    add_account(offline)
+    form = offline.page("/admin/endpoints/new?provider=stripe")
+    assert form["provider"]["data-shows"] == "provider-chosen"
+    assert "hidden" not in form["event-types-stripe"]
+    # Every other provider's rows are in the page, hidden and not sent, for the script.
+    others = [n for n in providers.names() if n != "stripe"]
+    for name in others:
+        assert {"hidden", "disabled"} <= form[f"event-types-{name}"].keys()
+    # Loops' own names for Stripe's types, as placeholders.
+    for event_type, loops_name in (
+        ("customer.created", "newStripeCustomer"),
+        ("invoice.paid", "successfulPayment"),
+        ("invoice.payment_failed", "failedPayment"),
+    ):
+        assert form[row(STRIPE, event_type)[1]]["placeholder"] == f"e.g. {loops_name}"
+    assert form[row(STRIPE, "customer.updated")[1]]["placeholder"] == "Loops event (optional)"
+    assert [o for o in re.findall(r'<option value="(\w+)"', form.source) if o in ON_DELETE] == [
+        *ON_DELETE
+    ]
+
+    mapping = {"customer.created": "newStripeCustomer", "invoice.paid": "successfulPayment"}
+    endpoint_id = create_endpoint(
+        offline,
+        events=mapping,
+        event_types=["customer.created", "invoice.paid", "invoice.payment_failed"],
+        mailing_lists=" cm1abc2def3list , cm2xyz9list,",
+        on_delete="delete",
+    )
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
+    assert words(page["loops-events"]["text"]) == (
+        "customer.created → newStripeCustomer invoice.paid → successfulPayment "
+        "invoice.payment_failed → no Loops event: the contact only"
+    )
+    assert page["mailing-lists"]["text"] == "cm1abc2def3list, cm2xyz9list"
+    assert words(page["on-delete"]["text"]) == "delete: the contact is deleted from Loops"
+    (listed,) = offline.cli("endpoints", "list", "--json")
+    assert listed["loops_events"] == mapping
+    assert listed["loops_event"] is None
+    assert listed["mailing_lists"] == ["cm1abc2def3list", "cm2xyz9list"]
+    assert listed["on_delete"] == "delete"
+
+    # The edit form shows it all again, and a save without changes keeps it.
+    edit = offline.page(f"/admin/endpoints/{endpoint_id}/edit")
+    assert edit[row(STRIPE, "invoice.paid")[1]]["value"] == "successfulPayment"
+    assert edit[row(STRIPE, "invoice.payment_failed")[1]]["value"] == ""
+    assert edit["mailing_lists"]["value"] == "cm1abc2def3list, cm2xyz9list"
+    assert '<option value="delete" selected>' in edit.source
+    assert "Stripe" in edit["provider-fixed"]["text"] and "provider" not in {
+        k for k, v in edit.by_id.items() if v.get("name") == "provider" and k != "provider-chosen"
+    }
+    saved = offline.form(
+        f"/admin/endpoints/{endpoint_id}/edit",
+        **endpoint_form(
+            events=mapping,
+            event_types=["customer.created", "invoice.paid", "invoice.payment_failed"],
+            mailing_lists="cm1abc2def3list, cm2xyz9list",
+            on_delete="delete",
+            provider="clerk",  # an endpoint keeps its provider, whatever is posted
+        ),
+    )
+    assert saved.status_code == 303, saved.text
+    (again,) = offline.cli("endpoints", "list", "--json")
+    assert again == listed
+
+
+def test_one_loops_event_for_every_type_is_shown_per_type_and_saved_so(offline: Harness):
+    offline.endpoint("customer.created,invoice.paid", loops_event="stripeEvent")
+    (made,) = offline.cli("endpoints", "list", "--json")
+    edit = offline.page(f"/admin/endpoints/{made['id']}/edit")
+    assert "sends stripeEvent for every event type it accepts" in words(
+        edit["one-event-note"]["text"]
+    )
+    for event_type in ("customer.created", "invoice.paid"):
+        assert edit[row(STRIPE, event_type)[1]]["value"] == "stripeEvent"
+    assert edit[row(STRIPE, "customer.updated")[1]]["value"] == ""
+    shown = offline.page(f"/admin/endpoints/{made['id']}")
+    assert words(shown["loops-events"]["text"]) == (
+        "customer.created → stripeEvent invoice.paid → stripeEvent"
+    )
+    saved = offline.form(
+        f"/admin/endpoints/{made['id']}/edit",
+        **endpoint_form(
+            name="Stripe",
+            user_group=None,
+            events={"customer.created": "stripeEvent", "invoice.paid": "stripeEvent"},
+        ),
+    )
+    assert saved.status_code == 303, saved.text
+    (after,) = offline.cli("endpoints", "list", "--json")
+    assert after["loops_event"] is None
+    assert after["loops_events"] == {
+        "customer.created": "stripeEvent",
+        "invoice.paid": "stripeEvent",
+    }
+
+
+def test_refused_mapping_lists_and_on_delete_are_each_shown_at_their_field(offline: Harness):
+    add_account(offline)
+    typed = {
+        "events": {"invoice.paid": "successfulPayment", "customer.updated": "customerUpdated"},
+        "event_types": ["invoice.paid"],  # customer.updated not ticked
+        "mailing_lists": "cm1good, bad id!",
+        "on_delete": "explode",
+    }
+    refused = offline.form("/admin/endpoints/new", **endpoint_form(**typed))
+    assert refused.status_code == 400
+    page = Page(refused)
+    assert "Nothing was saved" in page.text
+    mapped = words(page["loops_events-error"]["text"])
+    assert "event type(s) the endpoint does not accept: customer.updated" in mapped
+    unticked = page[row(STRIPE, "customer.updated")[1]]
+    assert unticked["aria-invalid"] == "true" and unticked["value"] == "customerUpdated"
+    assert unticked["aria-describedby"] == "loops_events-error"
+    assert "aria-invalid" not in page[row(STRIPE, "invoice.paid")[1]]
+    assert "loops_events-error" in page["event-types-stripe"]["aria-describedby"].split()
+    assert "Mailing list id 'bad id!' is not valid" in page["mailing_lists-error"]["text"]
+    assert "Audience → Lists" in page["mailing_lists-error"]["text"]
+    assert page["mailing_lists"]["value"] == "cm1good, bad id!"
+    assert page["mailing_lists"]["aria-invalid"] == "true"
+    assert "'explode' is not one of: unsubscribe, delete, ignore" in page["on_delete-error"]["text"]
+    assert page["on_delete"]["aria-invalid"] == "true"
+    assert "aria-invalid" not in page["name"]
+
+    # A Loops event name Loops would refuse: its row is marked.
+    bad_name = offline.form(
+        "/admin/endpoints/new", **endpoint_form(events={"invoice.paid": "1 bad"})
+    )
+    assert bad_name.status_code == 400
+    page = Page(bad_name)
+    assert "Loops event name '1 bad' is not valid" in page["loops_events-error"]["text"]
+    assert page[row(STRIPE, "invoice.paid")[1]]["aria-invalid"] == "true"
+    assert page[row(STRIPE, "invoice.paid")[1]]["value"] == "1 bad"
+    assert "aria-invalid" not in page[row(STRIPE, "customer.created")[1]]
+    assert offline.cli("endpoints", "list", "--json") == []
+
+
+def test_provider_choice_lists_every_provider_and_shows_its_event_types(offline: Harness):
+    add_account(offline)
+    form = offline.page("/admin/endpoints/new")
+    options = re.findall(
+        r'<option value="([^"]+)"[^>]*>([^<]+)</option>',
+        form.source.split('id="provider"', 1)[1].split("</select>", 1)[0],
+    )
+    assert options == [(n, providers.get(n).label) for n in providers.names()]
+    for name in providers.names():
+        chosen = offline.page(f"/admin/endpoints/new?provider={name}")
+        plugin = providers.get(name)
+        assert "hidden" not in chosen[f"event-types-{name}"]
+        assert f'<option value="{name}" selected>' in chosen.source
+        assert chosen["provider-chosen"]["value"] == name
+        for event_type in plugin.event_types:
+            checkbox, field = row(plugin, event_type)
+            assert chosen[checkbox]["value"] == event_type
+            assert chosen[field]["name"] == f"loops_event:{event_type}"
+    # An unknown provider in the address: the first one, not an error.
+    assert (
+        offline.page("/admin/endpoints/new?provider=nope")["provider-chosen"]["value"]
+        == (providers.names()[0])
+    )
+
+
+def _needs(name: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        name not in providers.names(),
+        reason=f"provider {name!r} is not registered (pyproject.toml entry point "
+        f"loops_bridge.providers, then pip install -e .)",
+    )
+
+
+@_needs("supabase")
+def test_generated_secret_is_shown_once_on_the_page_that_creates_the_endpoint(
+    offline: Harness,
+):
+    add_account(offline)
+    created = offline.form(
+        "/admin/endpoints/new",
+        **endpoint_form(
+            name="Supabase users",
+            provider="supabase",
+            event_types=["INSERT", "UPDATE", "DELETE"],
+            events={"INSERT": "userSignedUp"},
+        ),
+    )
+    assert created.status_code == 201, created.text
+    page = Page(created)
+    secret = page["new-secret"]["text"]
+    assert len(secret) >= 32 and not providers.get("supabase").secret_problem(secret)
+    box = words(page["new-secret-box"]["text"])
+    assert "made for you and shown only this once" in box
+    assert "It will not be shown again" in box
+    assert created.text.count(secret) == 1
+    assert "Created endpoint 'Supabase users'." in page.text
+    (listed,) = offline.cli("endpoints", "list", "--json")
+    endpoint_id = listed["id"]
+    assert page["endpoint-url"]["text"] == f"{PUBLIC_URL}/webhooks/{endpoint_id}"
+    hint = listed["signing_secrets"][0]
+    assert hint.endswith(secret[-4:]) and hint in box
+    # Reloading the page asks for the endpoint's own address, not the POST again.
+    assert f'data-page-url="/admin/endpoints/{endpoint_id}"' in created.text
+    assert not [h for h in created.headers.multi_items() if secret in h[1]]  # no cookie, no URL
+
+    # The secret works: a Supabase webhook carrying it is taken.
+    body, headers = providers.get("supabase").sample("INSERT", "jo@example.com", secret)
+    answer = offline.run(
+        offline.client.post(f"/webhooks/{endpoint_id}", content=body, headers=headers)
+    )
+    assert answer.json()["status"] == "queued", answer.text
+
+    # Afterwards only its hint, anywhere.
+    for url in (
+        f"/admin/endpoints/{endpoint_id}",
+        f"/admin/endpoints/{endpoint_id}/edit",
+        "/admin/endpoints",
+        f"/admin/endpoints/{endpoint_id}/test",
+        f"/admin/endpoints/{endpoint_id}/rejections",
+        "/admin/deliveries",
+        "/admin/",
+    ):
+        later = offline.page(url)
+        assert secret not in later.source and secret[:12] not in later.source, url
+    later = offline.page(f"/admin/endpoints/{endpoint_id}")
+    assert "new-secret" not in later.by_id and "data-page-url" not in later.source
+    assert hint in later.text
+    assert secret not in json.dumps(offline.cli("endpoints", "list", "--json"))
+
+
+def test_a_provider_that_makes_no_secret_waits_for_one(offline: Harness):
+    add_account(offline)
+    for name in providers.names():
+        if providers.get(name).new_secret() is not None:
+            continue
+        plugin = providers.get(name)
+        created = offline.form(
+            "/admin/endpoints/new",
+            **endpoint_form(name=f"{name} e", provider=name, event_types=[plugin.event_types[0]]),
+        )
+        assert created.status_code == 303, created.text
+        page = offline.page(created.headers["location"])
+        assert "new-secret" not in page.by_id and "waiting-notice" in page.by_id
+
+
+def setup_steps(page: Page) -> str:
+    """The words of the endpoint page's set-up steps."""
+    section = page.source.split('id="setup"', 1)[1].split("</section>", 1)[0]
+    return words(html.unescape(re.sub(r"<[^>]+>", "", section)))
+
+
+SETUP = {
+    "stripe": ("Set it up in Stripe", "Developers → Webhooks", "stripe listen --forward-to"),
+    "clerk": (
+        "Set it up in Clerk",
+        "Webhooks",
+        "Add Endpoint",
+        "Subscribe to events",
+        "Signing Secret",
+        "whsec_",
+    ),
+    "supabase": (
+        "Set it up in Supabase",
+        "Database → Webhooks",
+        "Create a new hook",
+        "auth.users",
+        "HTTP Request",
+        "POST",
+        "Loops-Secret",
+        "Moving from Loops' own Supabase webhook",
+        "change only two things",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=_needs(n)) for n in ("stripe", "clerk", "supabase")]
+)
+def test_endpoint_page_has_its_providers_own_set_up_steps(offline: Harness, name: str):
+    plugin = providers.get(name)
+    secret = plugin.new_secret() or None
+    endpoint_id = offline.endpoint(
+        ",".join(plugin.event_types), provider=name, name=f"{plugin.label} e", secret=secret
+    )
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
+    text = setup_steps(page)
+    for said in SETUP[name]:
+        assert said in text, (name, said)
+    for event_type in plugin.event_types:  # the events to select there: this endpoint's
+        assert event_type.lower() in text.lower(), (name, event_type)
+    url = f"{PUBLIC_URL}/webhooks/{endpoint_id}"
+    assert page["endpoint-url"]["text"] == url
+    others = {label for n in SETUP if n != name for label in [providers.get(n).label]}
+    assert not [label for label in others if label in page.text], "another provider named"
+    # The generic pages say this provider's name, or none, never Stripe's for another one.
+    for url in (
+        f"/admin/endpoints/{endpoint_id}/rejections",
+        f"/admin/endpoints/{endpoint_id}/test",
+        f"/admin/endpoints/{endpoint_id}/edit",
+    ):
+        shown = offline.page(url).text
+        assert not [label for label in others if label in shown], url
+
+
+def test_a_provider_without_its_own_page_gets_general_set_up_steps(
+    offline: Harness, monkeypatch: pytest.MonkeyPatch
+):
+    from starlette.routing import Mount
+
+    from bridge.admin import Admin
+
+    endpoint_id = offline.endpoint("invoice.paid,customer.created", secret=SECRET)
+    (mounted,) = [r for r in offline.app.routes if isinstance(r, Mount) and r.path == "/admin"]
+    admin: Admin = mounted.app.state.admin  # type: ignore[union-attr]
+    assert admin.about("stripe") == "endpoints/setup_stripe.html"
+    assert admin.about("from-elsewhere") == "endpoints/setup_generic.html"
+    # Stripe's endpoint, as a provider without a template of its own would be shown.
+    monkeypatch.setattr(Admin, "about", lambda self, name: "endpoints/setup_generic.html")
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
+    assert page["setup"]["text"] == "Set it up in Stripe"
+    steps = setup_steps(page)
+    assert "In Stripe, add a webhook that sends to the URL above." in steps
+    assert "the same event types as this endpoint: customer.created, invoice.paid." in steps
+    assert "Copy the secret Stripe gives the webhook, paste it below" in steps
+    assert "stripe listen" not in page.text
+    assert (
+        "Why a request is refused"
+        in offline.page(f"/admin/endpoints/{endpoint_id}/rejections").text
+    )
+    form = offline.page(f"/admin/endpoints/{endpoint_id}/edit")
+    assert form[row(STRIPE, "invoice.paid")[1]]["placeholder"] == "Loops event (optional)"

@@ -122,6 +122,8 @@ async def rejections(request: Request) -> Response:
         "deliveries/rejections.html",
         title=f"Rejected requests · {target.name}",
         endpoint=target,
+        provider=providers.get(target.provider),
+        about_template=admin.about(target.provider),
         refusals=refusals,
         kept=REJECTIONS_KEPT,
         when=when,
@@ -191,7 +193,8 @@ async def send_test(request: Request) -> Response:
         errors["secret"] = "This endpoint has no signing secret yet: add one first."
     if errors or secret is None:
         return again(400, errors=errors)
-    body, headers = providers.get(target.provider).sample(event_type, email, secret)
+    provider = providers.get(target.provider)
+    body, headers = provider.sample(event_type, email, secret)
     url = admin.settings.endpoint_url(target.id)
     try:
         async with httpx.AsyncClient(
@@ -203,7 +206,8 @@ async def send_test(request: Request) -> Response:
             502,
             problem=f"The bridge could not reach its own webhook URL {url} "
             f"({type(exc).__name__}: {exc or 'no details'}). BRIDGE_PUBLIC_URL must be an "
-            "address where this bridge can be reached, by Stripe and by the bridge itself.",
+            f"address where this bridge can be reached, by {provider.label} and by the bridge "
+            "itself.",
         )
     try:
         answer = response.json()

@@ -1,7 +1,8 @@
 """Admin pages: endpoints, the webhook URLs a provider sends to.
 
     GET  /endpoints                              list, with each endpoint's status
-    GET  /endpoints/new, POST /endpoints/new     create
+    GET  /endpoints/new[?provider=]              the form, with that provider's event types
+    POST /endpoints/new                          create
     GET  /endpoints/{id}                         URL, set-up steps, secrets, pause, delete
     GET  /endpoints/{id}/edit, POST (same)       change
     POST /endpoints/{id}/secrets                 add a signing secret
@@ -11,6 +12,21 @@
 
 Every change goes through ``bridge.registry`` and is followed by ``inbox.forget`` so the
 webhook path sees it on the next request instead of after its route cache expires.
+
+The form has one row per event type of the provider: accept it or not, and the Loops event
+it sends (empty: the contact only). A new endpoint's page holds every provider's rows, only
+the chosen one's shown and sent; ``templates/static/admin.js`` swaps them when another
+provider is chosen, and without a script the provider's own small GET form loads the page
+for it (``?provider=``). An endpoint keeps its provider for good: its URL and secrets are
+that platform's.
+
+For a provider whose secret the bridge makes (``new_secret()``: a shared secret header), the
+endpoint is created with one, and the answer to the POST is the endpoint's page with that
+secret shown this once, not a redirect: nothing else holds it in the clear (no cookie, no
+URL, no log), and the pages after it show only its hint.
+
+Whatever is particular to one provider (set-up steps, where its secret is, why its requests
+are refused, Loops' own event names for its types) is in its template, ``Admin.about``.
 
 An endpoint's status, as listed::
 
@@ -41,6 +57,14 @@ _STATUS = {
     "waiting": ("waiting for signing secret", "status-waiting"),
 }
 
+# What each on-delete choice does in Loops, as the form and the endpoint's page say it.
+ON_DELETE_SAID = {
+    "unsubscribe": "the contact stays in Loops, unsubscribed",
+    "delete": "the contact is deleted from Loops",
+    "ignore": "the contact is left as it is",
+}
+_EVENT_FIELD = "loops_event:"  # the form's field for one event type's Loops event: + type
+
 _Handler = Callable[[Request, str], Awaitable[Response]]
 
 
@@ -50,19 +74,69 @@ def _status(view: registry.EndpointView) -> str:
     return "paused" if view.paused else "active"
 
 
-def _read_form(form: FormData) -> registry.EndpointForm:
+def _read_form(form: FormData, provider: str | None = None) -> registry.EndpointForm:
+    """The endpoint form as posted; ``provider``: the endpoint's own, on the edit page."""
+
     def text(key: str) -> str:
         return str(form.get(key) or "")
 
+    events = {
+        key.removeprefix(_EVENT_FIELD): str(value).strip()
+        for key, value in form.multi_items()
+        if key.startswith(_EVENT_FIELD) and str(value).strip()
+    }
     return registry.EndpointForm(
         name=text("name"),
         account=text("account"),
-        provider=text("provider"),
+        provider=provider or text("provider"),
         event_types=[str(t) for t in form.getlist("event_types")],
         user_group=text("user_group").strip() or None,
-        loops_event=text("loops_event").strip() or None,
         sync_names="sync_names" in form,
+        loops_events=events,
+        mailing_lists=[i.strip() for i in text("mailing_lists").split(",") if i.strip()],
+        on_delete=text("on_delete").strip() or "unsubscribe",
     )
+
+
+def _form_of(view: registry.EndpointView) -> registry.EndpointForm:
+    """An endpoint as its form shows it: one Loops event for every type (``--loops-event``)
+    is shown, and saved, as that event for each accepted type."""
+    events = view.loops_events or (
+        {t: view.loops_event for t in view.event_types} if view.loops_event else {}
+    )
+    return registry.EndpointForm(
+        view.name,
+        view.account,
+        view.provider,
+        view.event_types,
+        view.user_group,
+        sync_names=view.sync_names,
+        loops_events=events,
+        mailing_lists=view.mailing_lists,
+        on_delete=view.on_delete,
+    )
+
+
+def _suggested(admin: Admin, provider: str) -> dict[str, str]:
+    """Loops' own event names for the provider's event types, where its template
+    (``Admin.about``) has them: the form shows them as placeholders."""
+    module = admin.templates.env.get_template(admin.about(provider)).module
+    return dict(getattr(module, "loops_events", None) or {})
+
+
+def _refused_rows(form: registry.EndpointForm, errors: dict[str, str]) -> set[str]:
+    """The event types whose Loops event the form refused: mapped but not accepted, or not
+    a valid Loops event name."""
+    rows: set[str] = set()
+    if "loops_events" in errors:
+        rows |= set(form.loops_events) - set(form.event_types)
+    if "loops_event" in errors:
+        rows |= {
+            t
+            for t, name in form.loops_events.items()
+            if "loops_event" in registry.EndpointForm("", "", "", [], loops_event=name).problems()
+        }
+    return rows
 
 
 def _choices() -> list[providers.Provider]:
@@ -97,6 +171,7 @@ async def _form_page(
     *,
     endpoint_id: str | None = None,
     errors: dict[str, str] | None = None,
+    one_event: str | None = None,
 ) -> Response:
     admin = Admin.of(request)
     accounts = await admin.run(registry.list_accounts, admin.engine)
@@ -104,6 +179,10 @@ async def _form_page(
         provider = providers.get(form.provider)
     except KeyError:
         provider = _choices()[0]
+    errors = errors or {}
+    # A new endpoint may be any provider's (the page holds each one's rows); an endpoint
+    # keeps its own.
+    choosable = [provider] if endpoint_id else _choices()
     return admin.render(
         request,
         "endpoints/form.html",
@@ -114,26 +193,43 @@ async def _form_page(
         accounts=[a.name for a in accounts],
         providers=_choices(),
         provider=provider,
-        errors=errors or {},
+        choosable=choosable,
+        suggestions={p.name: _suggested(admin, p.name) for p in choosable},
+        event_field=_EVENT_FIELD,
+        refused_rows=_refused_rows(form, errors),
+        on_delete_said=ON_DELETE_SAID,
+        one_event=one_event,
+        errors=errors,
     )
 
 
 async def _show_page(
-    request: Request, endpoint_id: str, *, secret_error: str | None = None
+    request: Request,
+    endpoint_id: str,
+    status_code: int = 200,
+    *,
+    secret_error: str | None = None,
+    new_secret: str | None = None,
+    notice: str | None = None,
 ) -> Response:
     admin = Admin.of(request)
     view, secrets = await admin.run(_endpoint_page, admin.engine, endpoint_id)
+    shown: dict[str, str] = {"notice": notice} if notice else {}
     return admin.render(
         request,
         "endpoints/show.html",
-        400 if secret_error else 200,
+        400 if secret_error else status_code,
         title=view.name,
         endpoint=view,
         status=_STATUS[_status(view)],
         provider=providers.get(view.provider),
+        about_template=admin.about(view.provider),
         url=admin.settings.endpoint_url(view.id),
         secrets=secrets,
         secret_error=secret_error,
+        new_secret=new_secret,
+        on_delete_said=ON_DELETE_SAID,
+        **shown,
     )
 
 
@@ -155,9 +251,10 @@ async def index(request: Request) -> Response:
 async def new(request: Request) -> Response:
     admin = Admin.of(request)
     accounts = await admin.run(registry.list_accounts, admin.engine)
-    first = _choices()[0].name
+    asked = request.query_params.get("provider", "")
+    provider = asked if asked in providers.names() else _choices()[0].name
     account = accounts[0].name if len(accounts) == 1 else ""
-    return await _form_page(request, registry.EndpointForm("", account, first, []))
+    return await _form_page(request, registry.EndpointForm("", account, provider, []))
 
 
 async def create(request: Request) -> Response:
@@ -166,17 +263,20 @@ async def create(request: Request) -> Response:
     errors = await admin.run(registry.endpoint_problems, admin.engine, form)
     if errors:
         return await _form_page(request, form, errors=errors)
+    provider = providers.get(form.provider)
+    secret = provider.new_secret()
     try:
-        endpoint_id = await admin.run(_create, admin.engine, form)
+        endpoint_id = await admin.run(_create, admin.engine, form, secret)
     except registry.Invalid as exc:  # its Loops account was deleted meanwhile
         return await _form_page(request, form, errors={"account": str(exc)})
-    return _changed(
-        request,
-        endpoint_id,
-        f"/admin/endpoints/{endpoint_id}",
-        f"Created endpoint {form.name.strip()!r}. Now set it up in "
-        f"{providers.get(form.provider).label}: the steps are below.",
+    notice = (
+        f"Created endpoint {form.name.strip()!r}. Now set it up in {provider.label}: "
+        "the steps are below."
     )
+    if secret is None:
+        return _changed(request, endpoint_id, f"/admin/endpoints/{endpoint_id}", notice)
+    admin.inbox.forget(endpoint_id)
+    return await _show_page(request, endpoint_id, 201, new_secret=secret, notice=notice)
 
 
 @_existing
@@ -188,23 +288,15 @@ async def show(request: Request, endpoint_id: str) -> Response:
 async def edit(request: Request, endpoint_id: str) -> Response:
     admin = Admin.of(request)
     view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)
-    form = registry.EndpointForm(
-        view.name,
-        view.account,
-        view.provider,
-        view.event_types,
-        view.user_group,
-        view.loops_event,
-        view.sync_names,
-    )
-    return await _form_page(request, form, endpoint_id=endpoint_id)
+    one_event = None if view.loops_events else view.loops_event
+    return await _form_page(request, _form_of(view), endpoint_id=endpoint_id, one_event=one_event)
 
 
 @_existing
 async def update(request: Request, endpoint_id: str) -> Response:
     admin = Admin.of(request)
-    await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
-    form = _read_form(await request.form())
+    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
+    form = _read_form(await request.form(), provider=view.provider)
     errors = await admin.run(registry.endpoint_problems, admin.engine, form)
     if errors:
         return await _form_page(request, form, endpoint_id=endpoint_id, errors=errors)
@@ -316,7 +408,7 @@ def _endpoint_page(
     )
 
 
-def _create(engine: Engine, form: registry.EndpointForm) -> str:
+def _create(engine: Engine, form: registry.EndpointForm, secret: str | None) -> str:
     return registry.create_endpoint(
         engine,
         name=form.name,
@@ -324,6 +416,9 @@ def _create(engine: Engine, form: registry.EndpointForm) -> str:
         provider=form.provider,
         event_types=form.event_types,
         user_group=form.user_group,
-        loops_event=form.loops_event,
         sync_names=form.sync_names,
+        signing_secret=secret,
+        loops_events=form.loops_events,
+        mailing_lists=form.mailing_lists,
+        on_delete=form.on_delete,
     )

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import providers
 from bridge.admin.accounts import STATES, AccountView, read_accounts
 from bridge.admin.formats import COUNT_CAP, ago, count, when
 from bridge.admin.state import Admin
@@ -142,6 +143,7 @@ async def overview(request: Request) -> Response:
         "overview.html",
         title="Overview",
         o=seen,
+        provider_labels=[providers.get(name).label for name in providers.names()],
         statuses=STATUSES,
         dead_days=DEAD_DAYS,
         max_age=admin.settings.max_age_hours,

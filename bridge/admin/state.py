@@ -64,6 +64,15 @@ class Admin:
             response.delete_cookie(_NOTICE, path="/admin")
         return response
 
+    def about(self, provider: str) -> str:
+        """The template that says what is particular to ``provider`` in the admin (its set-up
+        steps, where its secret is, why its requests are refused, Loops' own event names for
+        its types): ``endpoints/setup_{provider}.html``, or for a provider this bridge has no
+        such page for, the generic ``endpoints/setup_generic.html``. The pages import it."""
+        names = [f"endpoints/setup_{provider}.html", "endpoints/setup_generic.html"]
+        name: str = self.templates.env.select_template(names).name  # type: ignore[assignment]
+        return name
+
     def error(self, request: Request, status_code: int, title: str, message: str) -> Response:
         """The error page: a title and what to do about it."""
         return self.render(request, "error.html", status_code, title=title, message=message)

@@ -21,3 +21,33 @@ document.addEventListener("submit", (event) => {
   const message = event.target.dataset.confirm;
   if (message && !window.confirm(message)) event.preventDefault();
 });
+
+// The endpoint form. The page holds each provider's event-type rows, the chosen one's shown
+// and sent; choosing another provider swaps them in place (without a script, the provider's
+// own "Show its event types" button loads the form for it). Typing a Loops event for a type
+// ticks it: an event for a type the endpoint does not accept would be refused.
+function showProvider(select) {
+  for (const rows of document.querySelectorAll("fieldset[data-provider]")) {
+    const chosen = rows.dataset.provider === select.value;
+    rows.hidden = !chosen;
+    rows.disabled = !chosen;
+  }
+  document.getElementById(select.dataset.shows).value = select.value;
+}
+
+document.addEventListener("change", (event) => {
+  if (event.target.matches("select[data-shows]")) showProvider(event.target);
+});
+
+document.addEventListener("input", (event) => {
+  const box = event.target.dataset.ticks && document.getElementById(event.target.dataset.ticks);
+  if (box && event.target.value.trim()) box.checked = true;
+});
+
+for (const select of document.querySelectorAll("select[data-shows]")) showProvider(select);
+for (const element of document.querySelectorAll("[data-hidden-with-script]")) element.hidden = true;
+
+// A page answering a POST that shows something once (an endpoint's new secret): its address
+// becomes the endpoint's, so that reloading it shows the endpoint, not a second POST.
+const pageUrl = document.querySelector("[data-page-url]");
+if (pageUrl) history.replaceState(null, "", pageUrl.dataset.pageUrl);

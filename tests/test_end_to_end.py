@@ -2,13 +2,17 @@
 with SIGTERM in the middle of a drain, and a server and two ``loops-bridge worker``
 processes sharing one PostgreSQL database. They deliver over HTTP to the Loops sandbox,
 served from a thread of the test process (the bridge being a process is the point, the
-sandbox being one is not). Every other delivery behaviour is tested in-process
-(tests/test_delivery.py)."""
+sandbox being one is not). And issue 10's acceptance: a Clerk, a Supabase and a Stripe user's
+life, sent through ``loops-bridge serve`` as each platform sends it. Every other delivery
+behaviour is tested in-process (tests/test_delivery.py, tests/test_delivery_providers.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,9 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bridge import db, sandbox
-from bridge.models import DELIVERED, Delivery
+from bridge.models import DELIVERED, IGNORED, Delivery
 from tests.harness import Served, busiest_second, run_cli, stripe_event
-from tests.helpers import signed_headers
+from tests.helpers import signed_headers, svix_headers
 from tests.servers import Bridge, Worker, bridge_env, wait_until
 
 SECRET = "whsec_e2eTestSecretAAAAAAAAAAAAAAAA"
@@ -201,3 +205,127 @@ def test_a_server_and_two_workers_on_postgresql_share_the_pace_and_each_contact(
     for worker in workers:  # every process took its share
         assert " delivered: " in worker.log()
     assert " delivered: " in bridge.log()
+
+
+# -- Clerk, Supabase and Stripe through `loops-bridge serve` (issue 10) ----------------------
+# One compact scenario per provider, sent over HTTP as each platform sends it; the bulk of
+# what each event does in Loops is tested in-process in tests/test_delivery_providers.py.
+
+CLERK_SECRET = "whsec_ZTJlIGNsZXJrIHNpZ25pbmcga2V5IQ=="
+CLERK_OTHER_SECRET = "whsec_T3RoZXIgY2xlcmsgc2lnbmluZyBrZXkh"
+SUPABASE_SECRET = "e2eSupabaseLoopsSecret-5b1d0c9e8f7a6b5c4d3e"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CLERK_USER = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the docs' user, in all three user.* files
+SUPABASE_USER = "d0c6b5a2-3f4e-4b1a-9c8d-7e6f5a4b3c2d"  # the row in all auth.users files
+
+
+def fixture(relative: str) -> bytes:
+    return (FIXTURES / relative).read_bytes()
+
+
+def test_clerk_supabase_and_stripe_users_end_in_loops_through_serve(env, stop_at_end, engine):
+    env.update(BRIDGE_LOOPS_RATE_LIMIT="100")
+    loops = start_loops(env, stop_at_end, rate_limit=100)
+    run_cli(env, "accounts", "add", "--name", "acme", "--api-key", "loops_key_acme_1234")
+
+    def endpoint(provider: str, events: str, secret: str, *options: str) -> str:
+        return run_cli(
+            env, "endpoints", "create", "--name", provider, "--account", "acme",
+            "--provider", provider, "--events", events, "--user-group", "app",
+            "--signing-secret", secret, *options, "--json",
+        )["id"]  # fmt: skip
+
+    clerk = endpoint(
+        "clerk", "user.created,user.updated,user.deleted,waitlistEntry.created", CLERK_SECRET,
+        "--loops-events", "user.created=clerkSignUp,waitlistEntry.created=joinedWaitlist",
+        "--mailing-lists", "news",
+    )  # fmt: skip
+    supabase = endpoint(
+        "supabase", "INSERT,UPDATE,DELETE", SUPABASE_SECRET,
+        "--loops-events", "INSERT=signUp", "--on-delete", "delete",
+    )  # fmt: skip
+    stripe = endpoint(
+        "stripe", "customer.created,customer.deleted", SECRET,
+        "--loops-events", "customer.created=newStripeCustomer",
+    )  # fmt: skip
+    bridge = Bridge(env)
+    stop_at_end.append(bridge)
+
+    def from_clerk(name: str, msg_id: str, secret: str = CLERK_SECRET, age: int = 0) -> dict:
+        body = fixture(f"clerk/{name}.json")
+        headers = svix_headers(body, secret, int(time.time()) - age, msg_id)
+        return bridge.post(clerk, body, headers).json()
+
+    def from_supabase(name: str, secret: str = SUPABASE_SECRET) -> dict:
+        headers = {"Content-type": "application/json", "Loops-Secret": secret}
+        return bridge.post(supabase, fixture(f"supabase/{name}.json"), headers).json()
+
+    def from_stripe(body: bytes) -> dict:
+        return bridge.post(stripe, body, signed_headers(body, SECRET)).json()
+
+    # customer.deleted: the customer as it was, under the deletion's type (edited fixture).
+    deleted = json.loads(stripe_event(CUSTOMER_CREATED, "evt_e2e_deleted", created=1714600000))
+    deleted["type"] = "customer.deleted"
+    answers = [
+        from_clerk("user.created", "msg_e2e_created"),
+        from_clerk("user.updated", "msg_e2e_updated"),  # a new primary email, a new name
+        from_clerk("user.deleted", "msg_e2e_deleted"),
+        from_clerk("waitlistEntry.created", "msg_e2e_waitlist"),
+        from_supabase("INSERT"),
+        from_supabase("UPDATE"),  # the email changed
+        from_supabase("DELETE"),
+        from_stripe(fixture(f"stripe/{CUSTOMER_CREATED}")),
+        from_stripe(json.dumps(deleted).encode()),
+    ]
+    assert [a["status"] for a in answers] == ["queued"] * 9, answers
+
+    # The clear answers, as Stripe's: refused with a reason, a resend is a duplicate, an
+    # event the bridge does not take is ignored with one.
+    assert "does not match" in from_clerk("user.created", "msg_x", CLERK_OTHER_SECRET)["reason"]
+    assert "more than 300 s old" in from_clerk("user.created", "msg_x", age=400)["reason"]
+    assert "does not match" in from_supabase("INSERT", "x" * 40)["reason"]
+    assert from_clerk("user.created", "msg_e2e_created")["status"] == "duplicate"  # same svix-id
+    assert from_supabase("INSERT")["status"] == "duplicate"  # the same body
+    session = from_clerk("session.created", "msg_e2e_session")
+    profiles = from_supabase("public.profiles.INSERT")
+    assert (session["status"], profiles["status"]) == ("ignored", "ignored")
+    assert "session.created" in session["reason"]
+    assert "public.profiles.INSERT" in profiles["reason"]
+
+    wait_until(lambda: statuses(engine) == {DELIVERED: 9, IGNORED: 2}, timeout=30,
+               what="every queued event to be delivered")  # fmt: skip
+    contacts = {c["userId"] or c["email"]: c for c in loops.get("contacts")}
+    user = contacts.pop(CLERK_USER)  # created, renamed, then unsubscribed
+    assert (user["email"], user["firstName"], user["lastName"]) == (
+        "example.renamed@example.com", "Renamed", "Person",
+    )  # fmt: skip
+    assert (user["source"], user["userGroup"], user["mailingLists"]) == (
+        "Clerk webhook", "app", {"news": True},
+    )  # fmt: skip
+    assert user["subscribed"] is False
+    waitlisted = contacts.pop("john.doe@example.com")
+    assert (waitlisted["source"], waitlisted["subscribed"]) == ("Clerk webhook", True)
+    customer = contacts.pop("test12@email.com")
+    assert (customer["source"], customer["userGroup"], customer["subscribed"]) == (
+        "Stripe webhook", "app", False,
+    )  # fmt: skip
+    assert contacts == {}  # the Supabase user was deleted
+    # Different contacts are delivered side by side: their events in any order.
+    assert sorted((e["eventName"], e["userId"], e["email"]) for e in loops.get("events")) == [
+        ("clerkSignUp", CLERK_USER, "example@example.org"),
+        ("joinedWaitlist", None, "john.doe@example.com"),
+        ("newStripeCustomer", None, "test12@email.com"),
+        ("signUp", SUPABASE_USER, "ada.lovelace@example.com"),
+    ]
+    signed_up, changed, gone = [
+        (c["path"].removeprefix("/api/v1"), c["body"])
+        for c in loops.get("requests")
+        if c["body"] and c["body"].get("userId") == SUPABASE_USER and "eventName" not in c["body"]
+    ]
+    assert signed_up == ("/contacts/create", {
+        "userId": SUPABASE_USER, "email": "ada.lovelace@example.com", "source": "Supabase webhook",
+        "userGroup": "app", "firstName": "Ada", "lastName": "Lovelace",
+    })  # fmt: skip
+    assert changed[0] == "/contacts/update"
+    assert changed[1]["email"] == "ada.byron@example.com"
+    assert gone == ("/contacts/delete", {"userId": SUPABASE_USER})

@@ -179,3 +179,50 @@ def test_accounts_set_changes_the_rate_limit_and_replaces_the_key(tmp_path):
     assert wrong.returncode == 2 and "1000" in wrong.stderr
     missing = cli(env, "accounts", "set", "nobody", "--rate-limit", "5", check=False)
     assert missing.returncode == 2 and "No Loops account named 'nobody'" in missing.stderr
+
+
+def test_endpoint_options_of_issue_10_are_checked_and_listed(tmp_path):
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
+    create = ["endpoints", "create", "--name", "Live", "--account", "acme"]
+    events = ["--events", "customer.created,invoice.paid,invoice.payment_failed"]
+    stray = cli(env, *create, *events, "--loops-events", "customer.deleted=bye", check=False)
+    assert stray.returncode == 2
+    assert "type(s) the endpoint does not accept: customer.deleted" in stray.stderr
+    assert "Accepted: customer.created, invoice.paid, invoice.payment_failed" in stray.stderr
+    unknown = cli(env, *create, *events, "--on-delete", "archive", check=False)
+    assert unknown.returncode == 2
+    assert "'archive' is not one of: unsubscribe, delete, ignore" in unknown.stderr
+    pairs = cli(env, *create, *events, "--loops-events", "invoice.paid", check=False)
+    assert pairs.returncode == 2 and "TYPE=EVENT" in pairs.stderr
+    created = cli(
+        env, *create, *events,
+        "--loops-events", "customer.created=newStripeCustomer,invoice.payment_failed=failedPayment",
+        "--mailing-lists", "cm1list0001,cm1list0002", "--on-delete", "delete", "--json",
+    )  # fmt: skip
+    assert created["loops_events"] == {
+        "customer.created": "newStripeCustomer",
+        "invoice.payment_failed": "failedPayment",
+    }
+    assert (created["mailing_lists"], created["on_delete"]) == (
+        ["cm1list0001", "cm1list0002"],
+        "delete",
+    )
+    (listed,) = cli(env, "endpoints", "list", "--json")
+    assert listed["loops_events"] == created["loops_events"]
+    text = cli(env, "endpoints", "list").stdout
+    assert "customer.created → newStripeCustomer" in text and "on delete:      delete" in text
+
+
+def test_a_supabase_endpoint_gets_a_secret_made_for_it_shown_once(tmp_path):
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
+    created = cli(
+        env, "endpoints", "create", "--name", "Users", "--account", "acme",
+        "--provider", "supabase", "--events", "INSERT,DELETE", "--json",
+    )  # fmt: skip
+    made = created["signing_secret"]
+    (hint,) = created["signing_secrets"]
+    assert len(made) >= 32 and hint.endswith(f"…{made[-4:]}") and made not in hint
+    listed = cli(env, "endpoints", "list").stdout + str(cli(env, "endpoints", "list", "--json"))
+    assert made not in listed  # only its hint, from now on

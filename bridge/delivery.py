@@ -236,7 +236,8 @@ class Worker:
         names: dict[str, str] = {}
         if job.sync_names:
             names = {"firstName": details.first_name, "lastName": details.last_name}
-            names = {k: v for k, v in names.items() if v}  # a missing name never clears one
+            # A missing name never clears one; a long one is cut to what Loops takes.
+            names = {k: v[: providers.LOOPS_STRING_LIMIT] for k, v in names.items() if v}
             if names and names_at is not None and job.occurred_at < names_at:
                 names = {}
                 done.append("names left alone: a newer event had set them")

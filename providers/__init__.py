@@ -46,9 +46,37 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol
 
-__all__ = ["Details", "Event", "Provider", "Rejected", "get", "names"]
+__all__ = [
+    "LOOPS_STRING_LIMIT",
+    "Details",
+    "Properties",
+    "Event",
+    "Provider",
+    "Rejected",
+    "get",
+    "loops_properties",
+    "names",
+]
 
 GROUP = "loops_bridge.providers"  # the entry-point group providers are registered in
+# Loops refuses any body value over 500 characters, its quotes counted
+# (https://loops.so/docs/api-reference/intro), so a string keeps at most 498.
+LOOPS_STRING_LIMIT = 498
+
+Properties = dict[str, str | int | float | bool]
+
+
+def loops_properties(values: Mapping[str, object]) -> Properties:
+    """What Loops takes as event properties: scalars, strings not empty and cut to its limit;
+    None and anything else left out."""
+    properties: Properties = {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            if value.strip():
+                properties[key] = value[:LOOPS_STRING_LIMIT]
+        elif isinstance(value, bool | int | float):
+            properties[key] = value
+    return properties
 
 
 class Rejected(Exception):

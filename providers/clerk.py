@@ -71,7 +71,7 @@ from standardwebhooks.webhooks import (
     WebhookVerificationError,
 )
 
-from providers import Details, Event, Rejected
+from providers import Details, Event, Rejected, loops_properties
 
 __all__ = ["provider"]
 
@@ -81,9 +81,6 @@ MAX_HEADER_CHARS = 2048  # room for them (a v1 entry is 47 characters)
 MAX_ID_CHARS = 255  # the svix-id and the type are indexed columns; Svix's ids are 31
 MILLISECONDS_FROM = 10**11  # a Clerk time at least this large is in milliseconds
 
-# Loops refuses any body value over 500 characters, its quotes counted
-# (https://loops.so/docs/api-reference/intro), so a string keeps at most 498.
-LOOPS_STRING_LIMIT = 498
 
 _ID_HEADER, _TIMESTAMP_HEADER, _SIGNATURE_HEADER = "svix-id", "svix-timestamp", "svix-signature"
 _SECRET_PLACE = "Clerk's dashboard: Webhooks → your endpoint → Signing Secret"
@@ -296,15 +293,6 @@ def _primary_email(user: dict[str, Any]) -> str | None:
         if isinstance(address, dict) and address.get("id") == primary:
             return _text(address.get("email_address"))
     return None
-
-
-def _loops_properties(values: dict[str, Any]) -> dict[str, str | int | float | bool]:
-    """Keep what Loops accepts: non-empty strings, cut to its limit."""
-    return {
-        key: value[:LOOPS_STRING_LIMIT]
-        for key, value in values.items()
-        if isinstance(value, str) and value.strip()
-    }
 
 
 # --- Samples: the fixtures' shapes (tests/fixtures/clerk), the given email as the primary. ---
@@ -523,20 +511,20 @@ class ClerkProvider:
         if event_type.startswith("user."):
             first_name, last_name = _text(data.get("first_name")), _text(data.get("last_name"))
             properties |= {
-                "userId": data.get("id"),
-                "externalId": data.get("external_id"),
-                "username": data.get("username"),
-                "imageUrl": data.get("image_url"),
+                "userId": _text(data.get("id")),
+                "externalId": _text(data.get("external_id")),
+                "username": _text(data.get("username")),
+                "imageUrl": _text(data.get("image_url")),
                 "createdAt": _iso(data.get("created_at")),
             }
         elif event_type.startswith("waitlistEntry."):
             properties |= {
-                "waitlistEntryId": data.get("id"),
-                "waitlistStatus": data.get("status"),
+                "waitlistEntryId": _text(data.get("id")),
+                "waitlistStatus": _text(data.get("status")),
                 "createdAt": _iso(data.get("created_at")),
             }
         return Details(
-            first_name=first_name, last_name=last_name, properties=_loops_properties(properties)
+            first_name=first_name, last_name=last_name, properties=loops_properties(properties)
         )
 
     def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:

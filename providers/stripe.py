@@ -82,7 +82,7 @@ from typing import Any
 import orjson
 import stripe
 
-from providers import Details, Event, Rejected
+from providers import Details, Event, Rejected, loops_properties
 
 __all__ = ["currency_exponent", "format_amount", "major_units", "provider"]
 
@@ -95,7 +95,6 @@ MAX_ID_CHARS = 255
 # The API version the samples are rendered in (invoice subscription under `parent`).
 SAMPLE_API_VERSION = "2025-03-31.basil"
 
-Properties = dict[str, str | int | float | bool]
 
 # --- Why a request is refused. Shown to the sender and the admin; never holds a secret. ---
 
@@ -276,22 +275,6 @@ def _money(obj: dict[str, Any], field: str, currency: str | None) -> tuple[Any, 
     if currency is None or not _is_int(amount):
         return None, None
     return major_units(amount, currency), format_amount(amount, currency)
-
-
-# Loops refuses any body value over 500 characters, its quotes counted
-# (https://loops.so/docs/api-reference/intro), so a string keeps at most 498.
-LOOPS_STRING_LIMIT = 498
-
-
-def _loops_properties(values: dict[str, Any]) -> Properties:
-    """Keep what Loops accepts: drop None and non-scalar values, cut long strings."""
-    properties: Properties = {}
-    for key, value in values.items():
-        if isinstance(value, str):
-            properties[key] = value[:LOOPS_STRING_LIMIT]
-        elif isinstance(value, bool | int | float):
-            properties[key] = value
-    return properties
 
 
 # --- The email, the one thing the ingest path needs, by kind of event object. ---
@@ -725,7 +708,7 @@ class StripeProvider:
         return Details(
             first_name=first_name,
             last_name=last_name,
-            properties=_loops_properties(
+            properties=loops_properties(
                 {
                     "stripeEventId": event["id"],
                     "stripeEventType": event["type"],

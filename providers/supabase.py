@@ -92,7 +92,7 @@ from typing import Any
 
 import orjson
 
-from providers import Details, Event, Rejected
+from providers import LOOPS_STRING_LIMIT, Details, Event, Rejected, loops_properties
 
 __all__ = ["provider"]
 
@@ -102,14 +102,10 @@ MIN_SECRET_CHARS = 32
 # (an identifier is at most 63 bytes in PostgreSQL, a user id is a UUID).
 MAX_ID_CHARS = 255
 MAX_EMAIL_CHARS = 320
-# Loops refuses any body value over 500 characters, its quotes counted
-# (https://loops.so/docs/api-reference/intro), so a string keeps at most 498.
-LOOPS_STRING_LIMIT = 498
 
 USERS = ("auth", "users")  # (schema, table) of Supabase Auth's users
 OPERATIONS = ("INSERT", "UPDATE", "DELETE")
 
-Properties = dict[str, str | int | float | bool]
 
 # --- Why a request is refused. Shown to the sender and the admin; never holds a secret. ---
 
@@ -425,7 +421,7 @@ class SupabaseProvider:
         if webhook.operation == "UPDATE" and previous != email:
             values["previousEmail"] = previous
         return Details(
-            first_name=first_name, last_name=last_name, properties=_loops_properties(values)
+            first_name=first_name, last_name=last_name, properties=loops_properties(values)
         )
 
     def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
@@ -468,18 +464,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if value is None:
         value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value if isinstance(value, str) else None
-
-
-def _loops_properties(values: dict[str, Any]) -> Properties:
-    """Keep what Loops accepts: drop None, empty and non-scalar values, cut long strings."""
-    properties: Properties = {}
-    for key, value in values.items():
-        if isinstance(value, str):
-            if value.strip():
-                properties[key] = value[:LOOPS_STRING_LIMIT]
-        elif isinstance(value, bool | int | float):
-            properties[key] = value
-    return properties
 
 
 provider = SupabaseProvider()

@@ -49,8 +49,8 @@ from typing import Protocol
 __all__ = [
     "LOOPS_STRING_LIMIT",
     "Details",
-    "Properties",
     "Event",
+    "Properties",
     "Provider",
     "Rejected",
     "get",

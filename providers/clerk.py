@@ -72,13 +72,16 @@ from standardwebhooks.webhooks import (
 )
 
 from providers import Details, Event, Rejected, loops_properties
+from providers.fields import MAX_ID_CHARS
+from providers.fields import is_int as _is_int
+from providers.fields import is_name as _is_name
+from providers.fields import text as _text
 
 __all__ = ["provider"]
 
 TOLERANCE = 300  # seconds either way: standardwebhooks' window (5 minutes), Svix's too
 MAX_SIGNATURES = 10  # v1, entries in one svix-signature header: one per signing secret
 MAX_HEADER_CHARS = 2048  # room for them (a v1 entry is 47 characters)
-MAX_ID_CHARS = 255  # the svix-id and the type are indexed columns; Svix's ids are 31
 MILLISECONDS_FROM = 10**11  # a Clerk time at least this large is in milliseconds
 
 
@@ -175,21 +178,6 @@ _BAD_USER_ID = (
 
 
 # --- Reading fields defensively: Clerk adds keys over time, and leaves many null. ---
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_name(value: Any) -> bool:
-    """An id or type fit to be stored and indexed (PostgreSQL refuses a NUL in text)."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and value.isprintable()
-
-
-def _text(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return value.strip() or None
 
 
 def _seconds(clerk_time: int) -> int:

@@ -83,6 +83,11 @@ import orjson
 import stripe
 
 from providers import Details, Event, Rejected, loops_properties
+from providers.fields import dig as _dig
+from providers.fields import is_int as _is_int
+from providers.fields import is_name as _is_name
+from providers.fields import split_name as _split_name
+from providers.fields import text as _text
 
 __all__ = ["currency_exponent", "format_amount", "major_units", "provider"]
 
@@ -90,7 +95,6 @@ TOLERANCE = stripe.Webhook.DEFAULT_TOLERANCE  # seconds; Stripe's documented def
 MAX_SIGNATURES = 10  # v1= entries in one Stripe-Signature header
 MAX_HEADER_CHARS = 2048  # room for them, a timestamp and as many v0= entries
 # Longest event id and type kept: they are indexed columns, and Stripe's are ~30 characters.
-MAX_ID_CHARS = 255
 
 # The API version the samples are rendered in (invoice subscription under `parent`).
 SAMPLE_API_VERSION = "2025-03-31.basil"
@@ -211,15 +215,6 @@ def format_amount(amount: int, currency: str) -> str:
 # --- Reading fields defensively: old API versions lack fields, webhooks may expand ids. ---
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_name(value: Any) -> bool:
-    """An event id or type fit to be stored and indexed (PostgreSQL refuses a NUL in text)."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and value.isprintable()
-
-
 def _signed_at(header: str) -> int:
     """The ``t=`` of a header the stripe library has accepted, read exactly as the library
     reads it (``_get_timestamp_and_signatures``), so that the two cannot disagree."""
@@ -227,32 +222,11 @@ def _signed_at(header: str) -> int:
     return int(next(item[1] for item in items if item[0] == "t"))
 
 
-def _dig(value: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
 def _id(value: Any) -> str | None:
     """An id field that is either ``"sub_..."`` or the expanded object ``{"id": "sub_..."}``."""
     if isinstance(value, dict):
         value = value.get("id")
     return value if isinstance(value, str) and value else None
-
-
-def _text(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return value.strip() or None
-
-
-def _split_name(full_name: Any) -> tuple[str | None, str | None]:
-    """``"Jenny Rosen"`` -> ``("Jenny", "Rosen")``. Missing stays None, so it never clears a
-    name in Loops."""
-    words = (_text(full_name) or "").split(maxsplit=1)
-    return (words[0] if words else None), (words[1] if len(words) > 1 else None)
 
 
 def _iso(timestamp: Any) -> str | None:

@@ -93,6 +93,11 @@ from typing import Any
 import orjson
 
 from providers import LOOPS_STRING_LIMIT, Details, Event, Rejected, loops_properties
+from providers.fields import MAX_ID_CHARS
+from providers.fields import dig as _dig
+from providers.fields import is_name as _is_name
+from providers.fields import split_name as _split_name
+from providers.fields import text as _text
 
 __all__ = ["provider"]
 
@@ -100,7 +105,6 @@ HEADER = "Loops-Secret"  # the header Loops' own Supabase integration reads
 MIN_SECRET_CHARS = 32
 # Longest event type and user id kept: they are stored and indexed, and Supabase's are short
 # (an identifier is at most 63 bytes in PostgreSQL, a user id is a UUID).
-MAX_ID_CHARS = 255
 MAX_EMAIL_CHARS = 320
 
 USERS = ("auth", "users")  # (schema, table) of Supabase Auth's users
@@ -178,25 +182,6 @@ def _refuse_repeated_keys(body: bytes) -> None:
         raise Rejected(_DUPLICATE_KEYS) from None
 
 
-def _is_name(value: Any) -> bool:
-    """A type, schema, table or id fit to be stored and indexed (no NUL, not 10 KB)."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and value.isprintable()
-
-
-def _text(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    return value.strip() or None
-
-
-def _dig(value: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
-
-
 def _time(value: Any) -> datetime | None:
     """A timestamptz as jsonb renders it (``"2025-03-14T09:26:53.571236+00:00"``), or None
     for anything else (null, ``"infinity"``, before 1970, from 2038 on: event times are
@@ -223,11 +208,6 @@ def _iso(value: Any) -> str | None:
 def _event_time(row: dict[str, Any]) -> int:
     moment = _time(row.get("updated_at")) or _time(row.get("created_at"))
     return int(moment.timestamp()) if moment else 0
-
-
-def _split_name(full_name: Any) -> tuple[str | None, str | None]:
-    words = (_text(full_name) or "").split(maxsplit=1)
-    return (words[0] if words else None), (words[1] if len(words) > 1 else None)
 
 
 def _names(row: dict[str, Any]) -> tuple[str | None, str | None]:

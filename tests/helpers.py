@@ -15,6 +15,8 @@ import html
 import json
 import re
 import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -363,3 +365,30 @@ def svix_headers(
         "svix-signature": "v1," + base64.b64encode(digest).decode(),
         "content-type": "application/json",
     }
+
+
+@dataclass(frozen=True)
+class Read:
+    """What the bridge reads of one request: at ingest (parse) and at delivery (details)."""
+
+    id: str
+    type: str
+    occurred_at: int
+    email: str | None
+    user_id: str | None
+    deletion: bool
+    first_name: str | None
+    last_name: str | None
+    properties: dict
+
+
+def read_with(provider: Any, body: bytes, headers: Mapping[str, str] | None = None) -> Read:
+    """Parse and read ``body`` as ``provider`` does, and check its Loops properties are what
+    Loops takes: flat camelCase keys, scalars, strings not empty and within 500 characters
+    with their quotes."""
+    event, details = provider.parse(body, headers or {}), provider.details(body)
+    for key, value in details.properties.items():
+        assert key.isascii() and key.isalnum() and key[0].islower(), key
+        assert isinstance(value, str | int | float | bool), key
+        assert not isinstance(value, str) or 0 < len(value.strip()) <= len(value) <= 498, key
+    return Read(**asdict(event), **asdict(details))

@@ -11,7 +11,6 @@ import base64
 import hmac
 import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from starlette.datastructures import Headers
 
 import providers
 from providers.clerk import provider
-from tests.helpers import svix_headers
+from tests.helpers import Read, read_with, svix_headers
 
 SECRET = "whsec_5IUwDa9FBtuCMI3Z4ZPIwGRuTUU744zT"
 OTHER_SECRET = "whsec_PycOY4nYcfvD2kHiHE4bK6ayAbdt1jSH"
@@ -63,25 +62,8 @@ def assert_loops_properties(properties: dict) -> None:
         assert not isinstance(value, str) or (0 < len(value.strip()) and len(value) + 2 <= 500)
 
 
-@dataclass(frozen=True)
-class Read:
-    """What the bridge reads of one request: at ingest (parse) and at delivery (details)."""
-
-    id: str
-    type: str
-    occurred_at: int
-    email: str | None
-    user_id: str | None
-    deletion: bool
-    first_name: str | None
-    last_name: str | None
-    properties: dict
-
-
 def read(body: bytes, msg_id: str = MSG_ID) -> Read:
-    event, details = provider.parse(body, {"svix-id": msg_id}), provider.details(body)
-    assert_loops_properties(details.properties)
-    return Read(**asdict(event), **asdict(details))
+    return read_with(provider, body, {"svix-id": msg_id})
 
 
 def parse(event: dict) -> Read:

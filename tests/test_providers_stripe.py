@@ -10,14 +10,20 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
 
 import pytest
 from starlette.datastructures import Headers
 
 import providers
 from providers.stripe import provider
-from tests.helpers import fixture_bytes, fixture_json, signed_headers, stripe_signature
+from tests.helpers import (
+    Read,
+    fixture_bytes,
+    fixture_json,
+    read_with,
+    signed_headers,
+    stripe_signature,
+)
 
 SECRET = "whsec_test_5f3a9c1e7b2d4a6f8e0c1b3d5f7a9e1c"
 OTHER_SECRET = "whsec_test_0000aaaa1111bbbb2222cccc3333dddd"
@@ -39,25 +45,8 @@ def rejection(body: bytes, headers: dict[str, str], secrets: list[str]) -> str:
     return reason
 
 
-@dataclass(frozen=True)
-class Read:
-    """What the bridge reads of one body: at ingest (parse) and at delivery (details)."""
-
-    id: str
-    type: str
-    occurred_at: int
-    email: str | None
-    user_id: str | None
-    deletion: bool
-    first_name: str | None
-    last_name: str | None
-    properties: dict
-
-
 def read(body: bytes) -> Read:
-    event, details = provider.parse(body, {}), provider.details(body)
-    assert_loops_properties(details.properties)
-    return Read(**asdict(event), **asdict(details))
+    return read_with(provider, body)
 
 
 def parse(event: dict) -> Read:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from starlette.datastructures import Headers
 
 import providers
 from providers.supabase import provider
+from tests.helpers import Read, read_with
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "supabase"
 SECRET = "sb_test_9f2c4e6a8b0d1f3e5a7c9b1d3f5e7a9c"
@@ -71,25 +71,8 @@ def refusal(body: bytes) -> str:
     return str(caught.value)
 
 
-@dataclass(frozen=True)
-class Read:
-    """What the bridge reads of one body: at ingest (parse) and at delivery (details)."""
-
-    id: str
-    type: str
-    occurred_at: int
-    email: str | None
-    user_id: str | None
-    deletion: bool
-    first_name: str | None
-    last_name: str | None
-    properties: dict
-
-
 def read(body: bytes) -> Read:
-    event, details = provider.parse(body, {}), provider.details(body)
-    assert_loops_properties(details.properties)
-    return Read(**asdict(event), **asdict(details))
+    return read_with(provider, body)
 
 
 def assert_loops_properties(properties: dict) -> None:

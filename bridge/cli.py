@@ -256,7 +256,7 @@ def _serve(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     }
     servers = [uvicorn.Server(uvicorn.Config(apps.public, port=port, **options))]
     if apps.admin:
-        # No lifespan: the inbox writer and the delivery worker run once, in the public app's.
+        # No lifespan: the inbox and the delivery worker run once, in the public app's.
         admin = uvicorn.Config(apps.admin, port=admin_port, lifespan="off", **options)
         servers.append(uvicorn.Server(admin))
     # What exists now lives as long as the process: keep the collector from walking it

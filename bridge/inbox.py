@@ -4,31 +4,45 @@ It decides, for one endpoint, whether an event is *queued* for Loops, *ignored* 
 endpoint does not accept, or no email address), or a *duplicate* (the provider retried), and
 makes that decision durable before the webhook is answered::
 
-    accept(route, event, body)  -> Receipt   queued | ignored | duplicate, once on disk
-                                -> raises StorageUnavailable: nothing was acknowledged
+    accept(route, event, body) -> Receipt   queued | ignored | duplicate, once on disk
+                               -> raises StorageUnavailable: nothing was acknowledged
 
-Writes use group commit, in the serving process. One batch is written at a time, in a
-worker thread (the event loop never waits on the database); requests that arrive while it
-is being written join the next batch. A batch is one ``INSERT ... ON CONFLICT (endpoint_id,
-event_id) DO NOTHING RETURNING`` and one commit: on SQLite (WAL, ``synchronous=FULL``, see
-:mod:`bridge.db`) that commit is the batch's one fsync; on PostgreSQL, its one WAL flush.
-Rows the database already had (the provider retried) come back from one ``SELECT`` in the
-same transaction, so their requests answer ``duplicate`` with the first delivery's id.
-Several requests for the same event in one batch: the first is written, the others are its
-duplicates. If the batch fails, every request in it answers 503 and the provider retries.
+Writes use group commit, in the serving process, by one writer thread of the inbox's own
+(started with the first event, stopped by :meth:`Inbox.drain`): the event loop hands it the
+row and waits for the answer, never for the database. The thread writes whatever is waiting
+as one batch, hands the answers back to the loop in one callback, and starts on what arrived
+meanwhile. A batch is one ``INSERT ... ON CONFLICT (endpoint_id, event_id) DO NOTHING
+RETURNING id`` and one commit, so one fsync: SQLite runs WAL with ``synchronous=FULL``
+(:mod:`bridge.db`), PostgreSQL flushes its WAL at commit. Rows the database already had (the
+provider retried) are read back in the same transaction, and their requests answer
+``duplicate`` with the first delivery's id; of several requests for one event in a batch, the
+first is written and the others are its duplicates. If the batch fails, every request in it
+answers 503, nothing of it stays, and the provider retries.
 
-Why a thread and not a process of its own (as before issue 9: a writer process speaking
-pickle over a socket pair, with hand-written batch SQL): the plain design keeps the floor
-``make bench`` checks (1,000 signed 7 KB webhooks a second, 0.20 of a bare Starlette app,
-p99 under 50 ms) with room to spare; see bench/ingest.py and the README's Speed section
-for the measured numbers.
+On SQLite, a second thread of the inbox's (:class:`_Checkpoints`) copies the WAL into the
+database file beside the writer, so that no batch waits for a checkpoint.
+
+Why one writer thread that takes the next batch itself, rather than ``anyio.to_thread`` per
+batch: measured with bench/ingest.py, each batch then also waited in the event loop's queue,
+behind the requests being parsed, to start (4.5 ms) and to hand its answers back (2.5 ms),
+on top of a 6.5 ms write: batches of 31 webhooks every 18 ms, against 16 every 6 ms now.
+Why not a process of its own, as before issue 9 (a writer process speaking pickle over a
+socket pair, with hand-written batch SQL): measured with ``make bench`` on this 2-core
+machine, the thread does about as well as the process did (2,000 to 2,700 signed 7 KB
+webhooks a second, 0.27 to 0.33 of a bare Starlette app; the process: 2,150, 0.30), far
+above the 1,000 a second the floor asks and the 10 a second Loops takes per account. SQLite's
+own work and the fsync run without the interpreter lock. The README's Speed section has the
+numbers, and what keeps the p99 above 50 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,8 +63,11 @@ log = logging.getLogger("bridge.inbox")
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 _INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+CHECKPOINT_BYTES = 1_000_000  # of webhook bodies: about 1.5 MB of WAL, a third of SQLite's own
 
 Key = tuple[str, str]  # (endpoint_id, event_id): one delivery per event per endpoint
+# A row handed to the writer thread, and the future its request waits on: (id, new).
+_Waiting = tuple[dict, "asyncio.Future[tuple[int, bool]]"]
 
 
 class StorageUnavailable(Exception):
@@ -92,8 +109,8 @@ class Inbox:
             .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
             .returning(DELIVERIES.c.id, DELIVERIES.c.endpoint_id, DELIVERIES.c.event_id)
         )
-        self._pending: list[tuple[dict, asyncio.Future[tuple[int, bool]]]] = []
-        self._writing: asyncio.Task[None] | None = None
+        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -152,6 +169,8 @@ class Inbox:
             "event_type": event.type,
             "occurred_at": event.occurred_at,
             "email": event.email,
+            "user_id": event.user_id,
+            "deletion": event.deletion,
             "payload": payload,
             "status": IGNORED if reason else QUEUED,
             "reason": reason,
@@ -161,11 +180,13 @@ class Inbox:
             "next_attempt_at": None if reason else now,
             "finished_at": now if reason else None,
         }
-        loop = asyncio.get_running_loop()
-        stored: asyncio.Future[tuple[int, bool]] = loop.create_future()
-        self._pending.append((row, stored))
-        if self._writing is None:
-            self._writing = loop.create_task(self._write_pending(), name="inbox-writer")
+        stored: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
+        if self._writer is None or not self._writer.is_alive():  # or it died of a bug
+            self._writer = threading.Thread(
+                target=self._write_batches, args=(self._queue,), name="inbox-writer", daemon=True
+            )
+            self._writer.start()
+        self._queue.put((row, stored))
         delivery_id, new = await stored
         if not new:
             return Receipt("duplicate", delivery_id, "this endpoint already received this event")
@@ -176,53 +197,76 @@ class Inbox:
         return Receipt(QUEUED, delivery_id)
 
     async def drain(self) -> None:
-        """Wait until everything handed to the inbox is written (or has failed)."""
-        while self._writing is not None:
-            await asyncio.wait([self._writing])
+        """Wait until everything handed to the inbox is written (or has failed), and stop
+        the writer thread; the next event starts it again."""
+        writer, waiting = self._writer, self._queue
+        self._writer, self._queue = None, queue.SimpleQueue()
+        if writer is not None:
+            waiting.put(None)  # after everything handed over before it
+            await anyio.to_thread.run_sync(writer.join)
 
-    async def _write_pending(self) -> None:
-        """Write what is pending as one batch, then what arrived meanwhile, until none is."""
+    def _write_batches(self, waiting: queue.SimpleQueue[_Waiting | None]) -> None:
+        """The writer thread: write whatever is waiting as one batch, then again, until
+        told to stop. Each batch's answers go back to the event loop in one callback."""
+        checkpoints = _Checkpoints(self._engine) if self._engine.dialect.name == "sqlite" else None
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._write(batch)
+            while True:
+                batch: list[_Waiting] = []
+                item = waiting.get()  # blocks until there is something to write
+                while item is not None:
+                    batch.append(item)
+                    try:
+                        item = waiting.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    outcomes = self._write(batch)
+                    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+                    for (_, future), outcome in zip(batch, outcomes, strict=True):
+                        by_loop.setdefault(future.get_loop(), []).append((future, outcome))
+                    for loop, answers in by_loop.items():
+                        with contextlib.suppress(RuntimeError):  # that loop is closed
+                            loop.call_soon_threadsafe(_settle, answers)
+                    if checkpoints:
+                        checkpoints.wrote(sum(len(row["payload"]) for row, _ in batch))
+                if item is None:
+                    return
         finally:
-            self._writing = None
+            if checkpoints:
+                checkpoints.stop()
 
-    async def _write(self, batch: list[tuple[dict, asyncio.Future[tuple[int, bool]]]]) -> None:
+    def _write(self, batch: list[_Waiting]) -> list[tuple[int, bool] | str]:
+        """Store the batch: for each of its requests, the delivery id and whether it is new
+        (the first of its event in the batch, and not stored before), or why it failed."""
         firsts: dict[Key, dict] = {}
         for row, _ in batch:
             firsts.setdefault((row["endpoint_id"], row["event_id"]), row)
         # In key order: two processes writing batches that share events take their row locks
         # in the same order, so on PostgreSQL they wait for each other rather than deadlock.
-        rows = [firsts[key] for key in sorted(firsts)]
         try:
-            stored = await anyio.to_thread.run_sync(self._insert_batch, rows)
+            stored = self._insert_batch([firsts[key] for key in sorted(firsts)])
         except Exception as exc:  # storage down: every waiting request answers 503
-            problem = _first_line(exc)
+            first_line = str(exc).strip().partition("\n")[0]
+            problem = f"{type(exc).__name__}: {first_line}"
             log.error(
                 "could not store %d webhook(s); they were answered 503, so the sender retries "
                 "them: %s",
                 len(batch),
                 problem,
             )
-            _fail(batch, problem)
-            return
-        except BaseException:  # cancelled (the loop is closing): nothing is acknowledged
-            _fail(batch, "the bridge is stopping")
-            raise
-        for row, future in batch:
-            if future.done():  # its sender hung up
-                continue
+            return [problem] * len(batch)
+        outcomes: list[tuple[int, bool] | str] = []
+        for row, _ in batch:
             key = (row["endpoint_id"], row["event_id"])
             found = stored.get(key)
             if found is None:  # it conflicted, then was gone before it could be read
-                future.set_exception(StorageUnavailable(f"delivery {key} changed meanwhile"))
+                outcomes.append(f"delivery of event {key[1]} changed meanwhile")
             else:  # of several rows with one key, the first is the one written
-                future.set_result((found[0], found[1] and firsts[key] is row))
+                outcomes.append((found[0], found[1] and firsts[key] is row))
+        return outcomes
 
     def _insert_batch(self, rows: list[dict]) -> dict[Key, tuple[int, bool]]:
-        """In a worker thread: insert ``rows`` (one per key) in one transaction; for each
+        """In the writer thread: insert ``rows`` (one per key) in one transaction; for each
         key, the delivery id and whether this batch created it."""
         with self._engine.begin() as conn:
             stored = {
@@ -242,16 +286,22 @@ class Inbox:
     # -- refused requests ---------------------------------------------------------------------
 
     def record_rejection(
-        self, endpoint_id: str, status_code: int, reason: str, headers: Mapping[str, str]
+        self,
+        endpoint_id: str,
+        status_code: int,
+        reason: str,
+        headers: Mapping[str, str],
+        provider: providers.Provider | None = None,
     ) -> None:
-        """Keep the refused request's headers (secrets redacted, never the body), at most
-        ``REJECTIONS_KEPT`` per endpoint, for the admin's "why was this refused?"."""
+        """Keep the refused request's headers (secrets redacted, the endpoint's provider's
+        own way first; never the body), at most ``REJECTIONS_KEPT`` per endpoint, for the
+        admin's "why was this refused?"."""
         row = Rejection(
             endpoint_id=endpoint_id,
             at=time.time(),
             status_code=status_code,
             reason=reason,
-            headers=json.dumps(redact(headers)),
+            headers=json.dumps(redact(headers, provider)),
         )
         newest = (
             select(Rejection.id)
@@ -278,40 +328,91 @@ REJECTIONS_KEPT = 50
 _SECRET_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
 
 
-def redact(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers as they can be shown: credentials hidden, signatures cut to their scheme."""
+def redact(
+    headers: Mapping[str, str], provider: providers.Provider | None = None
+) -> dict[str, str]:
+    """Headers as they can be shown: the provider's own signature or secret headers as it
+    shows them; credentials, and any other header named as a signature or a secret, hidden
+    whole."""
     shown: dict[str, str] = {}
     for name, value in list(headers.items())[:60]:
         name = name.lower()
-        if name in _SECRET_HEADERS:
+        if provider and (own := provider.redact(name, value)) is not None:
+            value = own
+        elif name in _SECRET_HEADERS or "signature" in name or "secret" in name:
             value = "[redacted]"
-        elif name.endswith("signature"):
-            value = ",".join(
-                part.split("=", 1)[0] + "=…" if "=" in part and not part.startswith("t=") else part
-                for part in value.split(",")
-            )
         shown[name] = value if len(value) <= 300 else value[:300] + f"… ({len(value)} chars)"
     return shown
 
 
 def _why_ignored(route: Route, event: providers.Event) -> str | None:
     if event.type not in route.event_types:
+        if event.type not in route.provider.event_types:
+            return (
+                f"this bridge does not handle {route.provider.label} event type {event.type}; "
+                "stop sending it from the provider"
+            )
         enabled = ", ".join(sorted(route.event_types))
         return (
             f"event type {event.type} is not enabled on this endpoint (enabled: {enabled}); "
             "enable it on the endpoint, or stop sending it from the provider"
         )
-    if not event.email:
+    if not event.email and not (event.deletion and event.user_id):  # user.deleted: the id only
         return "the event carries no email address, and Loops only takes events that do"
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+class _Checkpoints:
+    """SQLite: a thread that copies the WAL into the database file (a PASSIVE checkpoint,
+    which runs beside the writer's next batches) after every :data:`CHECKPOINT_BYTES` of
+    webhooks written, so that the WAL stays short and no commit of the writer has to do it.
+    Otherwise the commit that takes the WAL past 1,000 pages (4 MB) does it, about one batch
+    in ten, 15 to 20 ms longer (https://www.sqlite.org/wal.html#automatic_checkpoint).
+    Measured with bench/ingest.py, in pairs of runs: 13 to 25 % more webhooks a second, and a
+    p99 of 39 to 42 ms instead of 50 to 58. If this thread falls behind, the writer's commits
+    checkpoint as before."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._written = 0
+        self._due = self._stopping = False
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inbox-checkpoints", daemon=True)
+        self._thread.start()
+
+    def wrote(self, size: int) -> None:
+        self._written += size
+        if self._written >= CHECKPOINT_BYTES:
+            self._written, self._due = 0, True
+            self._wake.set()
+
+    def stop(self) -> None:
+        """Stop, after the checkpoint that is due, if one is."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._due:
+                self._due = False
+                try:
+                    with self._engine.connect() as conn:
+                        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+                except Exception as exc:  # the writer's commits checkpoint instead
+                    log.warning("could not checkpoint the SQLite WAL: %s", exc)
+            if self._stopping:
+                return
 
 
-def _fail(batch: list[tuple[dict, asyncio.Future[tuple[int, bool]]]], problem: str) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(StorageUnavailable(problem))
+def _settle(answers: list[tuple[asyncio.Future[tuple[int, bool]], tuple[int, bool] | str]]) -> None:
+    """On the event loop: answer the requests of a written batch that still wait."""
+    for future, outcome in answers:
+        if future.done():  # its sender hung up
+            continue
+        if isinstance(outcome, str):
+            future.set_exception(StorageUnavailable(outcome))
+        else:
+            future.set_result(outcome)

@@ -301,7 +301,7 @@ def test_keyset_pages_under_every_filter_combination(tmp_path: Path, size: int, 
             "status": rng.choices(STATUSES, [5, 80, 10, 4, 1])[0],
             "received_at": float(n),
         }
-        for n in range(80)
+        for n in range(60)
     ]
     with engine.begin() as conn:
         conn.execute(Delivery.__table__.insert(), rows)  # type: ignore[attr-defined]

@@ -677,7 +677,7 @@ def test_sample_of_unknown_type_or_with_a_bad_secret_is_an_error():
 # --- whatever arrives, only Rejected escapes verify and parse ---
 
 FUZZ = settings(
-    max_examples=400,
+    max_examples=200,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

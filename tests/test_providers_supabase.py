@@ -30,7 +30,7 @@ OTHER_SECRET = "sb_test_0000aaaa1111bbbb2222cccc3333dddd"
 USER_ID = "d0c6b5a2-3f4e-4b1a-9c8d-7e6f5a4b3c2d"
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -487,7 +487,7 @@ FIELDS = (
 )
 
 
-@settings(FUZZ, max_examples=1000)
+@settings(FUZZ, max_examples=400)
 @given(
     name=st.sampled_from(["INSERT.json", "UPDATE.json", "DELETE.json"]),
     field=st.sampled_from(FIELDS),

@@ -38,11 +38,11 @@ from bridge.app import create_app
 from bridge.settings import load
 from tests.helpers import fixture_bytes, signed_headers, stripe_signature
 
-# Cases per test. The default profile: 3 x 800, plus 160 signed events sent 1 to 6 times each,
-# 2,560 cases in about 15 s. Only this module uses hypothesis, so it sets the profile.
+# Cases per test. The default profile: 3 x 500, plus 100 signed events sent 1 to 6 times each,
+# 1,600 cases in about 9 s. Only this module uses hypothesis, so it sets the profile.
 settings.register_profile(
     "default",
-    max_examples=800,
+    max_examples=500,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

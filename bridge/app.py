@@ -100,6 +100,9 @@ def create_apps(
         lifespan=lifespan,
         exception_handlers={404: not_found},
     )
+    # No redirect to a path with or without a trailing slash: every path the public port
+    # does not serve answers the same JSON 404, as it did before the webhook route was one.
+    app.router.redirect_slashes = False
     app.state.webhooks = webhooks.Receiver(inbox, settings.max_body_bytes)
     app.state.inbox = inbox  # for callers that run the app without its lifespan (tests)
     if settings.admin in ("on", "off"):

@@ -81,3 +81,17 @@ def test_healthz(tmp_path):
             return await client.get("/healthz")
 
     assert asyncio.run(get()).json() == {"status": "ok"}
+
+
+def test_paths_the_public_port_does_not_serve_answer_one_json_404_never_a_redirect(harness):
+    """A webhook URL missing its endpoint id, with or without the slash, is told so rather
+    than sent somewhere else (a redirect would make Stripe report a 3xx, not the reason)."""
+    for method, path in (("POST", "/webhooks"), ("GET", "/healthz/"), ("POST", "/nothing")):
+        answer = harness.run(harness.client.request(method, path))
+        assert answer.status_code == 404, (method, path)
+        assert answer.json() == {"status": "rejected", "reason": "not found"}
+    empty_id = harness.run(harness.client.post("/webhooks/"))
+    assert (empty_id.status_code, empty_id.json()["reason"]) == (
+        404,
+        "unknown endpoint: check the URL",
+    )

@@ -90,10 +90,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from providers import LOOPS_STRING_LIMIT, Details, Event, Rejected, loops_properties
-from providers.fields import MAX_ID_CHARS
+from providers.fields import MAX_ID_CHARS, BodyReasons, load_object, refuse_repeated_keys
 from providers.fields import dig as _dig
 from providers.fields import is_name as _is_name
 from providers.fields import split_name as _split_name
@@ -137,6 +135,7 @@ _DUPLICATE_KEYS = (
     "The body has an object with the same key twice, so JSON readers may disagree on what it "
     "says. Supabase never sends that: send the webhook exactly as Supabase serialized it."
 )
+_BODY = BodyReasons(_NOT_JSON, _NOT_OBJECT, _TOO_DEEP, _DUPLICATE_KEYS)
 _BAD_EMAIL = (
     "The auth.users row's email is not an email address: it is longer than 320 characters or "
     "holds control characters."
@@ -144,42 +143,6 @@ _BAD_EMAIL = (
 
 
 # --- Reading the body. ---
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("repeated key")
-    return obj
-
-
-def _load(body: bytes) -> dict[str, Any]:
-    try:
-        # orjson: strict UTF-8 and JSON, lone surrogates refused, as the bridge reads bodies.
-        webhook = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        if str(error).startswith("depth limit exceeded"):  # past 1024 levels
-            raise Rejected(_TOO_DEEP) from None
-        raise Rejected(_NOT_JSON) from None
-    if not isinstance(webhook, dict):
-        raise Rejected(_NOT_OBJECT)
-    return webhook
-
-
-def _refuse_repeated_keys(body: bytes) -> None:
-    """Refuse a body in which one object has the same key twice.
-
-    Every reader here keeps the last value, but another may keep the first. Supabase sends a
-    webhook per changed user, a few KB, so a second parse by the standard library, told to
-    refuse a repeated key, is cheap enough: 26 µs for the 4 KB UPDATE fixture (all of parse
-    takes 55 µs) on the 2-core development machine. Stripe's colon count is not needed here.
-    """
-    try:
-        json.loads(body, object_pairs_hook=_unique_keys)
-    except RecursionError:  # orjson allows 1024 levels, the standard library about 1000
-        raise Rejected(_TOO_DEEP) from None
-    except ValueError:
-        raise Rejected(_DUPLICATE_KEYS) from None
 
 
 def _time(value: Any) -> datetime | None:
@@ -225,7 +188,7 @@ class _Webhook:
     """What one body says: its type as the bridge names it, and the row it is about."""
 
     def __init__(self, body: bytes) -> None:
-        webhook = _load(body)
+        webhook = load_object(body, _BODY)
         operation, schema, table = (webhook.get(k) for k in ("type", "schema", "table"))
         missing = [
             name
@@ -358,7 +321,7 @@ class SupabaseProvider:
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> Event:
         webhook = _Webhook(body)
-        _refuse_repeated_keys(body)
+        refuse_repeated_keys(body, _BODY)
         event_id = hashlib.sha256(body).hexdigest()
         if not webhook.about_users:
             return Event(id=event_id, type=webhook.type, occurred_at=0, email=None)

@@ -21,7 +21,7 @@ Answers, as JSON ``{"status": ..., "id" / "reason": ...}``:
     405  rejected: a method other than POST (any id, known or not), with Allow: POST
     408  rejected: the body did not arrive within :data:`BODY_SECONDS`
     413  rejected: larger than BRIDGE_MAX_BODY_BYTES, refused while reading
-    415  rejected: a Content-Encoding other than identity (Stripe never compresses)
+    415  rejected: a Content-Encoding other than identity (no webhook platform compresses)
     431  rejected: headers over :data:`MAX_HEADER_BYTES` together (uvicorn sets no limit)
     503  unavailable: storage unavailable, the provider retries later
 
@@ -95,7 +95,7 @@ _HEADERS_TOO_LARGE = (
     {
         "status": "rejected",
         "reason": f"the request headers are larger than {MAX_HEADER_BYTES} bytes together; "
-        "Stripe sends about 1 KB of them: check what a proxy in between adds",
+        "webhook platforms send about 1 KB of them: check what a proxy in between adds",
     },
 )
 
@@ -192,7 +192,7 @@ async def _receive(
         if encoding and encoding.strip().lower() != b"identity":
             reason = (
                 f"Content-Encoding {encoding[:40].decode('latin-1')!r} is not accepted: "
-                "send the body uncompressed, as Stripe does (turn off request compression "
+                "send the body uncompressed, as webhook platforms do (turn off request compression "
                 "in any proxy in between)"
             )
             return 415, {"status": "rejected", "reason": reason}

@@ -6,6 +6,12 @@
 -- ($BENCH_OFFSET + k) mod #sigs, so run wrk with one thread (-t1). Answers are counted by
 -- status and, for a 2xx, by the "status" of the JSON body; the delivery ids of
 -- "queued"/"duplicate" answers are kept. done() writes everything as JSON to $BENCH_RESULT.
+--
+-- With $BENCH_RATE set (requests a second), requests go out on a fixed schedule, one every
+-- 1/rate seconds whichever connection is free, rather than as fast as the server answers:
+-- the latency a sender sees at that load. wrk times each request from when it is written,
+-- so this holds while a connection is free at each slot (64 connections at 1,000/s: each is
+-- needed every 64 ms); a stall longer than that still shows in the requests it holds.
 
 local threads = {}
 
@@ -32,6 +38,27 @@ function init(_)
     .. "\r\nContent-Type: application/json; charset=utf-8"
     .. "\r\nUser-Agent: Stripe/1.0 (+https://stripe.com/docs/webhooks)"
     .. "\r\nStripe-Signature: "
+end
+
+local rate = tonumber(os.getenv("BENCH_RATE") or "")
+if rate then
+  local ffi = require("ffi")
+  ffi.cdef([[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+    int clock_gettime(int clock, bench_timespec *now);
+  ]])
+  local now_ts = ffi.new("bench_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, now_ts) -- CLOCK_MONOTONIC
+    return tonumber(now_ts.tv_sec) * 1000 + tonumber(now_ts.tv_nsec) / 1e6
+  end
+  local slot -- when the last request was scheduled, ms
+
+  function delay()
+    local now = now_ms()
+    slot = math.max(now, (slot or now) + 1000 / rate)
+    return math.floor(slot - now + 0.5)
+  end
 end
 
 function request()

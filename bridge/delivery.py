@@ -105,6 +105,7 @@ class Worker:
         self._client = LoopsClient(settings.loops_api_url, transport=transport)
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()  # set by stop(): ends every wait of the loop at once
         self._stopping = False
 
     def wake(self) -> None:
@@ -113,6 +114,7 @@ class Worker:
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._stopped.set()
 
     async def run(self) -> None:
         log.info(
@@ -137,7 +139,8 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
                 # A burst of webhooks wakes the worker thousands of times a second; look at
                 # the queue at most 20 times a second all the same.
-                await asyncio.sleep(_LOOK_AGAIN_AFTER)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), _LOOK_AGAIN_AFTER)
             await self._finish_in_flight()
         finally:
             await self._client.aclose()

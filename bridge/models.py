@@ -87,7 +87,7 @@ class Delivery(SQLModel, table=True):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_delivery_event"),
-        Index("ix_delivery_due", "status", "next_attempt_at"),
+        Index("ix_delivery_due", "endpoint_id", "status", "next_attempt_at"),
         # The admin's delivery log, newest first (by id) within each filter, and its
         # overview (per status, by time received). See bridge/admin/deliveries.py.
         Index("ix_delivery_endpoint_id", "endpoint_id", "id"),

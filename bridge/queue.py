@@ -133,29 +133,18 @@ class Queue:
 
     def claim(self, room: int, running: dict[int, int], per_account: int) -> list[Job]:
         """Claim up to ``room`` deliveries, one per contact, at most ``per_account`` running
-        per Loops account (``running``: this worker's deliveries per account)."""
+        per Loops account (``running``: this worker's deliveries per account).
+
+        Each account's due deliveries are read per endpoint, oldest first, from the index
+        (endpoint_id, status, next_attempt_at): an account that is held or has no room left
+        is not read at all, so its backlog neither costs the poll anything nor hides another
+        account's due deliveries. Accounts with fewer deliveries running go first."""
+        full = [account for account, count in running.items() if count >= per_account]
         # Most polls find nothing they may take, and then no write lock is taken: the
         # inbox's commits would wait for it (about 20 polls a second while a backlog waits
         # on an account's pace, measured with bench/ingest.py).
-        full = [account for account, count in running.items() if count >= per_account]
-        takeable = (
-            self._due_query(1)
-            .with_only_columns(Delivery.id)
-            .where(
-                AccountState.problem_kind.is_(None),  # type: ignore[union-attr]
-                sa.func.coalesce(AccountState.held_until, 0) <= self._now,
-                Account.id.not_in(full),  # type: ignore[union-attr]
-            )
-        )
         with self._engine.connect() as conn:
-            due = conn.execute(takeable).first()
-            probe_due = conn.execute(
-                select(AccountState.account_id).where(
-                    AccountState.problem_kind.is_not(None),  # type: ignore[union-attr]
-                    sa.func.coalesce(AccountState.held_until, 0) <= self._now,
-                )
-            ).first()
-            if due is None and probe_due is None:
+            if not self._due_endpoints(conn, self._now, full) and not self._probes_due(conn):
                 return []
         with self._engine.begin() as conn:
             if self._postgres:
@@ -173,17 +162,6 @@ class Queue:
                     .where(Delivery.claimed_by > "", Delivery.lease_until > now)  # type: ignore[operator]
                 )
             }
-            states = {
-                row.account_id: row
-                for row in conn.execute(
-                    select(AccountState).where(
-                        sa.or_(
-                            AccountState.held_until > now,  # type: ignore[operator]
-                            AccountState.problem_kind.is_not(None),  # type: ignore[union-attr]
-                        )
-                    )
-                )
-            }
             jobs: list[Job] = []
             counts = dict(running)
 
@@ -192,23 +170,27 @@ class Queue:
                 busy.add(job.contact_key)
                 counts[job.account_id] = counts.get(job.account_id, 0) + 1
 
-            for account_id, state in states.items():
-                if state.problem_kind and (state.held_until or 0) <= now and len(jobs) < room:
+            for account_id in self._probes_due(conn, now):
+                if len(jobs) < room:
                     probe = conn.execute(self._due_query(1, now, probe_of=account_id)).first()
                     if probe is not None and self._job(probe).contact_key not in busy:
                         take(self._job(probe))
                         accounts.claim_probe(conn, account_id, now, self._lease)
-            for row in conn.execute(self._due_query(room * 4, now)):
-                if len(jobs) >= room:
-                    break
-                job = self._job(row)
-                if (
-                    job.account_id in states
-                    or job.contact_key in busy
-                    or counts.get(job.account_id, 0) >= per_account
-                ):
-                    continue
-                take(job)
+            due = self._due_endpoints(conn, now, full)
+            for account_id in sorted(due, key=lambda account: counts.get(account, 0)):
+                rows = [
+                    row
+                    for endpoint_id in due[account_id]
+                    for row in conn.execute(
+                        self._due_query(room * 4, now).where(Delivery.endpoint_id == endpoint_id)
+                    )
+                ]
+                for row in sorted(rows, key=lambda row: (row.next_attempt_at, row.id)):
+                    if len(jobs) >= room or counts.get(account_id, 0) >= per_account:
+                        break
+                    job = self._job(row)
+                    if job.contact_key not in busy:
+                        take(job)
             if jobs:
                 conn.execute(
                     update(Delivery)
@@ -217,11 +199,55 @@ class Queue:
                 )
             return jobs
 
+    def _due_endpoints(
+        self, conn: sa.Connection, now: object, full: list[int]
+    ) -> dict[int, list[str]]:
+        """The endpoints with a due, unclaimed delivery, by account, leaving out accounts
+        that are held, have a problem (only their probe goes), or have no room (``full``)."""
+        due = (
+            select(Delivery.id)
+            .where(
+                Delivery.endpoint_id == Endpoint.id,
+                Delivery.status == QUEUED,
+                Delivery.next_attempt_at <= now,  # type: ignore[operator]
+                sa.or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),  # type: ignore[union-attr, operator]
+            )
+            .exists()
+        )
+        found: dict[int, list[str]] = {}
+        for account_id, endpoint_id in conn.execute(
+            select(Endpoint.account_id, Endpoint.id)
+            .outerjoin(AccountState, AccountState.account_id == Endpoint.account_id)
+            .where(
+                Endpoint.paused.is_(False),  # type: ignore[attr-defined]
+                Endpoint.account_id.not_in(full),  # type: ignore[attr-defined]
+                AccountState.problem_kind.is_(None),  # type: ignore[union-attr]
+                sa.func.coalesce(AccountState.held_until, 0) <= now,
+                due,
+            )
+        ):
+            found.setdefault(account_id, []).append(endpoint_id)
+        return found
+
+    def _probes_due(self, conn: sa.Connection, now: object = None) -> list[int]:
+        """Accounts with a problem whose hold has ended: each may send one probe."""
+        now = self._now if now is None else now
+        return list(
+            conn.execute(
+                select(AccountState.account_id).where(
+                    AccountState.problem_kind.is_not(None),  # type: ignore[union-attr]
+                    sa.func.coalesce(AccountState.held_until, 0)
+                    <= (self._now if now is None else now),
+                )
+            ).scalars()
+        )
+
     def _due_query(self, limit: int, now: object = None, probe_of: int | None = None) -> sa.Select:
         now = self._now if now is None else now
         query = (
             select(
                 Delivery.id,
+                Delivery.next_attempt_at,
                 Delivery.endpoint_id,
                 Delivery.event_id,
                 Delivery.event_type,
@@ -265,6 +291,7 @@ class Queue:
 
     def _job(self, row: sa.Row) -> Job:
         values = dict(row._mapping)
+        del values["next_attempt_at"]  # for ordering the claim only
         own, reported = values.pop("rate_limit"), values.pop("loops_limit")
         return Job(**values, rate_limit=accounts.rate_in_use(own, self._default_rate, reported))
 

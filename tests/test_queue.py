@@ -116,6 +116,20 @@ def test_a_held_account_is_passed_over_and_another_is_claimed(engine):
     assert [job.id for job in claim(worker(engine, "one"))] == beta
 
 
+def test_a_backlog_an_account_cannot_send_yet_never_hides_another_accounts_delivery(engine):
+    # Acme's older backlog, larger than what one claim reads, waits: first at its share of
+    # the worker, then held by a 429. Beta's one delivery goes all the same.
+    queue(engine, endpoint(engine, "acme"), *(f"c{i}@example.com" for i in range(100)))
+    beta_endpoint = endpoint(engine, "beta")
+    acme_id = next(a.id for a in registry.list_accounts(engine) if a.name == "acme")
+    one = worker(engine, "one")
+    first, second = queue(engine, beta_endpoint, "first@example.com", "second@example.com")
+    assert [job.id for job in one.claim(1, {acme_id: 8}, 8)] == [first]
+    with engine.begin() as conn:
+        accounts.hold(conn, acme_id, 60.0)
+    assert [job.id for job in one.claim(1, {}, 8)] == [second]
+
+
 # -- leases ---------------------------------------------------------------------------------
 
 

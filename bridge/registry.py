@@ -8,6 +8,7 @@ Errors are :class:`Invalid` with a message that says what to fix.
 from __future__ import annotations
 
 import enum
+import hmac
 import json
 import re
 import secrets
@@ -103,9 +104,25 @@ def account_problems(engine: Engine, name: str, api_key: str) -> dict[str, str]:
         with Session(engine) as session:
             if session.exec(select(Account).where(Account.name == name)).first():
                 found["name"] = f"A Loops account named {name!r} already exists; pick another name."
-    if problem := _key_problem(api_key):
+    if problem := _key_problem(api_key) or _key_in_use(engine, api_key):
         found["api_key"] = problem
     return found
+
+
+def _key_in_use(engine: Engine, api_key: str, but: int | None = None) -> str | None:
+    """Why ``api_key`` cannot be added: another account of the bridge has it. Two names for
+    one key would get a pace each and together go past Loops' limit for the team."""
+    with Session(engine) as session:
+        for account in session.exec(select(Account)):  # keys are encrypted: compared here
+            if account.id != but and hmac.compare_digest(
+                account.api_key.encode(), api_key.strip().encode()
+            ):
+                return (
+                    f"This API key is already the key of the Loops account {account.name!r}; "
+                    "add endpoints to that account instead, so that one pace keeps both "
+                    "within Loops' limit."
+                )
+    return None
 
 
 def _key_problem(api_key: str) -> str | None:
@@ -225,7 +242,9 @@ def update_account(
     refused (or an outage seen through the old key) says nothing about the new one, so the
     hold and the problem are cleared and the account's queued deliveries are due now. The
     worker finds out for itself whether the new key works."""
-    if api_key is not None and (problem := _key_problem(api_key)):
+    if api_key is not None and (
+        problem := _key_problem(api_key) or _key_in_use(engine, api_key, but=account_id)
+    ):
         raise Invalid(problem)
     if rate_limit is not KEEP and rate_limit is not None:
         _checked_rate_limit(rate_limit)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -42,6 +44,22 @@ ADMIN_PASSWORD = "correct horse battery staple"
 PUBLIC_URL = "http://bridge.test"
 # Probes in milliseconds rather than 30 s: what they decide is the same.
 FAST = accounts.Intervals(key_probe=0.2, outage_probe_max=0.2)
+
+
+@functools.cache
+def _empty_schema() -> bytes:
+    """A SQLite database file with the current schema and nothing else, made once per
+    session by :mod:`bridge.db` itself: a harness starts from a copy rather than running
+    the schema's creation for each test (test_db.py tests that creation)."""
+    with tempfile.TemporaryDirectory() as folder:
+        engine = db.connect(f"sqlite:///{folder}/schema.db", create_schema=False)
+        try:
+            db._prepare(engine)
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            engine.dispose()
+        return Path(folder, "schema.db").read_bytes()
 
 
 def settings_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -77,6 +95,9 @@ class Harness:
         self.env = settings_env(tmp_path, **env)
         leaks.environment(self.env)
         self.settings: Settings = load(self.env)
+        database = tmp_path / "bridge.db"
+        if self.settings.database_url == f"sqlite:///{database}" and not database.exists():
+            database.write_bytes(_empty_schema())
         self.engine: Engine = db.connect(
             self.settings.database_url, secret_key=self.settings.secret_key
         )

@@ -226,3 +226,18 @@ def test_a_supabase_endpoint_gets_a_secret_made_for_it_shown_once(tmp_path):
     assert len(made) >= 32 and hint.endswith(f"…{made[-4:]}") and made not in hint
     listed = cli(env, "endpoints", "list").stdout + str(cli(env, "endpoints", "list", "--json"))
     assert made not in listed  # only its hint, from now on
+
+
+def test_one_loops_key_belongs_to_one_account(tmp_path):
+    # Two names for one key would each get a pace, and together pass Loops' limit.
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
+    twice = cli(env, "accounts", "add", "--name", "acme-eu", "--api-key", f" {KEY} ", check=False)
+    assert twice.returncode == 2
+    assert "already the key of the Loops account 'acme'" in twice.stderr
+    assert KEY not in twice.stderr
+    cli(env, "accounts", "add", "--name", "beta", "--api-key", "lb_beta_live_5555")
+    taken = cli(env, "accounts", "set", "beta", "--api-key", KEY, check=False)
+    assert taken.returncode == 2 and "'acme'" in taken.stderr
+    assert [a["name"] for a in cli(env, "accounts", "list", "--json")] == ["acme", "beta"]
+    cli(env, "accounts", "set", "acme", "--api-key", KEY)  # its own key again is no change

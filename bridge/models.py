@@ -173,6 +173,16 @@ class Rejection(SQLModel, table=True):
     headers: str = Field(sa_column=Column(Text))  # JSON, secrets redacted; never the body
 
 
+class AlertSent(SQLModel, table=True):
+    """A problem an alert went out for (bridge/alerts.py): one alert per key."""
+
+    __tablename__ = "alerts_sent"
+
+    key: str = Field(primary_key=True)
+    sent_at: float
+    subject: str = Field(sa_column=Column(Text))
+
+
 class AdminSession(SQLModel, table=True):
     __tablename__ = "admin_sessions"
 

@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
 import pytest
@@ -93,6 +93,7 @@ ADMIN_PASSWORD = "admin password"
 SESSION_COOKIE = "session cookie"
 SECRET_KEY = "secret key"
 DATABASE_PASSWORD = "database password"
+ALERT_CREDENTIAL = "alert webhook URL or SMTP password"
 KINDS = (API_KEY, SIGNING_SECRET, ADMIN_PASSWORD, SESSION_COOKIE, SECRET_KEY, DATABASE_PASSWORD)
 
 SHORTEST = 8  # shorter values ("key", "nope") are too common to be told apart from text
@@ -490,6 +491,10 @@ def environment(env: Mapping[str, str]) -> None:
             password = None
         if password:
             secret(str(password), DATABASE_PASSWORD, "BRIDGE_DATABASE_URL")
+    if url := env.get("BRIDGE_ALERT_WEBHOOK_URL", ""):  # its path is its secret
+        secret(urlsplit(url).path.rsplit("/", 1)[-1], ALERT_CREDENTIAL, "BRIDGE_ALERT_WEBHOOK_URL")
+    if password := urlsplit(env.get("BRIDGE_SMTP_URL", "")).password:
+        secret(password, ALERT_CREDENTIAL, "BRIDGE_SMTP_URL")
 
 
 def process(args: Sequence[str], env: Mapping[str, str], log: Path) -> None:

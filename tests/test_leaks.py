@@ -37,6 +37,7 @@ pytest_plugins = ["pytester"]
 
 KEY = "loops_key_leakScenario_7c1e9a3f5b"
 REVOKED_KEY = "loops_key_leakRevoked_0d2b4f6a8c"
+REPLACING_KEY = "loops_key_leakReplacing_5e7a9c1b3d"
 SECRET = "whsec_leakScenarioSecretQQQQQQQQQ1"
 SECOND = "whsec_leakScenarioSecondRRRRRRRRR2"
 WRONG_SECRET = "whsec_leakScenarioWrongSSSSSSSSSS3"
@@ -196,9 +197,9 @@ def test_a_whole_scenario_shows_no_secret_anywhere(
         cli(env, *listing, "--json")
     cli(env, "settings")
 
-    # The bridge starts, with a Loops that refuses every key but KEY. What it prints (the
+    # The bridge starts, with a Loops that refuses every key but KEY and REPLACING_KEY. What it prints (the
     # generated password) is read here, so it is handed to the leak check as it was shown.
-    bridge = Harness(tmp_path, sandbox_keys=[KEY], **settings)
+    bridge = Harness(tmp_path, sandbox_keys=[KEY, REPLACING_KEY], **settings)
     bridge.connect_admin()
     started = capsys.readouterr().err
     leaks.text("captured output", "the stderr of the bridge's first start", started)
@@ -265,7 +266,9 @@ def test_a_whole_scenario_shows_no_secret_anywhere(
     for typed in (SECOND, "sk_live_leakScenarioNotASecret9", ""):
         added = send("POST", f"/admin/endpoints/{acme}/secrets", data={"secret": typed})
         assert added.status_code == 400
-    replaced = send("POST", f"{revoked_account}/api-key", data={"api_key": KEY})
+    # A key already in use (acme's) is refused without showing it; a new one is taken.
+    assert send("POST", f"{revoked_account}/api-key", data={"api_key": KEY}).status_code == 400
+    replaced = send("POST", f"{revoked_account}/api-key", data={"api_key": REPLACING_KEY})
     assert replaced.status_code == 200
     sent = send(
         "POST",

@@ -197,8 +197,9 @@ def test_a_whole_scenario_shows_no_secret_anywhere(
         cli(env, *listing, "--json")
     cli(env, "settings")
 
-    # The bridge starts, with a Loops that refuses every key but KEY and REPLACING_KEY. What it prints (the
-    # generated password) is read here, so it is handed to the leak check as it was shown.
+    # The bridge starts, with a Loops that refuses every key but KEY and REPLACING_KEY. What
+    # it prints (the generated password) is read here, so it is handed to the leak check as
+    # it was shown.
     bridge = Harness(tmp_path, sandbox_keys=[KEY, REPLACING_KEY], **settings)
     bridge.connect_admin()
     started = capsys.readouterr().err

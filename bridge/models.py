@@ -108,6 +108,9 @@ class Delivery(SQLModel, table=True):
     payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary))  # raw body
     status: str
     reason: str | None = Field(default=None, sa_column=Column(Text))  # why it is in this state
+    # What it came to before an admin retried it or sent it again, oldest first, one line
+    # each: "delivered at 2026-12-03 10:42:07 UTC after 1 attempt: contact created".
+    earlier_outcomes: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
     idempotency_key: str | None = None  # None: derived from endpoint and event ids
     received_at: float

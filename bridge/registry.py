@@ -499,6 +499,13 @@ def send_again(engine: Engine, delivery_id: int) -> None:
     _requeue(engine, delivery_id, (DELIVERED,), new_key=True)
 
 
+def _outcome(delivery: Delivery) -> str:
+    """One line of what a finished delivery came to, kept when it is queued again."""
+    at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(delivery.finished_at or 0))
+    tries = f"{delivery.attempts} attempt{'' if delivery.attempts == 1 else 's'}"
+    return f"{delivery.status} at {at} after {tries}: {delivery.reason or 'no reason given'}"
+
+
 def _requeue(engine: Engine, delivery_id: int, expected: tuple[str, ...], *, new_key: bool) -> None:
     with Session(engine) as session:
         delivery = session.get(Delivery, delivery_id)
@@ -516,6 +523,9 @@ def _requeue(engine: Engine, delivery_id: int, expected: tuple[str, ...], *, new
                 "retention period (BRIDGE_RETENTION_DAYS). Its outcome and Loops calls are kept."
             )
         now = time.time()
+        delivery.earlier_outcomes = "\n".join(
+            filter(None, [delivery.earlier_outcomes, _outcome(delivery)])
+        )
         delivery.status, delivery.finished_at = QUEUED, None
         delivery.claimed_by = delivery.lease_until = None
         delivery.queued_at = delivery.next_attempt_at = now  # a fresh max age of tries

@@ -1,0 +1,45 @@
+"""bridge/registry.py: what an admin's retry and "send again" keep of a delivery's past."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlmodel import Session
+
+from bridge import db, registry
+from bridge.models import DELIVERED, QUEUED, Delivery
+from tests.helpers import stored_delivery, stored_endpoint
+
+
+def test_a_retried_then_resent_delivery_keeps_each_earlier_outcome(tmp_path: Path):
+    engine = db.connect(f"sqlite:///{tmp_path / 'bridge.db'}")
+    try:
+        registry.add_account(engine, "acme", "loops_key_acme_1234")
+        endpoint = stored_endpoint(engine, "acme")
+        delivery_id = stored_delivery(
+            engine, endpoint, status="dead", attempts=17, finished_at=1796290000.0,
+            reason="Loops answered 503: Service Unavailable",
+        )  # fmt: skip
+        registry.retry_delivery(engine, delivery_id)
+        with Session(engine) as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None and delivery.status == QUEUED
+            delivery.status, delivery.attempts = DELIVERED, 18
+            delivery.reason, delivery.finished_at = "contact created", time.time()
+            session.add(delivery)
+            session.commit()
+        registry.send_again(engine, delivery_id)
+        with Session(engine) as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            first, second = (delivery.earlier_outcomes or "").split("\n")
+        assert first == (
+            "dead at 2026-12-03 09:26:40 UTC after 17 attempts: "
+            "Loops answered 503: Service Unavailable"
+        )
+        assert second.startswith("delivered at ") and second.endswith(
+            "after 18 attempts: contact created"
+        )
+    finally:
+        engine.dispose()

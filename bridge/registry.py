@@ -201,7 +201,7 @@ def read_rate_limit(text: str) -> int | None:
     if not text:
         return None
     low, high = RATE_LIMITS.start, RATE_LIMITS.stop - 1
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²" is a digit int() cannot read
         raise Invalid(
             f"{text[:20]!r} is not a whole number: enter requests per second from {low} to "
             f"{high}, or leave it blank for the default (BRIDGE_LOOPS_RATE_LIMIT)."

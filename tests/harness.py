@@ -97,6 +97,7 @@ class Harness:
         self.settings: Settings = load(self.env)
         database = tmp_path / "bridge.db"
         if self.settings.database_url == f"sqlite:///{database}" and not database.exists():
+            database.touch(mode=0o600)  # as the bridge makes its files: owner-only
             database.write_bytes(_empty_schema())
         self.engine: Engine = db.connect(
             self.settings.database_url, secret_key=self.settings.secret_key

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from sqlmodel import Session
 
 from bridge import db, registry
@@ -43,3 +45,10 @@ def test_a_retried_then_resent_delivery_keeps_each_earlier_outcome(tmp_path: Pat
         )
     finally:
         engine.dispose()
+
+
+def test_a_rate_limit_is_read_as_a_person_types_it():
+    assert registry.read_rate_limit(" 25 ") == 25 and registry.read_rate_limit("") is None
+    for typed in ("²", "1.5", "ten"):  # "²" counts as a digit, and int() cannot read it
+        with pytest.raises(registry.Invalid, match="is not a whole number"):
+            registry.read_rate_limit(typed)

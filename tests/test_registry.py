@@ -1,4 +1,4 @@
-"""bridge/registry.py: what an admin's retry and "send again" keep of a delivery's past."""
+"""bridge/registry.py: what an admin types and what a retry or "send again" keeps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sqlmodel import Session
 
 from bridge import db, registry

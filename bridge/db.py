@@ -19,6 +19,14 @@ is faster, and tests/test_db.py proves the migrations end at the same schema. Cr
 stamping and upgrading hold a lock (PostgreSQL: an advisory lock; SQLite: ``BEGIN
 IMMEDIATE``), so several processes starting on one database take turns.
 
+The data folder and every file in it are the bridge's user's only: they hold customers'
+emails and payloads, and the admin password's hash. On SQLite, the folder is created 0700
+and the database file 0600 before SQLite opens it; SQLite gives its ``-wal``, ``-shm`` and
+``-journal`` files the database file's mode (https://www.sqlite.org/tempfiles.html), and the
+key file is written 0600 (bridge/vault.py). A file made before, or copied in, that others may
+read is not changed behind the operator's back: :func:`connect` and :func:`upgrade` say so
+in a warning that names it and the ``chmod`` that fixes it.
+
 From revision 0003 on, Loops API keys and signing secrets are stored encrypted. Before any
 of them is read, :func:`connect` (or :func:`upgrade`, for ``loops-bridge migrate``) unlocks
 the engine's key with bridge/vault.py, and fails with :class:`bridge.vault.VaultError` if the
@@ -28,6 +36,7 @@ key is not the database's.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -90,6 +99,7 @@ def connect(url: str, *, create_schema: bool = True, secret_key: str | None = No
     is looked at (a process whose parent has done so, and that reads no secret)."""
     engine = _engine(url)
     if create_schema:
+        _warn_if_shared(engine)
         try:
             current = _prepare(engine)
             _check(engine, current)
@@ -122,6 +132,7 @@ def upgrade(engine: Engine, secret_key: str | None = None) -> tuple[str | None, 
     was empty) and the one it is at now. Raises :class:`SchemaTooNew` for a revision newer
     than this version knows. The key is unlocked as :func:`connect` does; a database from
     before :data:`ENCRYPTED_SINCE` has plain secrets, which the migration encrypts with it."""
+    _warn_if_shared(engine)
     with engine.connect() as conn:
         before = _revision(conn)
     current = _prepare(engine)
@@ -168,7 +179,7 @@ def _engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         pool: dict = {}
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_owner_only(Path(parsed.database))
             pool = {"pool_size": 20, "max_overflow": 20}  # kept open: each costs its pragmas
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
@@ -176,6 +187,40 @@ def _engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _create_owner_only(database: Path) -> None:
+    """The data folder (0700) and an empty database file (0600) if they do not exist yet:
+    SQLite then creates the rest of its files with the database file's mode."""
+    database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:  # it exists, or SQLite will say why it cannot be made
+        pass
+
+
+def _warn_if_shared(engine: Engine) -> None:
+    """Warn about each file of the bridge's data that users other than its owner may open:
+    the SQLite database's files, the key file and the previous keys."""
+    key = vault.key_path(engine.url)
+    files = [key, key.with_name(key.name + ".old")]
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        files += [Path(database + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    shared = []
+    for path in files:
+        try:
+            if path.stat().st_mode & 0o077:
+                shared.append(str(path.absolute()))
+        except OSError:  # not there (yet)
+            continue
+    if shared:
+        log.warning(
+            "other users of this machine can open %s, which hold customers' emails and "
+            "payloads or the key to the stored secrets: make them owner-only with `chmod 600 %s`",
+            ", ".join(shared),
+            " ".join(shared),
+        )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

@@ -235,7 +235,14 @@ class Worker:
         payload, known, names_at = await anyio.to_thread.run_sync(
             self._queue.payload_and_names_at, job
         )
-        details = provider.details(payload)
+        try:
+            details = provider.details(payload)
+        except Exception as exc:  # stored by an older version: no try would read it better
+            said = str(exc)
+            if not isinstance(exc, providers.Rejected):
+                said = f"{type(exc).__name__}: {said}"
+            reason = f"the stored event cannot be read, so nothing can be sent to Loops: {said}"
+            return Settled(FAILED, reason)
         names: dict[str, str] = {}
         if job.sync_names:
             names = {"firstName": details.first_name, "lastName": details.last_name}

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import queue
@@ -57,7 +58,7 @@ from sqlmodel import Session
 import providers
 from bridge.models import IGNORED, QUEUED, Delivery, Endpoint, Rejection, Secret
 
-__all__ = ["Inbox", "Receipt", "Route", "StorageUnavailable", "redact"]
+__all__ = ["SHOWN_HEADERS", "Inbox", "Receipt", "Route", "StorageUnavailable", "redact"]
 
 log = logging.getLogger("bridge.inbox")
 
@@ -293,9 +294,9 @@ class Inbox:
         headers: Mapping[str, str],
         provider: providers.Provider | None = None,
     ) -> None:
-        """Keep the refused request's headers (secrets redacted, the endpoint's provider's
-        own way first; never the body), at most ``REJECTIONS_KEPT`` per endpoint, for the
-        admin's "why was this refused?"."""
+        """Keep the refused request's headers (as :func:`redact` shows them; never the
+        body), at most ``REJECTIONS_KEPT`` per endpoint, for the admin's "why was this
+        refused?"."""
         row = Rejection(
             endpoint_id=endpoint_id,
             at=time.time(),
@@ -325,22 +326,46 @@ class Inbox:
 
 
 REJECTIONS_KEPT = 50
-_SECRET_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
+# Headers shown as they are: what a sender, a proxy or a client library sets, never a secret.
+# A provider's own headers are shown its way (Provider.redact); any other header may be
+# anyone's credential (X-Webhook-Secret, X-Hub-Signature-256, ...).
+SHOWN_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "expect",
+        "forwarded",
+        "host",
+        "transfer-encoding",
+        "user-agent",
+        "via",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-request-id",
+    }
+)
 
 
 def redact(
     headers: Mapping[str, str], provider: providers.Provider | None = None
 ) -> dict[str, str]:
-    """Headers as they can be shown: the provider's own signature or secret headers as it
-    shows them; credentials, and any other header named as a signature or a secret, hidden
-    whole."""
+    """Headers as they can be shown: the provider's own as it shows them, the common ones of
+    :data:`SHOWN_HEADERS` as they are, and of every other only its length and the start of
+    its SHA-256, enough to tell whether two requests sent the same value."""
     shown: dict[str, str] = {}
     for name, value in list(headers.items())[:60]:
         name = name.lower()
         if provider and (own := provider.redact(name, value)) is not None:
             value = own
-        elif name in _SECRET_HEADERS or "signature" in name or "secret" in name:
-            value = "[redacted]"
+        elif name not in SHOWN_HEADERS:
+            digest = hashlib.sha256(value.encode()).hexdigest()
+            value = f"[{len(value)} chars, sha256 {digest[:8]}]"
         shown[name] = value if len(value) <= 300 else value[:300] + f"… ({len(value)} chars)"
     return shown
 

@@ -12,8 +12,16 @@
 
 A decision is logged once, with what it concerns passed as ``extra=`` (the names in
 ``FIELDS``); those become fields of their own in JSON. An exception goes into ``error``, on
-the same line. Everything logs through the root logger, uvicorn's loggers included (serve
-runs uvicorn with ``log_config=None``), so every line of a process has the same format.
+the same line.
+
+Nothing a record carries can start a line of its own: a customer's name or a Loops message
+may hold a line break, an escape sequence or a right-to-left override. In text, every
+control and bidi character of a record's line is written as its escape
+(:mod:`bridge.visible`), and the lines of a traceback after it are indented, so none of them
+passes for a record. (JSON escapes line breaks and the other C0 controls itself.)
+
+Everything logs through the root logger, uvicorn's loggers included (serve runs uvicorn with
+``log_config=None``), so every line of a process has the same format.
 Messages never carry a secret: API keys and signing secrets are only ever logged masked.
 """
 
@@ -24,10 +32,27 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-__all__ = ["FIELDS", "TEXT_FORMAT", "JSONFormatter", "configure"]
+from bridge.visible import visible
+
+__all__ = ["FIELDS", "TEXT_FORMAT", "JSONFormatter", "TextFormatter", "configure"]
 
 FIELDS = ("delivery_id", "endpoint_id", "account", "event_id", "status")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, one line per record: every control and bidi character in it
+    escaped; a traceback or stack after it, each of its lines indented and escaped."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return visible(super().formatMessage(record))
+
+    def format(self, record: logging.LogRecord) -> str:
+        line, *details = super().format(record).split("\n")
+        return "\n".join([line, *(f"    {visible(detail)}" for detail in details)])
 
 
 class JSONFormatter(logging.Formatter):
@@ -59,9 +84,7 @@ def configure(log_format: str = "text") -> None:
     """Send every log record at INFO and above to stderr, in ``log_format`` (text or json).
     Called once, first thing, by each ``loops-bridge`` command."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JSONFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
+    handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_bridge", False)]:
         root.removeHandler(old)

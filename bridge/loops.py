@@ -17,8 +17,9 @@ key travels with each call. :func:`judge` is the one place that turns an answer 
     401, 403, or a key HTTP     KEY_REFUSED  queued, paused with the       key refused: held,
     cannot carry                             account                       probed every 30 s
     400, 404, other 4xx, or a   GIVE_UP      failed, with Loops' message   healthy
-    request that cannot be                   or why it could not be sent
-    built (an Idempotency-Key
+    request that cannot be                   or why it could not be made
+    built, whatever the error
+    (an Idempotency-Key
     outside ASCII)
 """
 
@@ -80,6 +81,26 @@ def _loops_message(status: int, text: str) -> str:
     return f"Loops answered {status}" + (f": {snippet}" if snippet else "")
 
 
+def _unsendable(api_key: str, exc: Exception) -> tuple[Verdict, str]:
+    """The verdict on a request that could not be built or sent as it is, and why, for a
+    person. A header that holds a character HTTP cannot carry is named, never quoted (the
+    library's message quotes it). A key stored before keys were checked pauses the account
+    until it is replaced; anything else (an Idempotency-Key made from an event id outside
+    ASCII, a body that is not JSON) cannot be sent however often it is tried."""
+    kind = type(exc).__name__
+    if isinstance(exc, UnicodeEncodeError | httpx.LocalProtocolError):
+        if not api_key.isascii() or not api_key.isprintable():
+            what, verdict, fix = "the Loops API key", Verdict.KEY_REFUSED, ". Replace the key"
+        else:
+            what, verdict, fix = "a header of the request", Verdict.GIVE_UP, ""
+        return verdict, (
+            f"the request could not be sent ({kind}): {what} holds a character an HTTP header "
+            f"cannot carry, such as a line break or a letter outside ASCII{fix}"
+        )
+    said = str(exc).strip().partition("\n")[0][:200]
+    return Verdict.GIVE_UP, f"the request could not be made ({kind}{': ' if said else ''}{said})"
+
+
 def judge(status: int | None) -> Verdict:
     """The verdict on an HTTP status; None is no answer at all (timeout, network)."""
     if status is None or status == 408 or status >= 500:
@@ -125,28 +146,25 @@ class LoopsClient:
         body: dict | None = None,
         headers: dict[str, str] | None = None,
     ) -> Answer:
-        request_body = json.dumps(body, separators=(",", ":")) if body is not None else ""
-        all_headers = {"Authorization": f"Bearer {api_key}", **(headers or {})}
-        started, clock = time.time(), time.perf_counter()
+        request_body, started, clock = "", time.time(), time.perf_counter()
         try:
-            response = await self._http.request(
-                method, path.lstrip("/"), content=request_body or None, headers=all_headers
+            if body is not None:
+                request_body = json.dumps(body, separators=(",", ":"))
+            request = self._http.build_request(
+                method,
+                path.lstrip("/"),
+                content=request_body or None,
+                headers={"Authorization": f"Bearer {api_key}", **(headers or {})},
             )
+        except Exception as exc:  # whatever it is, no later try would build it either
+            verdict, reason = _unsendable(api_key, exc)
+            return self._no_answer(method, path, request_body, started, clock, reason, verdict)
+        try:
+            response = await self._http.send(request)
         except httpx.TimeoutException:
             return self._no_answer(method, path, request_body, started, clock, "timed out")
-        except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
-            # A header holds a character HTTP cannot carry, and the library's message quotes
-            # it: never repeat it. A key stored before keys were checked pauses the account
-            # until it is replaced; anything else (an Idempotency-Key made from an event id
-            # outside ASCII) cannot be sent however often it is tried.
-            bad_key = not api_key.isascii() or not api_key.isprintable()
-            what = "the Loops API key" if bad_key else "a header of the request"
-            reason = (
-                f"the request could not be sent ({type(exc).__name__}): {what} holds a "
-                "character an HTTP header cannot carry, such as a line break or a letter "
-                "outside ASCII" + (". Replace the key" if bad_key else "")
-            )
-            verdict = Verdict.KEY_REFUSED if bad_key else Verdict.GIVE_UP
+        except httpx.LocalProtocolError as exc:  # h11 refuses a header as it writes it
+            verdict, reason = _unsendable(api_key, exc)
             return self._no_answer(method, path, request_body, started, clock, reason, verdict)
         except httpx.TransportError as exc:
             reason = f"could not reach Loops ({type(exc).__name__}: {exc})"

@@ -2,11 +2,11 @@
 
 The key comes from ``BRIDGE_SECRET_KEY`` or, when that is unset, from the key file
 ``secret.key`` in the bridge's data folder: beside the SQLite database file, or ``./data/``
-for PostgreSQL. The first start creates that file, owner-only (0600) and atomically, and
-logs where it is. Either place holds one key or several, newest first (comma-separated in
-the variable, one a line in the file): the newest encrypts, each of them decrypts. That is
-how ``loops-bridge rotate-secret-key`` changes the key without a moment in which a stored
-secret cannot be read.
+for PostgreSQL. The first start creates that file, owner-only (0600) and atomically, in a
+folder of its own (0700) if there is none, and logs where it is. Either place holds one key
+or several, newest first (comma-separated in the variable, one a line in the file): the
+newest encrypts, each of them decrypts. That is how ``loops-bridge rotate-secret-key``
+changes the key without a moment in which a stored secret cannot be read.
 
 Encryption is Fernet, from the ``cryptography`` package: AES-128-CBC with a random IV and
 HMAC-SHA256 (https://github.com/fernet/spec). A copied database without the key reveals no
@@ -294,7 +294,7 @@ def _write_key_file(path: Path, keys: Sequence[str], *, exclusive: bool = False)
     """Write ``keys`` to ``path``, owner-only, all at once: readers see the old file or the
     new one, never a part. ``exclusive``: fail with FileExistsError if ``path`` exists."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data folder
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
         try:
             with os.fdopen(fd, "w") as file:

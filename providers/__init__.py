@@ -18,9 +18,9 @@ The shape of the data a provider hands on::
         -> Provider.details()  names and Loops event properties
 
 Around those: ``secret_problem`` checks a pasted secret's form, ``new_secret`` makes one for
-platforms where the receiver chooses it (Supabase), ``redact`` hides the provider's own
-signature or secret headers in the rejected-requests log, and ``sample`` makes a signed test
-request for the admin's "send a test event".
+platforms where the receiver chooses it (Supabase), ``redact`` says how the rejected-requests
+log shows the provider's own headers (a signature or a secret hidden), and ``sample`` makes a
+signed test request for the admin's "send a test event".
 
 The split keeps the ingest path lean: it reads only what it needs to dedupe and filter.
 
@@ -88,7 +88,8 @@ class Rejected(Exception):
 class Event:
     """One verified provider event: what the inbox needs to dedupe, filter and store it."""
 
-    id: str  # the dedupe key per endpoint: Stripe's evt_..., Clerk's svix-id, a body hash
+    id: str  # the dedupe key per endpoint: Stripe's evt_..., Clerk's svix-id, a body hash;
+    # printable ASCII (providers.fields.is_id): Loops gets it in its Idempotency-Key header
     type: str  # e.g. "invoice.paid"
     occurred_at: int  # provider's event time, unix seconds (last-writer-wins on contact fields)
     email: str | None
@@ -138,8 +139,10 @@ class Provider(Protocol):
         shared secret header); None where the platform makes the secret."""
 
     def redact(self, name: str, value: str) -> str | None:
-        """How one of this provider's own headers is shown in the rejected-requests log (a
-        signature cut to its scheme, a shared secret hidden); None for any other header."""
+        """How one of this provider's own headers is shown in the rejected-requests log: a
+        signature cut to its scheme, a shared secret hidden, an event id or a timestamp as it
+        is. None for any other header: the log then shows only its length and a hash prefix,
+        unless it is a common one such as Content-Type (``bridge.inbox.redact``)."""
 
     def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
         """A realistic signed test request for ``event_type``: (body, headers)."""

@@ -72,6 +72,7 @@ from standardwebhooks.webhooks import (
 
 from providers import Details, Event, Rejected, loops_properties
 from providers.fields import MAX_ID_CHARS, BodyReasons, load_object, refuse_repeated_keys
+from providers.fields import is_id as _is_id
 from providers.fields import is_int as _is_int
 from providers.fields import is_name as _is_name
 from providers.fields import text as _text
@@ -379,7 +380,10 @@ class ClerkProvider:
         return None  # Clerk (Svix) makes the signing secret
 
     def redact(self, name: str, value: str) -> str | None:
-        """``svix-signature``: each signature shows only its scheme (``v1,…``)."""
+        """``svix-id`` and ``svix-timestamp`` as they are; ``svix-signature``: each
+        signature shows only its scheme (``v1,…``)."""
+        if name.lower() in (_ID_HEADER, _TIMESTAMP_HEADER):
+            return value
         if name.lower() != _SIGNATURE_HEADER:
             return None
         shown = []
@@ -404,7 +408,7 @@ class ClerkProvider:
             raise Rejected(_MALFORMED)
         if not any(entry.startswith("v1,") for entry in signature.split(" ")):
             raise Rejected(_NO_V1)
-        if not (_is_name(msg_id) and msg_id.isascii()):
+        if not _is_id(msg_id):
             raise Rejected(_BAD_ID)
         # The library reads float(): "1.7e9" or " 17..." would pass it, and be signed as
         # another string than the one sent.
@@ -443,7 +447,7 @@ class ClerkProvider:
         msg_id = _header(headers, _ID_HEADER)
         if not msg_id:
             raise Rejected(_NO_HEADER.format(_ID_HEADER))
-        if not (_is_name(msg_id) and msg_id.isascii()):
+        if not _is_id(msg_id):
             raise Rejected(_BAD_ID)
         event = _load(body)
         event_type, data = event["type"], event["data"]

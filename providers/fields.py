@@ -18,6 +18,7 @@ __all__ = [
     "MAX_ID_CHARS",
     "BodyReasons",
     "dig",
+    "is_id",
     "is_int",
     "is_name",
     "load_object",
@@ -53,6 +54,12 @@ def is_name(value: Any) -> bool:
     """An id or type fit to be stored and indexed: not empty, not over MAX_ID_CHARS, and
     printable (PostgreSQL refuses a NUL in text)."""
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS and value.isprintable()
+
+
+def is_id(value: Any) -> bool:
+    """An event id fit to dedupe on and to send: a name in ASCII, as an HTTP header (Loops'
+    ``Idempotency-Key``) can carry it. Stripe's and Svix's ids are."""
+    return is_name(value) and value.isascii()
 
 
 def split_name(full_name: Any) -> tuple[str | None, str | None]:

@@ -83,7 +83,9 @@ import orjson
 import stripe
 
 from providers import Details, Event, Rejected, loops_properties
+from providers.fields import MAX_ID_CHARS
 from providers.fields import dig as _dig
+from providers.fields import is_id as _is_id
 from providers.fields import is_int as _is_int
 from providers.fields import is_name as _is_name
 from providers.fields import split_name as _split_name
@@ -109,6 +111,10 @@ _NO_SECRET = (
 _NO_HEADER = (
     "The request has no Stripe-Signature header, so it cannot be verified as coming from "
     "Stripe. Send only Stripe webhooks to this URL, and check that no proxy drops the header."
+)
+_ID_RULE = (
+    f"its id must be 1 to {MAX_ID_CHARS} printable ASCII characters, as Stripe's are "
+    "(evt_1NvX...). Send the body exactly as Stripe sent it."
 )
 _NOT_UTF8 = (
     "The request body is not UTF-8 text, so it is not a Stripe event as Stripe sent it "
@@ -324,7 +330,7 @@ def _load(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     missing = [
         name
         for name, present in (
-            ("id", _is_name(event.get("id"))),
+            ("id", _is_id(event.get("id"))),
             ("type", _is_name(event.get("type"))),
             ("created", _is_int(event.get("created")) and 0 <= event["created"] < 2**53),
             ("data.object", isinstance(obj, dict)),
@@ -332,7 +338,10 @@ def _load(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         if not present
     ]
     if missing:
-        raise Rejected(f"The Stripe event has no valid {', '.join(missing)}.")
+        raise Rejected(
+            f"The Stripe event has no valid {', '.join(missing)}"
+            + (f": {_ID_RULE}" if "id" in missing else ".")
+        )
     return event, obj
 
 

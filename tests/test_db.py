@@ -5,9 +5,11 @@
 - a database made before migrations, rows and all, is refused by every command until
   ``loops-bridge migrate`` has upgraded it, and keeps its rows;
 - a fresh database is at the current revision after any command, even with several
-  processes starting on it at once, and one of them makes its key file (bridge/vault.py).
+  processes starting on it at once, and one of them makes its key file (bridge/vault.py);
+- the data folder and its files are owner-only, and a start names any that is not.
 
-And the logs, which ``loops-bridge`` writes as one JSON object per line on request.
+And the logs, which ``loops-bridge`` writes as one JSON object per line on request, and
+otherwise as text in which nothing a customer typed can start a line.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import stat
 import subprocess
 import warnings
@@ -32,10 +35,14 @@ from cryptography.fernet import Fernet
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import SQLModel
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-from bridge import db, logs, sandbox, vault
+from bridge import db, logs, registry, sandbox, vault
 from tests import leaks
-from tests.harness import Served, settings_env
+from tests.harness import Served, settings_env, stripe_event
 from tests.harness import run_cli as cli
 from tests.helpers import (
     OLD_ENDPOINT,
@@ -47,6 +54,7 @@ from tests.helpers import (
 from tests.servers import BIN, Bridge, bridge_env, refusals, wait_until
 
 KEY = "loops_key_dbServe_8e7d6c5b"
+CUSTOMER_CREATED = "constructed/customer.created.event.json"
 SECRET = "whsec_dbServeSecretJJJJJJJJJJJJJJJJJ"
 
 
@@ -229,6 +237,37 @@ def test_migrate_says_when_there_is_nothing_to_do(url, tmp_path):
     )
 
 
+def test_the_data_folder_and_every_file_in_it_are_owner_only(tmp_path):
+    """They hold customers' emails and payloads, and the key to the stored secrets."""
+    data = tmp_path / "data"
+    engine = db.connect(f"sqlite:///{data / 'bridge.db'}", secret_key="")  # a key file
+    try:
+        registry.add_account(engine, "acme", KEY)  # a write: the WAL and its index are open
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in data.iterdir()}
+    finally:
+        engine.dispose()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert modes == {
+        "bridge.db": 0o600,
+        "bridge.db-wal": 0o600,
+        "bridge.db-shm": 0o600,
+        "secret.key": 0o600,
+    }
+
+
+def test_a_start_names_the_files_others_can_open_and_changes_none(tmp_path):
+    env = settings_env(tmp_path)
+    assert "chmod" not in cli(env, "accounts", "list").stderr  # made owner-only: nothing to say
+    database, key = tmp_path / "bridge.db", tmp_path / "secret.key"
+    database.chmod(0o644)  # as an earlier version made it, or a copy restored from a backup
+    key.chmod(0o640)
+    said = cli(env, "accounts", "list").stderr
+    assert f"other users of this machine can open {key}, {database}, which hold " in said
+    assert f"make them owner-only with `chmod 600 {key} {database}`" in said
+    assert stat.S_IMODE(database.stat().st_mode) == 0o644  # changed by the operator only
+    assert stat.S_IMODE(key.stat().st_mode) == 0o640
+
+
 def test_a_schema_from_a_newer_version_is_refused(tmp_path):
     env = settings_env(tmp_path)
     cli(env, "accounts", "list")
@@ -366,3 +405,43 @@ def test_serve_logs_json_lines_uvicorn_included_and_no_secret(tmp_path):
         e.get("delivery_id") == 1 and e.get("endpoint_id") == created["id"] for e in entries
     ), output
     assert KEY not in output and SECRET not in output
+
+
+def test_a_customers_name_cannot_write_a_line_of_the_text_log(tmp_path):
+    """A name holding a line break, an escape sequence and a right-to-left override, which
+    Loops quotes back when it refuses it: ``serve``'s text log keeps all of it on the
+    delivery's own line, escaped."""
+
+    async def refuse(request: Request) -> JSONResponse:
+        contact = await request.json()
+        message = f"Invalid lastName: {contact.get('lastName')}"
+        return JSONResponse({"success": False, "message": message}, 400)
+
+    loops = Served(Starlette(routes=[Route("/api/v1/contacts/create", refuse, methods=["POST"])]))
+    env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="text", BRIDGE_LOOPS_API_URL=f"{loops.url}/api/v1")
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
+    created = cli(
+        env,
+        *("endpoints", "create", "--name", "e", "--account", "acme"),
+        *("--events", "customer.created", "--signing-secret", "-", "--json"),
+        stdin=SECRET,
+    )
+    forged = "2026-01-01 09:00:00,000 INFO bridge.admin.login: admin signed in from 10.0.0.1"
+    name = f"Mallory Smith\n{forged}\x1b[2J\u202e"
+    body = stripe_event(CUSTOMER_CREATED, "evt_forge", email="mallory@example.com", name=name)
+    bridge = Bridge(env)
+    try:
+        accepted = bridge.post(created["id"], body, signed_headers(body, SECRET))
+        assert accepted.status_code == 200, accepted.text
+        wait_until(lambda: "Invalid lastName" in bridge.log(), what="the delivery to fail")
+    finally:
+        assert bridge.stop() in (0, -15)
+        loops.stop()
+    output = bridge.log()
+    assert "\x1b" not in output and "\u202e" not in output
+    lines = output.splitlines()
+    assert not any(line.startswith(forged[:10]) for line in lines), output
+    (failed,) = [line for line in lines if "Invalid lastName" in line]
+    record = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO bridge\.delivery: delivery 1 failed: "
+    assert re.match(record, failed), failed
+    assert failed.endswith(rf"Invalid lastName: Smith\n{forged}\x1b[2J\u202e")

@@ -6,15 +6,18 @@ Loops sandbox in-process (tests/harness.py), the sandbox playing outages, refuse
 from __future__ import annotations
 
 import itertools
+import logging
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
+import providers
 from bridge import accounts, db
 from bridge.delivery import LONGEST_WAIT, Worker, backoff, idempotency_key
 from bridge.models import DEAD, DELIVERED, FAILED, QUEUED, Delivery
 from tests.harness import FAST, Harness, busiest_second, stripe_event
-from tests.helpers import fixture_bytes
+from tests.helpers import fixture_bytes, stored_delivery
 
 SECRET = "whsec_deliveryTestSecretDDDDDDDDDDDD"
 INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
@@ -200,6 +203,45 @@ def test_a_request_loops_refuses_fails_with_loops_message(harness):
     assert [c["status_code"] for c in shown["loops_calls"]] == [400]
     assert shown["reason"] == "Loops answered 400: Invalid email address: 'not-an-email'."
     assert shown["attempts"] == 1  # never retried: the same request would fail the same way
+
+
+CLERK_SECRET = "whsec_ZGVsaXZlcnlDbGVya1NlY3JldDAxMjM0"
+
+
+@pytest.mark.parametrize(
+    ("provider", "reason"),
+    [
+        (
+            "stripe",  # its id is in the body, which no longer reads as a Stripe event
+            "the stored event cannot be read, so nothing can be sent to Loops: The Stripe "
+            "event has no valid id: its id must be 1 to 255 printable ASCII characters",
+        ),
+        (
+            "clerk",  # its id came in a header: the Loops event's Idempotency-Key
+            "Loops did not answer: the request could not be sent (UnicodeEncodeError): a "
+            "header of the request holds a character an HTTP header cannot carry",
+        ),
+    ],
+)
+def test_a_stored_event_id_loops_cannot_take_fails_once_with_the_reason(
+    harness, caplog, provider: str, reason: str
+):
+    """As an older version, which did not refuse such ids, may have stored it."""
+    event_id = "evt_é中"
+    if provider == "stripe":
+        endpoint = harness.endpoint("invoice.paid", secret=SECRET, loops_event="paid")
+        payload = stripe_event(INVOICE_PAID, event_id)
+    else:
+        endpoint = harness.endpoint(
+            "user.created", provider="clerk", secret=CLERK_SECRET, loops_event="signedUp"
+        )
+        payload, _ = providers.get("clerk").sample("user.created", "jo@example.com", CLERK_SECRET)
+    stored = stored_delivery(harness.engine, endpoint, event_id=event_id, payload=payload)
+    (failed,) = harness.settled(1)
+    assert (failed["id"], failed["status"], failed["attempts"]) == (stored, FAILED, 1)
+    assert failed["reason"].startswith(reason), failed["reason"]
+    assert harness.loops_calls("/events/send") == []
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_a_short_outage_is_retried_until_delivered(harness):

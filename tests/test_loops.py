@@ -253,6 +253,29 @@ def test_an_idempotency_key_outside_ascii_gives_up_without_sending() -> None:
     assert "é" not in answer.message and "中" not in answer.message
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({**EVENT, "eventProperties": {"at": object()}}, "(TypeError: Object of type object"),
+        ({**EVENT, "amount": 10**5000}, "(ValueError: Exceeds the limit"),
+    ],
+    ids=["not-json", "too-long-a-number"],
+)
+def test_a_request_that_cannot_be_built_gives_up_with_the_reason(body: dict, says: str) -> None:
+    """Whatever the error, the same request would fail the same way on every try."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"success": True})
+
+    answer = call(handler, lambda c: c.send_event(KEY, body, "evt_1"))
+    assert seen == []
+    assert (answer.verdict, answer.status_code) == (Verdict.GIVE_UP, None)
+    assert answer.message.startswith("Loops did not answer: the request could not be made ")
+    assert says in answer.message
+
+
 class _Listener(asyncio.Protocol):
     """A loopback socket that takes connections and keeps whatever bytes arrive."""
 

@@ -83,10 +83,9 @@ def test_each_provider_keeps_the_contract(name):
         assert_loops_properties(provider.details(body).properties)
 
         shown = {k: provider.redact(k, v) for k, v in headers.items()}
-        hidden = {k: v for k, v in shown.items() if v is not None}
-        assert hidden, f"{name} redacts none of its headers {sorted(sent)}"
-        for header, value in hidden.items():
-            assert value != headers[header] and SECRETS[name] not in value
+        own = {k: v for k, v in shown.items() if v is not None}
+        assert any(v != headers[k] for k, v in own.items()), f"{name} hides none of {sent}"
+        assert not any(SECRETS[name] in value for value in own.values())
         assert provider.redact("content-type", "application/json") is None
 
 

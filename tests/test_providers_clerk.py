@@ -603,15 +603,18 @@ def test_other_secrets_are_refused_saying_where_the_right_one_is(secret):
     assert secret in ("", "whsec_") or secret not in problem
 
 
-def test_redact_shows_only_each_signatures_scheme():
+def test_redact_shows_only_each_signatures_scheme_and_the_id_and_time_as_they_are():
     body = fixture("user.created")
-    signature = svix_headers(body, SECRET)["svix-signature"]
+    headers = svix_headers(body, SECRET)
+    signature = headers["svix-signature"]
     rolled = f"{signature} {svix_headers(body, OTHER_SECRET)['svix-signature']}"
     assert provider.redact("svix-signature", signature) == "v1,…"
     assert provider.redact("Svix-Signature", rolled) == "v1,… v1,…"
     assert provider.redact("svix-signature", "v1a,abcdefgh garbage secret,x") == "v1a,… … …"
     assert provider.redact("svix-signature", "") == ""
-    for name in ("svix-id", "svix-timestamp", "stripe-signature", "content-type"):
+    assert provider.redact("svix-id", headers["svix-id"]) == headers["svix-id"]
+    assert provider.redact("Svix-Timestamp", "1700000000") == "1700000000"
+    for name in ("stripe-signature", "content-type", "x-webhook-secret"):
         assert provider.redact(name, "v1,abc") is None
 
 

@@ -78,6 +78,23 @@ def test_a_stale_signature_is_rejected(tmp_path):
         assert h.deliveries() == []
 
 
+@pytest.mark.parametrize("event_id", ["evt_é中", "evt_\u202e1", "evt\t1", "e" * 256, ""])
+def test_a_signed_event_whose_id_loops_cannot_take_is_refused_with_the_reason(
+    event_id: str, tmp_path
+):
+    """Its id would be the Loops Idempotency-Key, a header: printable ASCII only. Stripe's
+    are; anything else was never sent by Stripe."""
+    with Harness(tmp_path, worker=False) as h:
+        endpoint = h.endpoint("invoice.paid", secret=SECRET)
+        answer = h.webhook(endpoint, stripe_event(INVOICE_PAID, event_id), SECRET)
+        assert answer.status_code == 400
+        assert answer.json()["reason"] == (
+            "The Stripe event has no valid id: its id must be 1 to 255 printable ASCII "
+            "characters, as Stripe's are (evt_1NvX...). Send the body exactly as Stripe sent it."
+        )
+        assert h.deliveries() == []
+
+
 def test_an_endpoint_waiting_for_its_secret_says_so_until_it_is_added(tmp_path):
     with Harness(tmp_path, worker=False) as h:
         endpoint = h.endpoint("invoice.paid")

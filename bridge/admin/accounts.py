@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from bridge import registry
 from bridge.accounts import rate_in_use
-from bridge.admin.formats import COUNT_CAP, ago, count, when
+from bridge.admin.formats import COUNT_CAP, ago, count, row_id, when
 from bridge.admin.state import Admin
 from bridge.loops import Answer, LoopsClient
 from bridge.models import QUEUED, Account, AccountState, Delivery, Endpoint
@@ -321,9 +321,8 @@ routes = [
 
 
 def _id(request: Request) -> int:
-    """The account id from the path; -1 (no such account) when it is not a number."""
-    raw = request.path_params["account_id"]
-    return int(raw) if raw.isdigit() else -1
+    """The account id from the path; -1 (no such account) when it is not one."""
+    return row_id(request.path_params["account_id"]) or -1
 
 
 def _back(request: Request) -> str:

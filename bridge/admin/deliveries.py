@@ -38,7 +38,7 @@ from starlette.routing import Route
 import providers
 from bridge import registry
 from bridge.admin.accounts import STATES, AccountView, read_accounts
-from bridge.admin.formats import ago, hours, int_or_none, pretty, when
+from bridge.admin.formats import ID_RANGE, ago, hours, int_or_none, pretty, row_id, when
 from bridge.admin.state import Admin
 from bridge.models import (
     DEAD,
@@ -318,6 +318,14 @@ async def index(request: Request) -> Response:
     filters = Filters.read(request.query_params)
     before = int_or_none(request.query_params.get("before"))
     after = int_or_none(request.query_params.get("after"))
+    if any(bound is not None and bound not in ID_RANGE for bound in (before, after)):
+        return admin.error(
+            request,
+            400,
+            "No such page of the log",
+            f"?before= and ?after= take a delivery id, and ids go from 1 to {ID_RANGE[-1]:,}. "
+            "Follow the Newer and Older links, or open Deliveries for the newest ones.",
+        )
     page = await admin.run(
         lambda: list_deliveries(admin.engine, filters, before=before, after=after)
     )
@@ -339,7 +347,7 @@ async def index(request: Request) -> Response:
 
 async def show(request: Request) -> Response:
     admin = Admin.of(request)
-    delivery_id = int_or_none(request.path_params["delivery_id"])
+    delivery_id = row_id(request.path_params["delivery_id"])
     detail = await admin.run(_detail, admin.engine, delivery_id) if delivery_id else None
     if detail is None:
         return _not_found(request)
@@ -393,7 +401,7 @@ async def _requeue(request: Request, change: Callable[[Engine, int], None], done
     """Queue the delivery again through ``change``; back to its page, saying ``done`` or why
     not."""
     admin = Admin.of(request)
-    delivery_id = int_or_none(request.path_params["delivery_id"])
+    delivery_id = row_id(request.path_params["delivery_id"])
     if not delivery_id or not await admin.run(_exists, admin.engine, delivery_id):
         return _not_found(request)
     try:

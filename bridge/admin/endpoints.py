@@ -48,6 +48,7 @@ from starlette.routing import Route
 
 import providers
 from bridge import registry
+from bridge.admin.formats import row_id
 from bridge.admin.state import Admin
 
 # status -> (what the admin reads, the existing badge style closest to it)
@@ -334,8 +335,7 @@ async def add_secret(request: Request, endpoint_id: str) -> Response:
 @_existing
 async def remove_secret(request: Request, endpoint_id: str) -> Response:
     admin = Admin.of(request)
-    raw = request.path_params["secret_id"]
-    secret_id = int(raw) if raw.isdigit() else -1
+    secret_id = row_id(request.path_params["secret_id"]) or -1
     hint = await admin.run(registry.remove_secret_by_id, admin.engine, endpoint_id, secret_id)
     return _changed(
         request,

@@ -1,13 +1,44 @@
-"""How the admin pages show stored values: times, JSON, counts, numbers from URLs."""
+"""How the admin pages show stored values: times, JSON, counts, numbers from URLs, and any
+text at all (:func:`shown`)."""
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
-__all__ = ["COUNT_CAP", "ago", "count", "hours", "int_or_none", "json_object", "pretty", "when"]
+from markupsafe import Markup
+
+from bridge.visible import visible
+
+__all__ = [
+    "COUNT_CAP",
+    "ID_RANGE",
+    "ago",
+    "count",
+    "hours",
+    "int_or_none",
+    "json_object",
+    "pretty",
+    "row_id",
+    "shown",
+    "when",
+]
 
 COUNT_CAP = 100_000  # a count stops here, so that a page costs the same however busy
+# Every id column is an SQL INTEGER, and PostgreSQL's holds no more than this.
+ID_RANGE = range(-(2**31), 2**31)
+
+
+def shown(value: Any) -> Any:
+    """Every value a page shows (Jinja's ``finalize``, before it is HTML-escaped): a string's
+    control and bidi characters written as escapes, so that a customer's name holding a
+    right-to-left override or a NUL shows them (:mod:`bridge.visible`). Line breaks and tabs
+    stay: they lay out the JSON and the bodies shown in ``<pre>``."""
+    if not isinstance(value, str):
+        return value
+    escaped = visible(value, layout=True)
+    return Markup(escaped) if isinstance(value, Markup) else escaped
 
 
 def when(epoch: float | None, zone: bool = True) -> str:
@@ -68,3 +99,12 @@ def int_or_none(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def row_id(value: str | None) -> int | None:
+    """The id a URL's path names; None when it is not one an id column can hold (not ASCII
+    digits, or past :data:`ID_RANGE`): no row has it."""
+    if not (value and len(value) <= 10 and value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number in ID_RANGE else None

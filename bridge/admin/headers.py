@@ -22,7 +22,8 @@ SECURITY_HEADERS = {
 
 class SecurityHeaders:
     """ASGI middleware: sets :data:`SECURITY_HEADERS` on each HTTP answer, over any the app
-    set itself."""
+    set itself. The admin wraps its whole app in it, Starlette's handling of uncaught errors
+    included, so that the 500 page carries them too (bridge/admin/__init__.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

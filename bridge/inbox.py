@@ -56,13 +56,22 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 import providers
-from bridge.models import IGNORED, QUEUED, Delivery, Endpoint, Rejection, Secret
+from bridge.models import (
+    IGNORED,
+    QUEUED,
+    Delivery,
+    Endpoint,
+    Rejection,
+    Secret,
+    UnsupportedEvent,
+)
 
 __all__ = ["SHOWN_HEADERS", "Inbox", "Receipt", "Route", "StorageUnavailable", "redact"]
 
 log = logging.getLogger("bridge.inbox")
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
+UNSUPPORTED = UnsupportedEvent.__table__  # type: ignore[attr-defined]
 _INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 CHECKPOINT_BYTES = 1_000_000  # of webhook bodies: about 1.5 MB of WAL, a third of SQLite's own
 
@@ -88,7 +97,7 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class Receipt:
     status: str  # queued | ignored | duplicate
-    delivery_id: int
+    delivery_id: int | None  # None: a type the bridge does not handle, only counted
     reason: str | None = None
 
 
@@ -161,7 +170,18 @@ class Inbox:
 
     async def accept(self, route: Route, event: providers.Event, payload: bytes) -> Receipt:
         """Store the event for this endpoint; return what was decided once it is on disk.
-        Raises :class:`StorageUnavailable` if it could not be stored."""
+        Raises :class:`StorageUnavailable` if it could not be stored.
+
+        An event of a type the provider does not handle at all (``stripe listen`` forwards
+        every type) is not stored: it is counted per endpoint and type
+        (:func:`unsupported_types`), so the log does not fill with them."""
+        if event.type not in route.provider.event_types:
+            reason = _unsupported(route, event)
+            try:
+                await anyio.to_thread.run_sync(self._count_unsupported, route.endpoint_id, event)
+            except Exception as exc:
+                raise StorageUnavailable(str(exc)) from exc
+            return Receipt(IGNORED, None, reason)
         reason = _why_ignored(route, event)
         now = time.time()
         row = {
@@ -284,6 +304,19 @@ class Inbox:
                 stored.update({(e, v): (delivery_id, False) for delivery_id, e, v in found})
         return stored
 
+    def _count_unsupported(self, endpoint_id: str, event: providers.Event) -> None:
+        now = time.time()
+        insert = _INSERT[self._engine.dialect.name](UNSUPPORTED).values(
+            endpoint_id=endpoint_id, event_type=event.type, count=1, first_at=now, last_at=now
+        )
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["endpoint_id", "event_type"],
+                    set_={"count": UNSUPPORTED.c.count + 1, "last_at": now},
+                )
+            )
+
     # -- refused requests ---------------------------------------------------------------------
 
     def record_rejection(
@@ -370,13 +403,29 @@ def redact(
     return shown
 
 
+def unsupported_types(engine: Engine, endpoint_id: str) -> list[tuple[str, int, float]]:
+    """The types the endpoint received that its provider does not handle: (event type, how
+    many, last received, unix time), most recent first."""
+    with engine.connect() as conn:
+        return [
+            (event_type, count, last_at)
+            for event_type, count, last_at in conn.execute(
+                select(UNSUPPORTED.c.event_type, UNSUPPORTED.c.count, UNSUPPORTED.c.last_at)
+                .where(UNSUPPORTED.c.endpoint_id == endpoint_id)
+                .order_by(UNSUPPORTED.c.last_at.desc())
+            )
+        ]
+
+
+def _unsupported(route: Route, event: providers.Event) -> str:
+    return (
+        f"this bridge does not handle {route.provider.label} event type {event.type}; "
+        "stop sending it from the provider (it is counted, not stored)"
+    )
+
+
 def _why_ignored(route: Route, event: providers.Event) -> str | None:
     if event.type not in route.event_types:
-        if event.type not in route.provider.event_types:
-            return (
-                f"this bridge does not handle {route.provider.label} event type {event.type}; "
-                "stop sending it from the provider"
-            )
         enabled = ", ".join(sorted(route.event_types))
         return (
             f"event type {event.type} is not enabled on this endpoint (enabled: {enabled}); "

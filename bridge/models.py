@@ -176,6 +176,18 @@ class Rejection(SQLModel, table=True):
     headers: str = Field(sa_column=Column(Text))  # JSON, secrets redacted; never the body
 
 
+class UnsupportedEvent(SQLModel, table=True):
+    """Events of a type the endpoint's provider does not handle: counted, not stored."""
+
+    __tablename__ = "unsupported_events"
+
+    endpoint_id: str = Field(foreign_key="endpoints.id", primary_key=True)
+    event_type: str = Field(primary_key=True)
+    count: int
+    first_at: float
+    last_at: float
+
+
 class AlertSent(SQLModel, table=True):
     """A problem an alert went out for (bridge/alerts.py): one alert per key."""
 

@@ -33,6 +33,7 @@ from bridge.models import (
     LoopsCall,
     Rejection,
     Secret,
+    UnsupportedEvent,
 )
 
 _LOOPS_EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
@@ -480,6 +481,7 @@ def delete_endpoint(engine: Engine, endpoint_id: str) -> None:
             (Delivery, Delivery.endpoint_id == endpoint_id),
             (Secret, Secret.endpoint_id == endpoint_id),
             (Rejection, Rejection.endpoint_id == endpoint_id),
+            (UnsupportedEvent, UnsupportedEvent.endpoint_id == endpoint_id),
         ):
             for row in session.exec(select(model).where(column)):
                 session.delete(row)

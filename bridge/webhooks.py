@@ -14,7 +14,7 @@ server CPU for a stored webhook under ``make bench``: not worth a mechanism of i
 
 Answers, as JSON ``{"status": ..., "id" / "reason": ...}``:
 
-    200  queued, duplicate or ignored
+    200  queued, duplicate or ignored (a type the bridge does not handle: counted, no id)
     400  rejected: signature, secret, not an event, Content-Length not the body's length
     404  rejected: no such endpoint. An unknown id and a malformed one (too long, bad
          characters, a '/', empty) get the very same bytes, so ids cannot be probed
@@ -224,6 +224,8 @@ async def _receive(
         return 503, {"status": "unavailable", "reason": "internal error; retry later"}
     if receipt.status == "queued":
         return 200, {"status": "queued", "id": receipt.delivery_id}
+    if receipt.delivery_id is None:  # a type the bridge does not handle: counted, not stored
+        return 200, {"status": receipt.status, "reason": receipt.reason}
     if receipt.status == "ignored":
         log.info(
             "delivery %s ignored: %s",

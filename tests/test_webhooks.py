@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from bridge import inbox
 from tests.harness import Harness, stripe_event
 from tests.helpers import fixture_bytes, signed_headers, stripe_signature
 
@@ -34,6 +35,23 @@ def test_an_event_type_not_enabled_is_ignored_with_the_reason(harness):
     assert stored["reason"] == answer.json()["reason"]
     harness.settled(1)
     assert harness.loops_get("requests") == []
+
+
+def test_a_type_the_bridge_does_not_handle_is_counted_not_stored(harness):
+    # `stripe listen` forwards every type: the log must not fill with them.
+    endpoint = harness.endpoint("customer.created", secret=SECRET)
+    plan = fixture_bytes("stripe-openapi/event.json")  # plan.created
+    for _ in range(3):
+        answer = harness.webhook(endpoint, plan, SECRET)
+        assert answer.status_code == 200
+        assert answer.json() == {
+            "status": "ignored",
+            "reason": "this bridge does not handle Stripe event type plan.created; stop "
+            "sending it from the provider (it is counted, not stored)",
+        }
+    assert harness.cli("deliveries", "list", "--json") == []
+    ((event_type, count, _last),) = inbox.unsupported_types(harness.engine, endpoint)
+    assert (event_type, count) == ("plan.created", 3)
 
 
 def test_an_event_without_an_email_is_ignored(harness):

@@ -176,6 +176,16 @@ def _encrypted_at(revision: str) -> bool:
 
 def _engine(url: str) -> Engine:
     parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        # What hosting providers hand out (postgres://...): PostgreSQL, through psycopg.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
+    if parsed.get_backend_name() == "postgresql" and parsed.database == "postgres":
+        log.warning(
+            "BRIDGE_DATABASE_URL names the server's default database, postgres: the bridge's "
+            "tables go there, beside whatever else uses it. A database of its own is safer "
+            "to back up and to drop: CREATE DATABASE loops_bridge; then name it in the URL"
+        )
     if parsed.get_backend_name() == "sqlite":
         pool: dict = {}
         if parsed.database and parsed.database != ":memory:":

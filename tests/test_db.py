@@ -445,3 +445,17 @@ def test_a_customers_name_cannot_write_a_line_of_the_text_log(tmp_path):
     record = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO bridge\.delivery: delivery 1 failed: "
     assert re.match(record, failed), failed
     assert failed.endswith(rf"Invalid lastName: Smith\n{forged}\x1b[2J\u202e")
+
+
+def test_a_postgres_url_as_hosts_hand_it_out_works(postgres_url, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # its key file, ./data/secret.key, is the test's own
+    bare = "postgres://" + postgres_url.split("://", 1)[1]  # Heroku, Render, Fly...
+    engine = db.connect(bare)
+    try:
+        assert engine.dialect.name == "postgresql" and db.is_current(engine)
+    finally:
+        engine.dispose()
+    assert "default database" not in caplog.text
+    default = db.connect(bare.rsplit("/", 1)[0] + "/postgres", create_schema=False)
+    default.dispose()
+    assert "names the server's default database, postgres" in caplog.text

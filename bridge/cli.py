@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.engine import Engine, make_url
@@ -32,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 import providers
-from bridge import __version__, db, logs, registry, vault
+from bridge import __version__, db, logs, loops, registry, vault
 from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
@@ -82,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = sub.add_parser("add", help="add a Loops account")
     add.add_argument("--name", required=True, help="a name for this Loops account")
-    add.add_argument("--api-key", required=True, help="Loops API key, or - to read stdin")
+    add.add_argument("--api-key", required=True, help="Loops API key, or - to type it unseen")
+    _no_check_flag(add)
     _json_flag(add)
     _json_flag(sub.add_parser("list", help="list Loops accounts (keys masked)"))
     change = sub.add_parser("set", help="change a Loops account's rate limit or API key")
@@ -91,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
         "--rate-limit", help="requests per second, 1-1000, or 'default' (BRIDGE_LOOPS_RATE_LIMIT)"
     )
     change.add_argument(
-        "--api-key", help="a new Loops API key, or - to read stdin; its deliveries resume at once"
+        "--api-key", help="a new Loops API key, or - to type it unseen; its deliveries resume at once"
     )
+    _no_check_flag(change)
     _json_flag(change)
 
     endpoints = commands.add_parser("endpoints", help="webhook endpoints")
@@ -151,6 +154,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON value")
+
+
+def _no_check_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="save the key without asking Loops whether it takes it (offline set-up)",
+    )
 
 
 def _secret_arg(value: str) -> str:
@@ -239,8 +250,11 @@ def _serve(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     import uvicorn
 
     from bridge.app import create_apps
+    from bridge.server import config
 
-    host, port = args.host or settings.host, args.port or settings.port
+    # The admin answers to the host it is bound to: --host, not only BRIDGE_HOST.
+    settings = replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    host, port = settings.host, settings.port
     admin_port = int(settings.admin) if settings.admin.isdigit() else None
     if admin_port == port:
         raise SettingsError(
@@ -248,16 +262,10 @@ def _serve(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
             "or --port): give the admin a port of its own, or set BRIDGE_ADMIN=on"
         )
     apps = create_apps(settings, engine)
-    options: dict[str, Any] = {
-        "host": host,
-        "log_config": None,
-        "access_log": False,
-        "timeout_graceful_shutdown": 10,
-    }
-    servers = [uvicorn.Server(uvicorn.Config(apps.public, port=port, **options))]
-    if apps.admin:
+    servers = [uvicorn.Server(config(apps.public, settings, port))]
+    if apps.admin and admin_port:
         # No lifespan: the inbox and the delivery worker run once, in the public app's.
-        admin = uvicorn.Config(apps.admin, port=admin_port, lifespan="off", **options)
+        admin = config(apps.admin, settings, admin_port, lifespan="off")
         servers.append(uvicorn.Server(admin))
     # What exists now lives as long as the process: keep the collector from walking it
     # again and again, and collect the young generation less often. Under a burst of
@@ -283,6 +291,11 @@ def _serve(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
             "no admin, no /metrics (BRIDGE_ADMIN=off); %s. For metrics: BRIDGE_ADMIN=<port>, "
             "or loops-bridge worker --metrics-port <port>",
             only_webhooks,
+        )
+    if settings.trusted_proxies:
+        log.info(
+            "X-Forwarded-For and X-Forwarded-Proto believed only from %s (BRIDGE_TRUSTED_PROXIES)",
+            settings.trusted_proxies,
         )
 
     async def serve(server: uvicorn.Server) -> None:
@@ -330,9 +343,30 @@ def _worker(args: argparse.Namespace, settings: Settings, engine: Engine) -> int
     return 0
 
 
-def _accounts(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
+def _checked_key(
+    args: argparse.Namespace, settings: Settings, engine: Engine, key: str, but: int | None = None
+) -> str:
+    """``key``, once nothing is wrong with it and Loops took it (``GET /api-key``), unless
+    ``--no-check``. Local mistakes are said first: they need no call to Loops."""
+    if problem := registry.key_problem(engine, key, but):
+        raise registry.Invalid(problem)
+    if args.no_check:
+        return key
+    refusal = asyncio.run(loops.key_refusal(key.strip(), settings.loops_api_url))
+    if refusal and "without checking" in refusal:  # Loops could not be asked
+        refusal += f" To save it without checking (an offline set-up), add --no-check."
+    if refusal:
+        raise registry.Invalid(refusal)
+    return key
+
+
+def _accounts(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     if args.action == "add":
-        account = registry.add_account(engine, args.name, _secret_arg(args.api_key))
+        key = _secret_arg(args.api_key)
+        if problems := registry.account_problems(engine, args.name, key):
+            raise registry.Invalid(" ".join(problems.values()))
+        key = _checked_key(args, settings, engine, key)
+        account = registry.add_account(engine, args.name, key)
         data = {
             "id": account.id,
             "name": account.name,
@@ -345,7 +379,7 @@ def _accounts(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
         )
         return 0
     if args.action == "set":
-        return _set_account(args, engine)
+        return _set_account(args, settings, engine)
     rows = [
         {
             "id": c.id,
@@ -360,7 +394,7 @@ def _accounts(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
     return 0
 
 
-def _set_account(args: argparse.Namespace, engine: Engine) -> int:
+def _set_account(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     if args.rate_limit is None and args.api_key is None:
         raise registry.Invalid("Give --rate-limit, --api-key or both.")
     found = [c for c in registry.list_accounts(engine) if c.name == args.name]
@@ -372,7 +406,9 @@ def _set_account(args: argparse.Namespace, engine: Engine) -> int:
     if args.rate_limit is not None:
         text = "" if args.rate_limit.strip().lower() == "default" else args.rate_limit
         rate = registry.read_rate_limit(text)
-    key = _secret_arg(args.api_key) if args.api_key is not None else None
+    key = None
+    if args.api_key is not None:
+        key = _checked_key(args, settings, engine, _secret_arg(args.api_key), found[0].id)
     done = registry.update_account(engine, found[0].id, api_key=key, rate_limit=rate)
     data = {
         "name": done.name,

@@ -7,7 +7,9 @@ so a new setting is added here and nowhere else.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,39 @@ def _log_format(value: str) -> str:
     return value
 
 
+def _parses(parse: Callable[[str], Any], text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _addresses(value: str) -> str:
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    for item in items:
+        if item != "*" and not _parses(ipaddress.ip_network, item):
+            raise ValueError(
+                f"{item!r} is not an IP address or network (such as 10.0.0.0/8), nor *"
+            )
+    return ",".join(items)
+
+
+def _hosts(value: str) -> str:
+    items = [item.strip().lower() for item in value.split(",") if item.strip()]
+    for item in items:
+        if (
+            item != "*"
+            and not re.fullmatch(r"[a-z0-9_.-]+", item)
+            and not _parses(ipaddress.ip_address, item)
+        ):
+            raise ValueError(
+                f"{item!r} is not a host name (such as admin.example.com, without scheme or "
+                "port), nor *"
+            )
+    return ",".join(items)
+
+
 DECLARED: tuple[Declared, ...] = (
     Declared(
         "BRIDGE_DATABASE_URL",
@@ -88,6 +123,22 @@ DECLARED: tuple[Declared, ...] = (
         "port number to serve it only there (on BRIDGE_HOST), so BRIDGE_PORT answers only "
         "/webhooks/* and /healthz; `off` for no admin at all.",
         _admin,
+    ),
+    Declared(
+        "BRIDGE_ALLOWED_HOSTS",
+        "",
+        "Host names the admin answers to besides those of BRIDGE_PUBLIC_URL and BRIDGE_HOST, "
+        "localhost, 127.0.0.1 and ::1 (comma-separated; `*` for any). A request naming another "
+        "host gets a 400 page, which defeats DNS rebinding.",
+        _hosts,
+    ),
+    Declared(
+        "BRIDGE_TRUSTED_PROXIES",
+        "",
+        "Your reverse proxies' addresses (IP addresses or networks, comma-separated): only "
+        "their X-Forwarded-For and X-Forwarded-Proto are believed, on both ports. Empty: "
+        "those headers are ignored, and a client is the address it connects from.",
+        _addresses,
     ),
     Declared(
         "BRIDGE_SECRET_KEY",
@@ -159,6 +210,8 @@ class Settings:
     max_body_bytes: int
     admin_password: str = field(repr=False)
     admin: str
+    allowed_hosts: str
+    trusted_proxies: str
     secret_key: str = field(repr=False)
     loops_rate_limit: int
     retry_base_seconds: float

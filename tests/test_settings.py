@@ -31,3 +31,18 @@ def test_public_url_with_trailing_slash_builds_clean_endpoint_urls():
 def test_invalid_value_names_the_variable():
     with pytest.raises(SettingsError, match="BRIDGE_PORT='0' is not valid"):
         load({"BRIDGE_PORT": "0"})
+
+
+def test_proxies_and_host_names_are_read_as_lists_and_checked_at_start():
+    assert (load({}).trusted_proxies, load({}).allowed_hosts) == ("", "")
+    settings = load(
+        {"BRIDGE_TRUSTED_PROXIES": " 10.0.0.0/8, ::1 ", "BRIDGE_ALLOWED_HOSTS": "Admin.Example.com"}
+    )
+    assert (settings.trusted_proxies, settings.allowed_hosts) == (
+        "10.0.0.0/8,::1",
+        "admin.example.com",
+    )
+    with pytest.raises(SettingsError, match=r"'proxy\.internal' is not an IP address or network"):
+        load({"BRIDGE_TRUSTED_PROXIES": "10.0.0.1,proxy.internal"})
+    with pytest.raises(SettingsError, match=r"'https://admin\.example\.com' is not a host name"):
+        load({"BRIDGE_ALLOWED_HOSTS": "https://admin.example.com"})

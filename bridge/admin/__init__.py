@@ -11,9 +11,11 @@ One module per page family, each a list ``routes`` of module-level handlers::
 
 A handler reads the settings, the database and rendering from the :class:`Admin` on
 ``request.app.state.admin`` (``bridge/admin/state.py``). Around every page, outermost first,
-three plain ASGI middlewares: security headers (``headers``), cross-site protection
-(``csrf``), the session check (``login``). Static files (CSS and a little JavaScript,
-nothing from the internet) are served from ``templates/static``.
+four plain ASGI middlewares: security headers (``headers``, around the 500 page too), the
+host names it answers to (``hosts``), cross-site protection (``csrf``), the session check
+(``login``). Every value a template shows goes through ``formats.shown``: control and bidi
+characters show as escapes. Static files (CSS and a little JavaScript, nothing from the
+internet) are served from ``templates/static``.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp
 
 from bridge.admin import accounts, auth, deliveries, diagnostics, endpoints, login, overview
 from bridge.admin.csrf import CrossSiteProtection
+from bridge.admin.formats import shown
 from bridge.admin.headers import SecurityHeaders
+from bridge.admin.hosts import AllowedHosts, allowed_hosts
 from bridge.admin.login import RequireSession
 from bridge.admin.state import Admin
 from bridge.inbox import Inbox
@@ -56,19 +61,32 @@ async def failed(request: Request, exc: Exception) -> Response:
     )
 
 
+class _AdminApp(Starlette):
+    """Starlette puts the handler of uncaught errors (the 500 page, :func:`failed`) outside
+    every middleware it is given: the security headers go around all of it instead."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
 def create_admin(settings: Settings, engine: Engine, inbox: Inbox) -> Starlette:
-    auth.ensure_password(engine, settings.admin_password)
+    guard = auth.Guard(engine, settings.admin_password)
+    if not settings.admin_password:
+        # A password generated now is printed now, where the operator looks. A configured
+        # one is compared with the stored hash when the admin is first used (a scrypt check).
+        guard.ensure()
     routes: list[BaseRoute] = [route for page in PAGES for route in page.routes]
     routes.append(Mount("/static", StaticFiles(directory=TEMPLATES / "static"), name="static"))
-    app = Starlette(
+    app = _AdminApp(
         routes=routes,
         middleware=[
-            Middleware(SecurityHeaders),
+            Middleware(AllowedHosts, hosts=allowed_hosts(settings)),
             Middleware(CrossSiteProtection),
             Middleware(RequireSession),
         ],
         exception_handlers={Exception: failed},
     )
     templates = Jinja2Templates(directory=str(TEMPLATES))
-    app.state.admin = Admin(settings, engine, inbox, auth.Guard(engine), templates)
+    templates.env.finalize = shown  # set before any template is compiled, which reads it
+    app.state.admin = Admin(settings, engine, inbox, guard, templates)
     return app

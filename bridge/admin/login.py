@@ -1,8 +1,10 @@
 """Signing in and out of the admin, and the check that every other page is signed in.
 
-    GET  /login     the sign-in form (?next= the page to go back to)
-    POST /login     check the password (slowed down after wrong guesses, see ``auth``)
-    POST /logout    end the session
+    GET  /login               the sign-in form (?next= the page to go back to)
+    POST /login               check the password, within the budget of guesses (``auth``):
+                              past it, 429 with Retry-After and nothing checked
+    POST /logout              end the session
+    POST /logout-everywhere   end every session, this one too
 
 :class:`RequireSession` lets a request through to any other page only with a valid session
 cookie: without one, a GET is sent to the sign-in form and anything else gets a 401 page.
@@ -10,9 +12,9 @@ cookie: without one, a GET is sent to the sign-in form and anything else gets a 
 
 from __future__ import annotations
 
+import math
 from urllib.parse import quote
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -24,6 +26,14 @@ from bridge.admin.state import Admin
 __all__ = ["RequireSession", "routes"]
 
 OPEN_PATHS = ("/login", "/static/")  # inside /admin: what answers without a session
+MAX_FORM_BYTES = 4096
+_REFUSED = {
+    "client": "Too many wrong passwords from your address. Try again in {wait}.",
+    "everyone": "Too many wrong passwords were tried in the last minute, so signing in is "
+    "paused for everyone. Try again in {wait}. If they were not yours, someone is guessing "
+    "the password: the bridge's log says from where.",
+    "busy": "The bridge is checking other sign-ins right now. Try again in {wait}.",
+}
 
 
 async def login_form(request: Request) -> Response:
@@ -33,16 +43,32 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     admin = Admin.of(request)
+    # The one body read before signing in: not more than a sign-in form can need. (The HTTP
+    # parser holds a body to its Content-Length.)
+    length = request.headers.get("content-length", "")
+    if not length.isdecimal() or int(length) > MAX_FORM_BYTES:
+        return admin.error(
+            request,
+            413,
+            "Sign-in refused",
+            f"A sign-in form is sent with its length (Content-Length), in {MAX_FORM_BYTES} "
+            "bytes at most.",
+        )
     form = await request.form()
     password = str(form.get("password", ""))
     target = str(form.get("next", ""))
     if not target.startswith("/admin") or target.startswith("//"):
         target = "/admin/"
     client = request.client.host if request.client else "unknown"
-    delay = admin.guard.delay_for(client)
-    if delay:
-        await anyio.sleep(delay)
-    if not await admin.run(admin.guard.check_password, client, password):
+    right = await admin.guard.sign_in(client, password)
+    if isinstance(right, auth.Refused):
+        minutes = math.ceil(right.seconds / 60)
+        wait = f"{right.seconds} s" if right.seconds < 120 else f"{minutes} minutes"
+        error = _REFUSED[right.who].format(wait=wait)
+        refused = admin.render(request, "login.html", 429, next=target, error=error)
+        refused.headers["Retry-After"] = str(right.seconds)
+        return refused
+    if not right:
         return admin.render(
             request,
             "login.html",
@@ -70,7 +96,17 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     admin = Admin.of(request)
     await admin.run(admin.guard.close_session, request.cookies.get(auth.COOKIE))
-    response = admin.redirect("/admin/login", "Signed out.")
+    return _signed_out(admin, "Signed out.")
+
+
+async def logout_everywhere(request: Request) -> Response:
+    admin = Admin.of(request)
+    await admin.run(admin.guard.close_every_session)
+    return _signed_out(admin, "Signed out everywhere: every session has ended, this one too.")
+
+
+def _signed_out(admin: Admin, notice: str) -> Response:
+    response = admin.redirect("/admin/login", notice)
     response.delete_cookie(
         auth.COOKIE, path="/admin", httponly=True, samesite="lax", secure=_secure(admin)
     )
@@ -86,6 +122,7 @@ routes = [
     Route("/login", login_form, methods=["GET"]),
     Route("/login", login, methods=["POST"]),
     Route("/logout", logout, methods=["POST"]),
+    Route("/logout-everywhere", logout_everywhere, methods=["POST"]),
 ]
 
 

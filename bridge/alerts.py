@@ -48,6 +48,7 @@ from bridge.models import (
     Endpoint,
     Rejection,
 )
+from bridge.settings import Settings
 
 __all__ = ["Alert", "Notifier", "check", "problems", "watch"]
 
@@ -183,6 +184,27 @@ class Notifier:
         self.email_from = email_from or "loops-bridge@localhost"
         self.admin_url = admin_url.rstrip("/")
         self._transport = transport
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Notifier:
+        """The channels the settings name, with links to where the admin is served."""
+        if settings.admin == "on":
+            admin_url = settings.public_url
+        elif settings.admin.isdigit():  # its own port, on BRIDGE_HOST
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            admin_url = f"http://{host}:{settings.admin}"
+        else:
+            admin_url = ""  # no admin: the alert names the page all the same
+        return cls(
+            webhook_url=settings.alert_webhook_url,
+            email_to=settings.alert_email,
+            smtp_url=settings.smtp_url,
+            email_from=settings.alert_email_from,
+            admin_url=admin_url,
+            transport=transport,
+        )
 
     @property
     def enabled(self) -> bool:

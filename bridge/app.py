@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from bridge import metrics, webhooks
+from bridge import alerts, metrics, webhooks
 from bridge.admin import create_admin
 from bridge.delivery import Worker
 from bridge.inbox import Inbox
@@ -85,9 +85,17 @@ def create_apps(
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(worker.run(), name="delivery-worker") if worker else None
+        notifier = alerts.Notifier.from_settings(settings)
+        watching = (
+            asyncio.create_task(alerts.watch(engine, notifier), name="alerts")
+            if worker and notifier.enabled
+            else None
+        )
         try:
             yield
         finally:
+            if watching:
+                watching.cancel()
             await inbox.drain()
             if worker and task:
                 worker.stop()

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["DECLARED", "Settings", "load"]
 
@@ -23,6 +24,7 @@ class Declared:
     default: str
     help: str
     cast: Callable[[str], Any] = str
+    secret: bool = False  # never shown: not by `loops-bridge settings`, not in an error
 
 
 def _positive_int(value: str) -> int:
@@ -84,6 +86,21 @@ def _hosts(value: str) -> str:
     return ",".join(items)
 
 
+def _url(value: str, schemes: tuple[str, ...]) -> str:
+    """Empty, or a URL of one of ``schemes`` with a host. The message never repeats it: it
+    may hold a secret."""
+    if value and (urlsplit(value).scheme not in schemes or not urlsplit(value).hostname):
+        raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
+    return value
+
+
+def _addresses_of_mail(value: str) -> str:
+    for address in filter(None, (a.strip() for a in value.split(","))):
+        if "@" not in address or " " in address:
+            raise ValueError(f"{address[:80]!r} is not an e-mail address")
+    return value
+
+
 DECLARED: tuple[Declared, ...] = (
     Declared(
         "BRIDGE_DATABASE_URL",
@@ -115,6 +132,7 @@ DECLARED: tuple[Declared, ...] = (
         "",
         "Password of the admin web app at /admin. When unset, the first start generates "
         "one, prints it once to the console and keeps only a slow hash of it.",
+        secret=True,
     ),
     Declared(
         "BRIDGE_ADMIN",
@@ -141,11 +159,40 @@ DECLARED: tuple[Declared, ...] = (
         _addresses,
     ),
     Declared(
+        "BRIDGE_ALERT_WEBHOOK_URL",
+        "",
+        "A Slack-compatible incoming webhook URL (Slack, Mattermost, Rocket.Chat, Discord's "
+        ".../slack) that alerts are posted to: a refused key, a long outage, failed "
+        "deliveries, a spike of refused requests. A secret: never shown.",
+        lambda value: _url(value, ("https", "http")),
+        secret=True,
+    ),
+    Declared(
+        "BRIDGE_ALERT_EMAIL",
+        "",
+        "Addresses alerts are e-mailed to (comma-separated), through BRIDGE_SMTP_URL.",
+        _addresses_of_mail,
+    ),
+    Declared(
+        "BRIDGE_SMTP_URL",
+        "",
+        "The mail server for alerts: smtp://user:password@host:587 (STARTTLS when offered) or "
+        "smtps://user:password@host:465. Its password is never shown.",
+        lambda value: _url(value, ("smtp", "smtps")),
+        secret=True,
+    ),
+    Declared(
+        "BRIDGE_ALERT_EMAIL_FROM",
+        "loops-bridge@localhost",
+        "The sender of alert e-mails.",
+    ),
+    Declared(
         "BRIDGE_SECRET_KEY",
         "",
         "Key that encrypts Loops API keys and signing secrets in the database. When unset, "
         "the bridge creates secret.key in its data folder (owner-only) and uses that; keep a "
         "copy of it with your backups.",
+        secret=True,
     ),
     Declared(
         "BRIDGE_LOOPS_RATE_LIMIT",
@@ -212,6 +259,10 @@ class Settings:
     admin: str
     allowed_hosts: str
     trusted_proxies: str
+    alert_webhook_url: str = field(repr=False)
+    alert_email: str
+    smtp_url: str = field(repr=False)
+    alert_email_from: str
     secret_key: str = field(repr=False)
     loops_rate_limit: int
     retry_base_seconds: float
@@ -234,5 +285,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[item.env.removeprefix("BRIDGE_").lower()] = item.cast(raw)
         except ValueError as exc:
-            raise SettingsError(f"{item.env}={raw!r} is not valid: {exc}") from None
+            shown = "(not shown)" if item.secret else repr(raw)
+            raise SettingsError(f"{item.env}={shown} is not valid: {exc}") from None
     return Settings(**values)

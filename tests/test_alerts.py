@@ -21,6 +21,7 @@ from starlette.routing import Route
 from bridge import alerts
 from bridge.inbox import Inbox
 from bridge.models import FAILED
+from bridge.settings import SettingsError, load
 from tests import leaks
 from tests.harness import Harness, stripe_event
 from tests.helpers import stored_delivery
@@ -144,7 +145,20 @@ def test_a_spike_of_refused_requests_is_told_and_a_failed_send_is_tried_again(tm
         assert "signing secret" in chat.texts[0] and f"/admin/endpoints/{endpoint}" in chat.texts[0]
 
 
-def test_a_notifier_without_channels_is_off():
-    assert not alerts.Notifier().enabled
-    assert not alerts.Notifier(email_to="ops@example.com").enabled  # no SMTP server
-    assert alerts.Notifier(webhook_url="https://hooks.slack.test/x").enabled
+def test_the_settings_name_the_channels_and_where_the_links_point():
+    assert not alerts.Notifier.from_settings(load({})).enabled  # no channel: no alerts
+    mail_only = load({"BRIDGE_ALERT_EMAIL": "ops@example.com"})
+    assert not alerts.Notifier.from_settings(mail_only).enabled  # no SMTP server to send by
+    own_port = load({"BRIDGE_ALERT_WEBHOOK_URL": HOOK, "BRIDGE_ADMIN": "8001"})
+    notifier = alerts.Notifier.from_settings(own_port)
+    assert notifier.enabled and notifier.admin_url == "http://127.0.0.1:8001"
+    on = load({"BRIDGE_ALERT_WEBHOOK_URL": HOOK, "BRIDGE_PUBLIC_URL": ADMIN})
+    assert alerts.Notifier.from_settings(on).admin_url == ADMIN
+
+
+def test_a_wrong_alert_setting_is_refused_without_showing_it():
+    with pytest.raises(SettingsError) as refused:
+        load({"BRIDGE_SMTP_URL": "smtp.example.com:587 user:hunter2-smtp-password"})
+    assert str(refused.value) == (
+        "BRIDGE_SMTP_URL=(not shown) is not valid: must be a smtp:// or smtps:// URL with a host"
+    )

@@ -14,8 +14,11 @@ $(VENV)/.test: $(VENV)/.run
 	$(VENV)/bin/pip install --quiet -e '.[test,postgres]'
 	touch $@
 
+# A clone's bridge keeps its database where it always has, in ./data/ (unless
+# BRIDGE_DATABASE_URL says otherwise); an installed one, in the user's data folder.
 run: $(VENV)/.run
-	$(VENV)/bin/loops-bridge serve
+	BRIDGE_DATABASE_URL="$${BRIDGE_DATABASE_URL:-sqlite:///$(CURDIR)/data/bridge.db}" \
+	  $(VENV)/bin/loops-bridge serve
 
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check .

@@ -19,8 +19,10 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import getpass
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -33,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 import providers
-from bridge import __version__, db, logs, loops, registry, vault
+from bridge import __version__, db, logs, loops, public_url, registry, vault
 from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
@@ -64,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help="accept only this key (repeatable); by default any key is accepted",
     )
     sandbox.add_argument("--rate-limit", type=int, default=10, help="requests/second per key")
-    commands.add_parser("settings", help="list the settings and their current values")
+    _json_flag(commands.add_parser("settings", help="list the settings and their current values"))
     commands.add_parser(
         "migrate", help="upgrade the database schema to this version's (back it up first)"
     )
@@ -93,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         "--rate-limit", help="requests per second, 1-1000, or 'default' (BRIDGE_LOOPS_RATE_LIMIT)"
     )
     change.add_argument(
-        "--api-key", help="a new Loops API key, or - to type it unseen; its deliveries resume at once"
+        "--api-key",
+        help="a new Loops API key, or - to type it unseen; its deliveries resume at once",
     )
     _no_check_flag(change)
     _json_flag(change)
@@ -165,7 +168,12 @@ def _no_check_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _secret_arg(value: str) -> str:
-    return sys.stdin.readline().strip() if value == "-" else value
+    """A secret as given; for ``-``, typed unseen at a terminal, else stdin's first line."""
+    if value != "-":
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass("Paste it and press Enter (it is not shown): ")
+    return sys.stdin.readline().strip()
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -173,10 +181,30 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _when(epoch: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+    """ISO 8601 in UTC, to the second: 2025-01-31T09:30:00Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else "-"
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 queued delivery``, ``2 queued deliveries``."""
+    if number == 1:
+        return f"1 {noun}"
+    return f"{number} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a reader gone is a traceback
+        return code
+    except BrokenPipeError:  # piped into head, which has read its fill: end quietly
+        # Python would report the failure to flush stdout at exit: point it at nothing.
+        # https://docs.python.org/3/library/signal.html#note-on-sigpipe
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load()
@@ -192,10 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             sandbox.serve(args.host, args.port, args.api_keys, args.rate_limit)
             return 0
         if args.command == "settings":
-            return _settings(settings)
+            return _settings(args, settings)
         if args.command == "migrate":
             return _migrate(settings)
+        new_file = _new_sqlite_file(settings)
         engine = db.connect(settings.database_url, secret_key=settings.secret_key)
+        if new_file:
+            _tell(
+                settings, f"Created the database {new_file} (BRIDGE_DATABASE_URL to use another)."
+            )
         try:
             return _COMMANDS[args.command](args, settings, engine)
         finally:
@@ -212,11 +245,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(settings: Settings, message: str, code: int) -> int:
     """Say why the command failed, on stderr: a plain line, or a log line in JSON."""
-    if settings.log_format == "json":
-        log.error(message)
-    else:
-        print(f"error: {message}", file=sys.stderr)
+    _tell(settings, message, logging.ERROR)
     return code
+
+
+def _tell(settings: Settings, message: str, level: int = logging.INFO) -> None:
+    """``message`` on stderr, apart from the output: a plain line, or a log line in JSON."""
+    if settings.log_format == "json":
+        log.log(level, message)
+    else:
+        prefix = "error: " if level >= logging.ERROR else ""
+        print(f"{prefix}{message}", file=sys.stderr)
+
+
+def _new_sqlite_file(settings: Settings) -> str | None:
+    """The SQLite file this command is about to create, if it is one that does not exist."""
+    url = make_url(settings.database_url)
+    path = url.database if url.get_backend_name() == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return None
+    return os.path.abspath(path)
 
 
 def _migrate(settings: Settings) -> int:
@@ -235,14 +283,16 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _settings(settings: Settings) -> int:
+def _settings(args: argparse.Namespace, settings: Settings) -> int:
+    rows = []
     for item in DECLARED:
         value = getattr(settings, item.env.removeprefix("BRIDGE_").lower())
-        if item.env == "BRIDGE_DATABASE_URL":
+        if item.env in ("BRIDGE_DATABASE_URL", "BRIDGE_SMTP_URL") and value:
             value = make_url(value).render_as_string(hide_password=True)
-        elif item.env in ("BRIDGE_ADMIN_PASSWORD", "BRIDGE_SECRET_KEY"):
+        elif item.env in ("BRIDGE_ADMIN_PASSWORD", "BRIDGE_SECRET_KEY", "BRIDGE_ALERT_WEBHOOK_URL"):
             value = "(set, not shown)" if value else "(unset)"
-        print(f"{item.env}={value}\n    {item.help}")
+        rows.append({"name": item.env, "value": value, "help": item.help})
+    _print(args, rows, "\n".join(f"{r['name']}={r['value']}\n    {r['help']}" for r in rows))
     return 0
 
 
@@ -354,7 +404,7 @@ def _checked_key(
         return key
     refusal = asyncio.run(loops.key_refusal(key.strip(), settings.loops_api_url))
     if refusal and "without checking" in refusal:  # Loops could not be asked
-        refusal += f" To save it without checking (an offline set-up), add --no-check."
+        refusal += " To save it without checking (an offline set-up), add --no-check."
     if refusal:
         raise registry.Invalid(refusal)
     return key
@@ -419,7 +469,7 @@ def _set_account(args: argparse.Namespace, settings: Settings, engine: Engine) -
     limit = f"{done.rate_limit}/s" if done.rate_limit else "the default (BRIDGE_LOOPS_RATE_LIMIT)"
     text = f"Loops account {done.name!r}: key {done.key_hint}, rate limit {limit}."
     if key is not None:
-        text += f" {done.made_due} queued deliveries resume now."
+        text += f" {_count(done.made_due, 'queued delivery')} resume now."
     _print(args, data, text)
     return 0
 
@@ -444,8 +494,11 @@ def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> 
             mailing_lists=[i.strip() for i in (args.mailing_lists or "").split(",") if i.strip()],
             on_delete=args.on_delete,
         )
-        view = next(v for v in registry.list_endpoints(engine) if v.id == endpoint_id)
+        view = registry.endpoint_view(engine, endpoint_id)
         shown = view.as_dict(settings.endpoint_url(endpoint_id))
+        shown["warnings"] = _unreachable(args.provider, settings, endpoint_id)
+        for warning in shown["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
         text = _describe(view, settings)
         if made:  # shown this once: only its hint is kept anywhere it can be read back
             shown["signing_secret"] = made
@@ -466,6 +519,17 @@ def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> 
     text = "\n\n".join(_describe(v, settings) for v in views) or "No endpoints yet."
     _print(args, data, text)
     return 0
+
+
+def _unreachable(provider: str, settings: Settings, endpoint_id: str) -> list[str]:
+    """Why the platform cannot send to the endpoint's URL, and what to do; [] if it can."""
+    why = public_url.unreachable(settings.public_url)
+    if why and provider == "stripe":  # Stripe's own way to test from a private machine
+        why += (
+            " To test from this machine meanwhile: stripe listen --forward-to "
+            f"{settings.endpoint_url(endpoint_id)}"
+        )
+    return [why] if why else []
 
 
 def _describe(view: registry.EndpointView, settings: Settings) -> str:
@@ -574,7 +638,11 @@ def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
         f"{r['email'] or '-':<28}  {r['reason'] or ''}"
         for r in rows
     )
-    _print(args, rows, text or "No deliveries yet.")
+    if not rows:  # "yet" only when there are none at all, not none of those asked for
+        which = f"{args.status} deliveries" if args.status else "deliveries"
+        text = f"No {which} for endpoint {args.endpoint}." if args.endpoint else f"No {which}."
+        text = "No deliveries yet." if text == "No deliveries." else text
+    _print(args, rows, text)
     return 0
 
 

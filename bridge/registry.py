@@ -105,9 +105,15 @@ def account_problems(engine: Engine, name: str, api_key: str) -> dict[str, str]:
         with Session(engine) as session:
             if session.exec(select(Account).where(Account.name == name)).first():
                 found["name"] = f"A Loops account named {name!r} already exists; pick another name."
-    if problem := _key_problem(api_key) or _key_in_use(engine, api_key):
+    if problem := key_problem(engine, api_key):
         found["api_key"] = problem
     return found
+
+
+def key_problem(engine: Engine, api_key: str, but: int | None = None) -> str | None:
+    """What is wrong with ``api_key`` as the key of a Loops account (``but``: the account
+    it replaces the key of), before Loops is asked; None if nothing."""
+    return _key_problem(api_key) or _key_in_use(engine, api_key, but)
 
 
 def _key_in_use(engine: Engine, api_key: str, but: int | None = None) -> str | None:
@@ -243,9 +249,7 @@ def update_account(
     refused (or an outage seen through the old key) says nothing about the new one, so the
     hold and the problem are cleared and the account's queued deliveries are due now. The
     worker finds out for itself whether the new key works."""
-    if api_key is not None and (
-        problem := _key_problem(api_key) or _key_in_use(engine, api_key, but=account_id)
-    ):
+    if api_key is not None and (problem := key_problem(engine, api_key, but=account_id)):
         raise Invalid(problem)
     if rate_limit is not KEEP and rate_limit is not None:
         _checked_rate_limit(rate_limit)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import platformdirs
+
 __all__ = ["DECLARED", "Settings", "load"]
 
 
@@ -101,12 +103,24 @@ def _addresses_of_mail(value: str) -> str:
     return value
 
 
+def _database_url(value: str) -> str:
+    """The URL given, else a SQLite file in the user's data folder: one database per user,
+    wherever a command runs (https://platformdirs.readthedocs.io)."""
+    if value:
+        return value
+    return f"sqlite:///{platformdirs.user_data_path('loops-bridge') / 'bridge.db'}"
+
+
 DECLARED: tuple[Declared, ...] = (
     Declared(
         "BRIDGE_DATABASE_URL",
-        "sqlite:///./data/bridge.db",
-        "Where the bridge keeps endpoints and deliveries, as a SQLAlchemy URL: a SQLite "
-        "file under ./data/ by default, or postgresql+psycopg://user@host/db.",
+        "",
+        "Where the bridge keeps endpoints and deliveries, as a SQLAlchemy URL: "
+        "sqlite:////var/lib/loops-bridge/bridge.db, or postgresql://user@host/db. Unset: a "
+        "SQLite file in your user's data folder, the same from any working directory "
+        "(~/.local/share/loops-bridge/bridge.db on Linux, ~/Library/Application "
+        "Support/loops-bridge/bridge.db on macOS).",
+        _database_url,
     ),
     Declared(
         "BRIDGE_LOOPS_API_URL",

@@ -4,11 +4,17 @@ clear errors, and secrets that never come back out. Each command runs in this pr
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
 
-from bridge import db
+import pytest
+
+from bridge import db, registry, sandbox
+from tests.harness import Served, settings_env
 from tests.harness import run_cli as cli
-from tests.harness import settings_env
 
 KEY = "loops_live_key_9f8e7d6c5b4a"
 SECRET = "whsec_cliTestSecretDDDDDDDDDDDDDDDD"
@@ -17,7 +23,7 @@ SECRET = "whsec_cliTestSecretDDDDDDDDDDDDDDDD"
 def test_endpoint_url_and_id_for_scripts(tmp_path):
     env = settings_env(tmp_path)
     env["BRIDGE_PUBLIC_URL"] = "https://hooks.example.com"
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
     created = cli(
         env,
         "endpoints",
@@ -40,13 +46,25 @@ def test_endpoint_url_and_id_for_scripts(tmp_path):
     assert len(created["id"]) >= 22  # 128 random bits, url-safe
     assert created["event_types"] == ["customer.created", "invoice.paid"]
     assert created["waiting_for_secret"] is True
+    assert created["warnings"] == []  # a public HTTPS address: Stripe can send to it
     (listed,) = cli(env, "endpoints", "list", "--json")
     assert listed["id"] == created["id"]
 
 
 def test_secrets_are_only_ever_shown_masked(tmp_path):
     env = settings_env(tmp_path)
-    added = cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", "--json", stdin=KEY)
+    added = cli(
+        env,
+        "accounts",
+        "add",
+        "--name",
+        "acme",
+        "--api-key",
+        "-",
+        "--no-check",
+        "--json",
+        stdin=KEY,
+    )
     assert added["api_key"] == "loops_…5b4a"
     created = cli(
         env,
@@ -80,7 +98,7 @@ def test_secrets_are_only_ever_shown_masked(tmp_path):
 
 def test_mistakes_get_a_reason_and_change_nothing(tmp_path):
     env = settings_env(tmp_path)
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
     done = cli(
         env,
         "endpoints",
@@ -125,7 +143,9 @@ def test_mistakes_get_a_reason_and_change_nothing(tmp_path):
     )
     assert done.returncode == 2 and "whsec_" in done.stderr and "sk_live_oops" not in done.stderr
     assert cli(env, "endpoints", "list", "--json") == []
-    again = cli(env, "accounts", "add", "--name", "acme", "--api-key", "k2", check=False)
+    again = cli(
+        env, "accounts", "add", "--name", "acme", "--api-key", "k2", "--no-check", check=False
+    )
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
@@ -164,11 +184,20 @@ def test_endpoint_ids_can_always_be_typed_as_arguments():
 def test_accounts_set_changes_the_rate_limit_and_replaces_the_key(tmp_path):
     env = settings_env(tmp_path)
     # "connections" is the command's first name, kept for scripts that use it.
-    cli(env, "connections", "add", "--name", "acme", "--api-key", "loops_key_old_1111")
+    cli(
+        env, "connections", "add", "--name", "acme", "--api-key", "loops_key_old_1111", "--no-check"
+    )
     changed = cli(env, "accounts", "set", "acme", "--rate-limit", "25", "--json")
     assert changed["rate_limit"] == 25
     replaced = cli(
-        env, "connections", "set", "acme", "--api-key", "-", stdin="loops_key_new_2222\n"
+        env,
+        "connections",
+        "set",
+        "acme",
+        "--api-key",
+        "-",
+        "--no-check",
+        stdin="loops_key_new_2222\n",
     )
     assert "…2222" in replaced.stdout and "loops_key_new_2222" not in replaced.stdout
     (listed,) = cli(env, "accounts", "list", "--json")
@@ -183,7 +212,7 @@ def test_accounts_set_changes_the_rate_limit_and_replaces_the_key(tmp_path):
 
 def test_endpoint_options_of_issue_10_are_checked_and_listed(tmp_path):
     env = settings_env(tmp_path)
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
     create = ["endpoints", "create", "--name", "Live", "--account", "acme"]
     events = ["--events", "customer.created,invoice.paid,invoice.payment_failed"]
     stray = cli(env, *create, *events, "--loops-events", "customer.deleted=bye", check=False)
@@ -216,7 +245,7 @@ def test_endpoint_options_of_issue_10_are_checked_and_listed(tmp_path):
 
 def test_a_supabase_endpoint_gets_a_secret_made_for_it_shown_once(tmp_path):
     env = settings_env(tmp_path)
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
     created = cli(
         env, "endpoints", "create", "--name", "Users", "--account", "acme",
         "--provider", "supabase", "--events", "INSERT,DELETE", "--json",
@@ -231,13 +260,117 @@ def test_a_supabase_endpoint_gets_a_secret_made_for_it_shown_once(tmp_path):
 def test_one_loops_key_belongs_to_one_account(tmp_path):
     # Two names for one key would each get a pace, and together pass Loops' limit.
     env = settings_env(tmp_path)
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
-    twice = cli(env, "accounts", "add", "--name", "acme-eu", "--api-key", f" {KEY} ", check=False)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    twice = cli(
+        env,
+        "accounts",
+        "add",
+        "--name",
+        "acme-eu",
+        "--api-key",
+        f" {KEY} ",
+        "--no-check",
+        check=False,
+    )
     assert twice.returncode == 2
     assert "already the key of the Loops account 'acme'" in twice.stderr
     assert KEY not in twice.stderr
-    cli(env, "accounts", "add", "--name", "beta", "--api-key", "lb_beta_live_5555")
+    cli(env, "accounts", "add", "--name", "beta", "--api-key", "lb_beta_live_5555", "--no-check")
     taken = cli(env, "accounts", "set", "beta", "--api-key", KEY, check=False)
     assert taken.returncode == 2 and "'acme'" in taken.stderr
     assert [a["name"] for a in cli(env, "accounts", "list", "--json")] == ["acme", "beta"]
-    cli(env, "accounts", "set", "acme", "--api-key", KEY)  # its own key again is no change
+    cli(
+        env, "accounts", "set", "acme", "--api-key", KEY, "--no-check"
+    )  # its own key again is no change
+
+
+@pytest.fixture
+def loops_url() -> Iterator[str]:
+    """The Loops sandbox on loopback, taking only KEY: the Loops the CLI asks about keys."""
+    served = Served(sandbox.create_app([KEY]))
+    yield f"{served.url}/api/v1"
+    served.stop()
+
+
+def test_a_key_is_checked_with_loops_when_added_or_replaced(tmp_path, loops_url):
+    env = settings_env(tmp_path, BRIDGE_LOOPS_API_URL=loops_url)
+    add = ["accounts", "add", "--name", "acme", "--api-key"]
+    wrong = cli(env, *add, "wrong-key-000", check=False)
+    assert wrong.returncode == 2
+    assert "Loops refused this API key" in wrong.stderr and "Settings → API" in wrong.stderr
+    assert "--no-check" not in wrong.stderr  # a refused key is not to be saved anyway
+    assert cli(env, "accounts", "list", "--json") == []
+    cli(env, *add, KEY)
+    replaced = cli(env, "accounts", "set", "acme", "--api-key", "wrong-key-111", check=False)
+    assert replaced.returncode == 2 and "Loops refused this API key" in replaced.stderr
+    (listed,) = cli(env, "accounts", "list", "--json")
+    assert listed["api_key"] == registry.mask(KEY)
+
+    # No Loops to ask (http://loops.test answers nobody): refused unless --no-check.
+    offline = settings_env(tmp_path)
+    beta = ["accounts", "add", "--name", "beta", "--api-key", "-"]
+    unchecked = cli(offline, *beta, check=False, stdin="loops_key_offline_7777")
+    assert unchecked.returncode == 2
+    assert "could not be checked" in unchecked.stderr and "add --no-check" in unchecked.stderr
+    cli(offline, *beta, "--no-check", stdin="loops_key_offline_7777")
+    assert [a["name"] for a in cli(offline, "accounts", "list", "--json")] == ["acme", "beta"]
+
+
+def test_endpoints_create_warns_when_the_public_url_is_one_stripe_cannot_reach(tmp_path):
+    env = settings_env(tmp_path, BRIDGE_PUBLIC_URL="http://127.0.0.1:8000")
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    create = ["endpoints", "create", "--account", "acme", "--events", "invoice.paid"]
+    done = cli(env, *create, "--name", "Local")
+    assert "127.0.0.1 is this machine itself (loopback)" in done.stderr
+    assert "plain http" in done.stderr and "public HTTPS address" in done.stderr
+    assert "set BRIDGE_PUBLIC_URL" in done.stderr
+    url = "http://127.0.0.1:8000/webhooks/ep_"
+    assert f"stripe listen --forward-to {url}" in done.stderr and url in done.stdout
+    (warning,) = cli(env, *create, "--name", "Script", "--json")["warnings"]
+    assert "BRIDGE_PUBLIC_URL is http://127.0.0.1:8000: " in warning
+
+
+def test_the_default_database_is_the_users_own_from_any_folder(tmp_path, monkeypatch):
+    env = settings_env(tmp_path, XDG_DATA_HOME=str(tmp_path / "share"))  # Linux's data folder
+    del env["BRIDGE_DATABASE_URL"]
+    database = tmp_path / "share" / "loops-bridge" / "bridge.db"
+    for folder in ("project", "elsewhere"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    first = cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    assert f"Created the database {database} " in first.stderr
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    listed = cli(env, "accounts", "list")
+    assert "acme" in listed.stdout and "Created" not in listed.stderr
+    assert (database.parent / "secret.key").exists()
+    assert not (tmp_path / "project" / "data").exists()
+    assert not (tmp_path / "elsewhere" / "data").exists()
+
+
+def test_output_into_a_reader_that_stopped_reading_ends_quietly(tmp_path):
+    read, write = os.pipe()
+    os.close(read)  # as `| head` does once it has read its fill
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "settings"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **settings_env(tmp_path)},
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 1
+
+
+def test_settings_and_an_empty_filtered_log_for_scripts_and_people(tmp_path):
+    env = settings_env(
+        tmp_path, BRIDGE_ALERT_WEBHOOK_URL="https://hooks.slack.com/services/T0/B0/x1"
+    )
+    rows = {r["name"]: r["value"] for r in cli(env, "settings", "--json")}
+    assert rows["BRIDGE_ADMIN_PASSWORD"] == rows["BRIDGE_ALERT_WEBHOOK_URL"] == "(set, not shown)"
+    assert rows["BRIDGE_PUBLIC_URL"] == "http://bridge.test"
+    assert cli(env, "deliveries", "list").stdout == "No deliveries yet.\n"
+    failed = cli(env, "deliveries", "list", "--status", "failed").stdout
+    assert failed == "No failed deliveries.\n"

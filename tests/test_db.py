@@ -344,8 +344,9 @@ def test_json_logs_carry_what_a_decision_concerns_and_errors_on_one_line():
 def test_commands_log_json_lines_on_request(tmp_path):
     env = settings_env(tmp_path, BRIDGE_LOG_FORMAT="json")
     done = cli(env, "accounts", "list")
-    created, key = json_lines(done.stderr)
+    created, key, where = json_lines(done.stderr)
     assert created["logger"] == "bridge.db" and "created the database schema" in created["message"]
+    assert where["message"].startswith(f"Created the database {tmp_path / 'bridge.db'} ")
     assert key["logger"] == "bridge.vault" and key["level"] == "WARNING"
     assert key["message"].startswith(f"created a new secret key at {tmp_path / 'secret.key'}")
     done = cli(env, "deliveries", "show", "999", check=False)
@@ -365,7 +366,7 @@ def test_serve_logs_json_lines_uvicorn_included_and_no_secret(tmp_path):
     and delivers one to a Loops sandbox (on a socket, served by this process)."""
     loops = Served(sandbox.create_app())
     env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="json", BRIDGE_LOOPS_API_URL=f"{loops.url}/api/v1")
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", "--no-check", stdin=KEY)
     created = cli(
         env,
         "endpoints",
@@ -419,7 +420,7 @@ def test_a_customers_name_cannot_write_a_line_of_the_text_log(tmp_path):
 
     loops = Served(Starlette(routes=[Route("/api/v1/contacts/create", refuse, methods=["POST"])]))
     env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="text", BRIDGE_LOOPS_API_URL=f"{loops.url}/api/v1")
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", stdin=KEY)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", "--no-check", stdin=KEY)
     created = cli(
         env,
         *("endpoints", "create", "--name", "e", "--account", "acme"),

@@ -15,9 +15,11 @@ def test_readme_documents_every_setting_as_declared(item):
     assert f"| `{item.env}` | {default} | {item.help} |" in README
 
 
-def test_defaults_are_the_documented_contract():
+def test_defaults_are_the_documented_contract(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # the user's data folder, on Linux
     settings = load({})
-    assert settings.database_url == "sqlite:///./data/bridge.db"
+    # One database per user, wherever a command runs (not ./data/ under the working folder).
+    assert settings.database_url == f"sqlite:///{tmp_path}/loops-bridge/bridge.db"
     assert settings.loops_api_url == "https://app.loops.so/api/v1"
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.endpoint_url("abc") == "http://127.0.0.1:8000/webhooks/abc"

@@ -3,8 +3,9 @@
 https://loops.so/docs/api-reference — the contract is summarised in
 ``../shared/reference/loops-api.md``. One httpx client serves every Loops account; the API
 key travels with each call. :func:`judge` is the one place that turns an answer into a
-:class:`Verdict`, and the verdict is all the rest of the bridge looks at. What each one does
-(the delivery: bridge.delivery; the account: bridge.accounts)::
+:class:`Verdict`, and the verdict is all the rest of the bridge looks at; :func:`key_refusal`
+is the check of a key before it is saved. What each verdict does (the delivery:
+bridge.delivery; the account: bridge.accounts)::
 
     Loops answers               verdict      the delivery                  the account
     2xx                         DONE         delivered                     healthy
@@ -33,7 +34,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-__all__ = ["Answer", "LoopsClient", "Verdict", "judge"]
+__all__ = ["Answer", "LoopsClient", "Verdict", "judge", "key_refusal"]
 
 
 class Verdict(enum.Enum):
@@ -229,3 +230,27 @@ class LoopsClient:
     async def send_event(self, api_key: str, event: dict, idempotency_key: str) -> Answer:
         headers = {"Idempotency-Key": idempotency_key}
         return await self.call(api_key, "POST", "/events/send", event, headers)
+
+
+async def key_refusal(
+    api_key: str, base_url: str, transport: httpx.AsyncBaseTransport | None = None
+) -> str | None:
+    """Why ``api_key`` is not to be saved, in words for the person adding it, after asking
+    Loops (``GET /api-key``); None when Loops took it. The admin's forms and the CLI refuse a
+    key on it: one Loops refuses (401, 403), and one that could not be checked (no answer,
+    5xx, 429, anything else), which may still be saved without checking, for an offline
+    set-up. Nothing it says repeats the key."""
+    client = LoopsClient(base_url, transport=transport)
+    try:
+        answer = await client.check_key(api_key)
+    finally:
+        await client.aclose()
+    if answer.verdict is Verdict.DONE:
+        return None
+    if answer.verdict is Verdict.KEY_REFUSED:  # 401, 403, or no header could carry it
+        said = "Loops refused this API key" if answer.status_code else "This key cannot be sent"
+        return f"{said} ({answer.message}). Copy it again from Loops: Settings → API."
+    return (
+        f"The key could not be checked with Loops ({answer.message}). Try again once Loops "
+        "answers, or save it without checking."
+    )

@@ -1,9 +1,11 @@
 """The ``loops-bridge`` command.
 
     loops-bridge serve | worker | sandbox [--port 8025]
-    loops-bridge accounts add --name N --api-key KEY | list | set NAME  (alias: connections)
-    loops-bridge endpoints create ... | list | add-secret ID SECRET | remove-secret ID SECRET
-    loops-bridge deliveries list [--status S] | show ID
+    loops-bridge accounts add --name N --api-key KEY | list | set NAME | test NAME
+                        | remove NAME --yes                        (alias: connections)
+    loops-bridge endpoints create ... | list | show ID | edit ID ... | pause ID | resume ID
+                         | delete ID --yes | add-secret ID SECRET | remove-secret ID SECRET
+    loops-bridge deliveries list [--status S] | show ID | retry ID | send-again ID --yes
     loops-bridge settings
     loops-bridge migrate | rotate-secret-key
 
@@ -100,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     _no_check_flag(change)
     _json_flag(change)
+    test = sub.add_parser("test", help="ask Loops whether the account's API key works")
+    test.add_argument("name", help="the Loops account's name")
+    _json_flag(test)
+    remove = sub.add_parser("remove", help="remove a Loops account no endpoint uses")
+    remove.add_argument("name", help="the Loops account's name")
+    _yes_flag(remove, "remove it: what the bridge knows of its contacts goes too")
+    _json_flag(remove)
 
     endpoints = commands.add_parser("endpoints", help="webhook endpoints")
     sub = endpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -135,7 +144,32 @@ def _parser() -> argparse.ArgumentParser:
         "whose secret the bridge makes (Supabase), one is made and shown once",
     )
     _json_flag(create)
+    edit = sub.add_parser("edit", help="change an endpoint: only the options given change")
+    edit.add_argument("id", help="endpoint id")
+    edit.add_argument("--name")
+    edit.add_argument("--account", help="name of the Loops account")
+    edit.add_argument("--events", help="comma-separated event types")
+    edit.add_argument("--user-group", help="userGroup for new contacts; '' for none")
+    edit.add_argument("--loops-event", help="one Loops event for every type; '' for none")
+    edit.add_argument("--loops-events", help="TYPE=EVENT,...; '' for none")
+    edit.add_argument("--mailing-lists", help="comma-separated list ids; '' for none")
+    edit.add_argument("--on-delete", help="unsubscribe, delete or ignore")
+    edit.add_argument(
+        "--sync-names", action=argparse.BooleanOptionalAction, help="send first and last names"
+    )
+    _json_flag(edit)
     _json_flag(sub.add_parser("list", help="list endpoints and their URLs"))
+    for action, text in (
+        ("show", "show an endpoint"),
+        ("pause", "hold an endpoint's deliveries (webhooks are still taken and stored)"),
+        ("resume", "let a paused endpoint's deliveries go again"),
+        ("delete", "delete an endpoint with its secrets and delivery log"),
+    ):
+        one = sub.add_parser(action, help=text)
+        one.add_argument("id", help="endpoint id")
+        if action == "delete":
+            _yes_flag(one, "delete it: its webhook URL stops working at once")
+        _json_flag(one)
     for action, text in (("add-secret", "add"), ("remove-secret", "remove")):
         secret = sub.add_parser(action, help=f"{text} a signing secret (several may be active)")
         secret.add_argument("id", help="endpoint id")
@@ -152,7 +186,25 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="one delivery with every Loops call made for it")
     show.add_argument("id", type=int)
     _json_flag(show)
+    retry = sub.add_parser("retry", help="queue a failed or dead delivery again, now")
+    retry.add_argument("id", type=int)
+    _json_flag(retry)
+    again = sub.add_parser(
+        "send-again", help="send a delivered event to Loops again, with a new idempotency key"
+    )
+    again.add_argument("id", type=int)
+    _yes_flag(again, "send it: Loops runs the event's workflow again")
+    _json_flag(again)
     return parser
+
+
+def _yes_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--yes", action="store_true", help=f"confirm: {what}")
+
+
+def _confirmed(args: argparse.Namespace, what: str) -> None:
+    if not args.yes:
+        raise registry.Invalid(f"This would {what}. Add --yes to go ahead.")
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -430,6 +482,19 @@ def _accounts(args: argparse.Namespace, settings: Settings, engine: Engine) -> i
         return 0
     if args.action == "set":
         return _set_account(args, settings, engine)
+    if args.action == "test":
+        account = _account_named(engine, args.name)
+        refusal = asyncio.run(loops.key_refusal(account.api_key, settings.loops_api_url))
+        hint = registry.mask(account.api_key)
+        data = {"name": account.name, "api_key": hint, "ok": refusal is None, "reason": refusal}
+        _print(args, data, refusal or f"Loops takes the key of {account.name!r} ({hint}).")
+        return 0 if refusal is None else 1
+    if args.action == "remove":
+        account = _account_named(engine, args.name)
+        _confirmed(args, f"remove the Loops account {account.name!r}")
+        name = registry.delete_account(engine, account.id)  # type: ignore[arg-type]
+        _print(args, {"name": name, "removed": True}, f"Removed Loops account {name!r}.")
+        return 0
     rows = [
         {
             "id": c.id,
@@ -447,19 +512,15 @@ def _accounts(args: argparse.Namespace, settings: Settings, engine: Engine) -> i
 def _set_account(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     if args.rate_limit is None and args.api_key is None:
         raise registry.Invalid("Give --rate-limit, --api-key or both.")
-    found = [c for c in registry.list_accounts(engine) if c.name == args.name]
-    if not found:
-        raise registry.Invalid(
-            f"No Loops account named {args.name!r}: see `loops-bridge accounts list`."
-        )
+    account = _account_named(engine, args.name)
     rate: Any = registry.KEEP
     if args.rate_limit is not None:
         text = "" if args.rate_limit.strip().lower() == "default" else args.rate_limit
         rate = registry.read_rate_limit(text)
     key = None
     if args.api_key is not None:
-        key = _checked_key(args, settings, engine, _secret_arg(args.api_key), found[0].id)
-    done = registry.update_account(engine, found[0].id, api_key=key, rate_limit=rate)
+        key = _checked_key(args, settings, engine, _secret_arg(args.api_key), account.id)
+    done = registry.update_account(engine, account.id, api_key=key, rate_limit=rate)  # type: ignore[arg-type]
     data = {
         "name": done.name,
         "api_key": done.key_hint,
@@ -472,6 +533,13 @@ def _set_account(args: argparse.Namespace, settings: Settings, engine: Engine) -
         text += f" {_count(done.made_due, 'queued delivery')} resume now."
     _print(args, data, text)
     return 0
+
+
+def _account_named(engine: Engine, name: str) -> Any:
+    for account in registry.list_accounts(engine):
+        if account.name == name:
+            return account
+    raise registry.Invalid(f"No Loops account named {name!r}: see `loops-bridge accounts list`.")
 
 
 def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
@@ -514,11 +582,62 @@ def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> 
         verb = "Added" if args.action == "add-secret" else "Removed"
         _print(args, {"id": args.id, "secret": hint}, f"{verb} signing secret {hint}.")
         return 0
+    if args.action in ("show", "pause", "resume", "delete", "edit"):
+        return _endpoint(args, settings, engine)
     views = registry.list_endpoints(engine)
     data = [v.as_dict(settings.endpoint_url(v.id)) for v in views]
     text = "\n\n".join(_describe(v, settings) for v in views) or "No endpoints yet."
     _print(args, data, text)
     return 0
+
+
+def _endpoint(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    """show, pause, resume, delete or edit one endpoint."""
+    view = registry.endpoint_view(engine, args.id)  # NotFound says what to do
+    done = ""
+    if args.action == "delete":
+        _confirmed(args, f"delete the endpoint {view.name!r} and its delivery log")
+        registry.delete_endpoint(engine, view.id)
+        _print(args, {"id": view.id, "deleted": True}, f"Deleted endpoint {view.name!r}.")
+        return 0
+    if args.action in ("pause", "resume"):
+        registry.set_paused(engine, view.id, args.action == "pause")
+        done = (
+            "Paused: webhooks are still taken and stored; their deliveries wait until "
+            f"`loops-bridge endpoints resume {view.id}`."
+            if args.action == "pause"
+            else "Resumed: its queued deliveries go to Loops now."
+        )
+    if args.action == "edit":
+        registry.update_endpoint(engine, view.id, _edited(args, view))
+        done = "Saved."
+    view = registry.endpoint_view(engine, view.id)
+    text = _describe(view, settings) + (f"\n\n{done}" if done else "")
+    _print(args, view.as_dict(settings.endpoint_url(view.id)), text)
+    return 0
+
+
+def _edited(args: argparse.Namespace, view: registry.EndpointView) -> registry.EndpointForm:
+    """The endpoint as it is, with the options given on the command line."""
+
+    def given(option: str, current: Any) -> Any:
+        value = getattr(args, option)
+        return current if value is None else value
+
+    per_type = view.loops_events if args.loops_events is None else _mapping(args.loops_events)
+    lists = given("mailing_lists", ",".join(view.mailing_lists))
+    return registry.EndpointForm(
+        name=given("name", view.name),
+        account=given("account", view.account),
+        provider=view.provider,
+        event_types=given("events", ",".join(view.event_types)).split(","),
+        user_group=given("user_group", view.user_group),
+        loops_event=given("loops_event", view.loops_event),
+        sync_names=given("sync_names", view.sync_names),
+        loops_events=per_type,
+        mailing_lists=[i.strip() for i in lists.split(",") if i.strip()],
+        on_delete=given("on_delete", view.on_delete),
+    )
 
 
 def _unreachable(provider: str, settings: Settings, endpoint_id: str) -> list[str]:
@@ -577,6 +696,16 @@ def _mapping(text: str | None) -> dict[str, str]:
     return mapping
 
 
+def _event(payload: bytes | None) -> Any:
+    """The stored event as JSON (None once retention deleted it)."""
+    if payload is None:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError:  # stored before the provider read it strictly
+        return payload.decode("utf-8", "replace")
+
+
 def _delivery_dict(d: Delivery, endpoint_name: str) -> dict:
     return {
         "id": d.id,
@@ -596,6 +725,16 @@ def _delivery_dict(d: Delivery, endpoint_name: str) -> dict:
 
 
 def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
+    if args.action in ("retry", "send-again"):
+        if args.action == "retry":
+            registry.retry_delivery(engine, args.id)
+            done = f"Delivery {args.id} is queued again, with a fresh max age of tries."
+        else:
+            _confirmed(args, f"send delivery {args.id} to Loops again and run its workflow again")
+            registry.send_again(engine, args.id)
+            done = f"Delivery {args.id} is queued to be sent again, with a new idempotency key."
+        _print(args, {"id": args.id, "status": "queued"}, done)
+        return 0
     with Session(engine) as session:
         names = dict(session.exec(select(Endpoint.id, Endpoint.name)).all())
         if args.action == "show":
@@ -606,6 +745,8 @@ def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
                 select(LoopsCall).where(LoopsCall.delivery_id == args.id).order_by(LoopsCall.id)
             ).all()
             data = _delivery_dict(delivery, names.get(delivery.endpoint_id, "?"))
+            data["earlier_outcomes"] = (delivery.earlier_outcomes or "").splitlines()
+            data["event"] = _event(delivery.payload)
             data["loops_calls"] = [
                 {
                     "method": c.method,
@@ -618,7 +759,16 @@ def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
                 }
                 for c in calls
             ]
-            lines = [f"{k}: {v}" for k, v in data.items() if k != "loops_calls"]
+            shown = {k: v for k, v in data.items() if k not in ("loops_calls", "event")}
+            for key in ("received_at", "finished_at", "next_attempt_at"):
+                shown[key] = _when(shown[key])
+            shown["earlier_outcomes"] = "; ".join(shown["earlier_outcomes"]) or "-"
+            lines = [f"{k}: {v if v is not None else '-'}" for k, v in shown.items()]
+            lines.append(
+                "\nevent, as received:\n" + json.dumps(data["event"], indent=2, ensure_ascii=False)
+                if data["event"] is not None
+                else "\nevent: deleted after BRIDGE_RETENTION_DAYS (its outcome and calls stay)"
+            )
             for c in data["loops_calls"]:
                 lines.append(
                     f"\n{_when(c['at'])}  {c['method']} {c['path']} -> "

@@ -5,6 +5,7 @@ clear errors, and secrets that never come back out. Each command runs in this pr
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,10 +14,12 @@ from collections.abc import Iterator
 import pytest
 
 from bridge import db, registry, sandbox
-from tests.harness import Served, settings_env
+from tests.harness import Served, settings_env, stripe_event
 from tests.harness import run_cli as cli
+from tests.helpers import stored_delivery
 
 KEY = "loops_live_key_9f8e7d6c5b4a"
+INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
 SECRET = "whsec_cliTestSecretDDDDDDDDDDDDDDDD"
 
 
@@ -374,3 +377,83 @@ def test_settings_and_an_empty_filtered_log_for_scripts_and_people(tmp_path):
     assert cli(env, "deliveries", "list").stdout == "No deliveries yet.\n"
     failed = cli(env, "deliveries", "list", "--status", "failed").stdout
     assert failed == "No failed deliveries.\n"
+
+
+def test_an_endpoint_is_shown_edited_paused_resumed_and_deleted(tmp_path):
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    create = ["endpoints", "create", "--name", "Live", "--account", "acme"]
+    endpoint = cli(env, *create, "--events", "invoice.paid,customer.created", "--json")["id"]
+    assert cli(env, "endpoints", "show", endpoint, "--json")["name"] == "Live"
+
+    edit = ["endpoints", "edit", endpoint]
+    edited = cli(env, *edit, "--name", "Stripe live", "--loops-events", "invoice.paid=paid",
+                 "--no-sync-names", "--json")  # fmt: skip
+    assert (edited["name"], edited["loops_events"]) == ("Stripe live", {"invoice.paid": "paid"})
+    assert edited["sync_names"] is False and sorted(edited["event_types"]) == [
+        "customer.created",
+        "invoice.paid",
+    ]  # what was not given is kept
+    stray = cli(env, *edit, "--loops-events", "customer.deleted=bye", check=False)
+    assert stray.returncode == 2 and "does not accept: customer.deleted" in stray.stderr
+
+    paused = cli(env, "endpoints", "pause", endpoint)
+    assert "deliveries wait until `loops-bridge endpoints resume" in paused.stdout
+    assert cli(env, "endpoints", "show", endpoint, "--json")["paused"] is True
+    assert cli(env, "endpoints", "resume", endpoint, "--json")["paused"] is False
+
+    unconfirmed = cli(env, "endpoints", "delete", endpoint, check=False)
+    assert unconfirmed.returncode == 2 and "Add --yes to go ahead" in unconfirmed.stderr
+    assert (
+        "Deleted endpoint 'Stripe live'"
+        in cli(env, "endpoints", "delete", endpoint, "--yes").stdout
+    )
+    gone = cli(env, "endpoints", "show", endpoint, check=False)
+    assert gone.returncode == 2 and cli(env, "endpoints", "list", "--json") == []
+
+
+def test_an_account_is_tested_with_loops_and_removed_once_unused(tmp_path, loops_url):
+    env = settings_env(tmp_path, BRIDGE_LOOPS_API_URL=loops_url)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY)
+    tested = cli(env, "accounts", "test", "acme")
+    assert tested.stdout.strip() == f"Loops takes the key of 'acme' ({registry.mask(KEY)})."
+    cli(env, "accounts", "add", "--name", "old", "--api-key", "loops_key_old_4444", "--no-check")
+    refused = cli(env, "accounts", "test", "old", "--json", check=False)
+    assert refused.returncode == 1
+    endpoint = cli(env, "endpoints", "create", "--name", "Live", "--account", "acme",
+                   "--events", "invoice.paid", "--json")["id"]  # fmt: skip
+    in_use = cli(env, "accounts", "remove", "acme", "--yes", check=False)
+    assert in_use.returncode == 2 and "used by endpoint(s) Live" in in_use.stderr
+    cli(env, "endpoints", "delete", endpoint, "--yes")
+    assert cli(env, "accounts", "remove", "acme", check=False).returncode == 2  # no --yes
+    assert cli(env, "accounts", "remove", "acme", "--yes", "--json") == {
+        "name": "acme",
+        "removed": True,
+    }
+    assert [a["name"] for a in cli(env, "accounts", "list", "--json")] == ["old"]
+
+
+def test_a_delivery_is_shown_whole_retried_and_sent_again(harness):
+    secret = "whsec_cliDeliveriesSecretQQQQQQQQQQQ"
+    endpoint = harness.endpoint(loops_event="successfulPayment", secret=secret)
+    body = stripe_event(INVOICE_PAID, "evt_cli_again", customer_email="again@example.com")
+    delivery_id = harness.webhook(endpoint, body, secret).json()["id"]
+    harness.settled(1)
+
+    unconfirmed = harness.cli("deliveries", "send-again", str(delivery_id), check=False)
+    assert unconfirmed.returncode == 2 and "Add --yes" in unconfirmed.stderr
+    harness.cli("deliveries", "send-again", str(delivery_id), "--yes")
+    harness.until(lambda: len(harness.loops_get("events")) == 2, what="the event sent again")
+    harness.settled(1)
+    shown = harness.cli("deliveries", "show", str(delivery_id), "--json")
+    assert shown["email"] == "again@example.com" and shown["event"]["id"] == "evt_cli_again"
+    (earlier,) = shown["earlier_outcomes"]
+    assert earlier.startswith("delivered at ") and "after 1 attempt:" in earlier
+    text = harness.cli("deliveries", "show", str(delivery_id)).stdout
+    assert '"id": "evt_cli_again"' in text and "event, as received:" in text
+    assert re.search(r"received_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", text)
+
+    failed = stored_delivery(harness.engine, endpoint, status="failed", reason="Loops said 400")
+    wrong = harness.cli("deliveries", "retry", str(delivery_id), check=False)
+    assert wrong.returncode == 2 and "only a failed or dead delivery" in wrong.stderr
+    assert harness.cli("deliveries", "retry", str(failed), "--json")["status"] == "queued"

@@ -516,7 +516,7 @@ def _set_account(args: argparse.Namespace, settings: Settings, engine: Engine) -
     rate: Any = registry.KEEP
     if args.rate_limit is not None:
         text = "" if args.rate_limit.strip().lower() == "default" else args.rate_limit
-        rate = registry.read_rate_limit(text)
+        rate = registry.read_rate_limit(text, default="--rate-limit default")
     key = None
     if args.api_key is not None:
         key = _checked_key(args, settings, engine, _secret_arg(args.api_key), account.id)

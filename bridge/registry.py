@@ -201,9 +201,10 @@ class _Keep(enum.Enum):
 KEEP = _Keep.KEEP  # update_account(rate_limit=KEEP): leave the rate limit as it is
 
 
-def read_rate_limit(text: str) -> int | None:
+def read_rate_limit(text: str, default: str = "leave it blank") -> int | None:
     """A rate limit as a person types it: blank is None (BRIDGE_LOOPS_RATE_LIMIT applies),
-    else a whole number of requests per second from 1 to 1000."""
+    else a whole number of requests per second from 1 to 1000. ``default``: how the person
+    asks for the default where they typed it (a form: leave it blank)."""
     text = text.strip()
     if not text:
         return None
@@ -211,17 +212,17 @@ def read_rate_limit(text: str) -> int | None:
     if not (text.isascii() and text.isdigit()):  # "²" is a digit int() cannot read
         raise Invalid(
             f"{text[:20]!r} is not a whole number: enter requests per second from {low} to "
-            f"{high}, or leave it blank for the default (BRIDGE_LOOPS_RATE_LIMIT)."
+            f"{high}, or {default} for the default (BRIDGE_LOOPS_RATE_LIMIT)."
         )
-    return _checked_rate_limit(int(text))
+    return _checked_rate_limit(int(text), default)
 
 
-def _checked_rate_limit(rate_limit: int) -> int:
+def _checked_rate_limit(rate_limit: int, default: str = "leave it blank") -> int:
     if rate_limit not in RATE_LIMITS:
         low, high = RATE_LIMITS.start, RATE_LIMITS.stop - 1
         raise Invalid(
             f"{rate_limit} requests per second is out of range: enter {low} to {high}, or "
-            "leave it blank for the default (BRIDGE_LOOPS_RATE_LIMIT)."
+            f"{default} for the default (BRIDGE_LOOPS_RATE_LIMIT)."
         )
     return rate_limit
 

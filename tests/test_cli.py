@@ -209,6 +209,8 @@ def test_accounts_set_changes_the_rate_limit_and_replaces_the_key(tmp_path):
     assert back["rate_limit"] is None
     wrong = cli(env, "accounts", "set", "acme", "--rate-limit", "5000", check=False)
     assert wrong.returncode == 2 and "1000" in wrong.stderr
+    assert "or --rate-limit default for the default" in wrong.stderr  # not a form's "blank"
+    assert "blank" not in wrong.stderr
     missing = cli(env, "accounts", "set", "nobody", "--rate-limit", "5", check=False)
     assert missing.returncode == 2 and "No Loops account named 'nobody'" in missing.stderr
 

@@ -5,7 +5,9 @@ with how to install it, where Chromium is missing."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from bridge.delivery import Worker
 from bridge.settings import load
 from tests import leaks
 from tests.harness import ADMIN_PASSWORD, Served, settings_env
+from tests.helpers import stored_delivery
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -228,3 +231,161 @@ def test_pages_fit_the_screen(page, live: Live, width):
         page.goto(path)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is wider than a {width}px screen by {overflow}px"
+
+
+# --- layout: what does not fit a screen -------------------------------------------------------
+
+# The words of an element's text that the browser broke across two lines, or that are wider
+# than the screen; a line break at a space or a hyphen is no broken word.
+BROKEN_WORDS = """(element) => {
+  const broken = [];
+  const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const word of node.data.matchAll(/[^\\s-]+/g)) {
+      const range = document.createRange();
+      range.setStart(node, word.index);
+      range.setEnd(node, word.index + word[0].length);
+      const boxes = [...range.getClientRects()].filter((box) => box.width > 0);
+      const lines = new Set(boxes.map((box) => Math.round(box.bottom)));
+      if (lines.size > 1 || boxes.some((box) => box.right > window.innerWidth)) {
+        broken.push(word[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
+# How many lines an element's text takes.
+LINES = """(element) => {
+  const range = document.createRange();
+  range.selectNodeContents(element);
+  const boxes = [...range.getClientRects()].filter((box) => box.width > 0);
+  return new Set(boxes.map((box) => Math.round(box.bottom))).size;
+}"""
+
+
+def broken_words(locator) -> list[str]:
+    return [w for element in locator.all() for w in element.evaluate(BROKEN_WORDS)]
+
+
+def shot(page, name: str) -> None:
+    """A screenshot of the whole page into BRIDGE_TEST_SCREENSHOTS, when that names a folder:
+    layout is for people to look at, too."""
+    folder = os.environ.get("BRIDGE_TEST_SCREENSHOTS")
+    if folder:
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def long_values(live: Live) -> tuple[str, list[int]]:
+    """An account, an endpoint and deliveries with long names, addresses and reasons, as
+    real ones have: the endpoint's id and the deliveries' ids, newest first."""
+    registry.add_account(live.engine, "acme-production-team", "loops_key_abcdefghijkl1234")
+    endpoint = registry.create_endpoint(
+        live.engine,
+        name="Stripe live payments",
+        account="acme-production-team",
+        provider="stripe",
+        event_types=["invoice.paid", "customer.created", "invoice.payment_failed"],
+        loops_events={"invoice.paid": "successfulPayment"},
+        mailing_lists=["cm1abcdefghijklmnopqrstu"],
+        signing_secret=SECRET,
+    )
+    now = time.time()
+    delivered = "contact created; event successfulPayment sent"
+    refused = 'Loops answered 400: {"success":false,"message":"Invalid email address provided"}'
+    ids = [
+        stored_delivery(
+            live.engine,
+            endpoint,
+            status=status,
+            reason=reason,
+            email=email,
+            payload=providers.get("stripe").sample("invoice.paid", email, SECRET)[0],
+            received_at=now - n * 3600,
+            finished_at=now - n * 3600 + 1,
+            next_attempt_at=None,
+        )
+        for n, (status, reason, email) in enumerate(
+            [
+                ("delivered", delivered, "jane.doe@acme-corporation.example.com"),
+                ("failed", refused, "bob@example.com"),
+                ("dead", "Loops answered 503: Service Unavailable", "christopher@example.org"),
+            ]
+        )
+    ]
+    return endpoint, ids[::-1]
+
+
+def test_dates_and_key_hints_stay_on_one_line(page, live: Live):
+    long_values(live)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    sign_in(page)
+    page.goto("/admin/deliveries")
+    dates = page.locator("tbody td:nth-child(2)")
+    assert [d.evaluate(LINES) for d in dates.all()] == [1, 1, 1]
+    shot(page, "deliveries-1280")
+    page.goto("/admin/accounts")
+    hint = page.locator("tbody td code")
+    assert hint.inner_text() == "loops_…1234"
+    assert hint.evaluate(LINES) == 1
+    shot(page, "accounts-1280")
+
+
+def test_a_phone_shows_each_row_whole_and_labelled(page, live: Live):
+    endpoint, _ = long_values(live)
+    page.set_viewport_size({"width": 390, "height": 800})
+    sign_in(page)
+    for path, texts in (
+        (
+            "/admin/deliveries",
+            ["jane.doe@acme-corporation.example.com", "Invalid email address", "Stripe live"],
+        ),
+        ("/admin/accounts", ["acme-production-team", "loops_…1234"]),
+    ):
+        page.goto(path)
+        # Nothing hides behind sideways scrolling: each cell is on the screen, after its label.
+        table = page.locator(".table-wrap")
+        assert table.evaluate("e => e.scrollWidth - e.clientWidth") <= 0, path
+        headers = page.locator("thead th").all_inner_texts()
+        for row in page.locator("tbody tr").all():
+            cells = row.locator("td").all()
+            labels = [c.evaluate("e => getComputedStyle(e, '::before').content") for c in cells]
+            assert labels == [f'"{h}"' for h in headers], path
+            for cell in cells:
+                box = cell.bounding_box()
+                assert box is None or (0 <= box["x"] and box["x"] + box["width"] <= 390), path
+        for text in texts:
+            assert page.locator("tbody").get_by_text(text).first.is_visible(), (path, text)
+        shot(page, f"{path.rsplit('/', 1)[1]}-390")
+    buttons = page.get_by_role("button", name="Test the key of acme-production-team with Loops")
+    assert buttons.bounding_box()["x"] + buttons.bounding_box()["width"] <= 390
+
+    # The endpoint page: each label above its value, which has the width and breaks no word.
+    page.goto(f"/admin/endpoints/{endpoint}")
+    facts = page.locator("dl.facts").first
+    width = facts.bounding_box()["width"]
+    for value in facts.locator("dd").all():
+        assert value.bounding_box()["width"] >= 0.9 * width
+    assert broken_words(facts.locator("dd")) == []
+    shot(page, "endpoint-390")
+
+
+def test_send_again_keeps_the_first_outcome_and_says_it_is_queued(page, live: Live):
+    _, (dead, *_) = long_values(live)
+    registry.retry_delivery(live.engine, dead)  # the sandbox delivers it this time
+    sign_in(page)
+    page.goto(f"/admin/deliveries/{dead}")
+    page.locator("h1 .status-delivered").wait_for()
+    page.on("dialog", lambda dialog: dialog.accept())  # "Send this event to Loops again?"
+    page.get_by_role("button", name="Send again").click()
+    notice = page.get_by_role("status").filter(has_text="queued to be sent again")
+    assert notice.inner_text().startswith(f"Delivery {dead} is queued to be sent again")
+    shot(page, "delivery-queued-again")
+    page.locator("h1 .status-delivered").wait_for()
+    outcomes = page.locator("#earlier-outcomes li").all_inner_texts()
+    assert [o.split(" at ")[0] for o in outcomes] == ["dead", "delivered"]
+    assert outcomes[0].endswith("after 0 attempts: Loops answered 503: Service Unavailable")
+    assert outcomes[1].endswith("after 1 attempt: contact created; event successfulPayment sent")
+    assert page.locator("#why").inner_text() == "event successfulPayment sent"
+    shot(page, "delivery-sent-again")

@@ -13,13 +13,14 @@ import random
 import re
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from sqlmodel import Session
 
 import providers
 from bridge import db, registry
-from bridge.admin.deliveries import Filters, list_deliveries
+from bridge.admin.deliveries import SCAN_LIMIT, Filters, list_deliveries
 from bridge.admin.formats import pretty, when
 from bridge.admin.overview import busiest_second
 from bridge.models import STATUSES, Delivery, LoopsCall
@@ -191,7 +192,10 @@ def test_test_event_form_checks_its_fields(offline: Harness):
 
 def test_test_event_says_when_the_public_url_does_not_reach_the_bridge(tmp_path: Path):
     elsewhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    with Harness(tmp_path, worker=False, BRIDGE_PUBLIC_URL=elsewhere) as bridge:
+    # The harness still calls the admin at http://bridge.test: a host it must allow.
+    with Harness(
+        tmp_path, worker=False, BRIDGE_PUBLIC_URL=elsewhere, BRIDGE_ALLOWED_HOSTS="bridge.test"
+    ) as bridge:
         bridge.sign_in()
         endpoint = bridge.endpoint(secret=SECRET)
         answer = bridge.form(
@@ -231,10 +235,10 @@ def test_filters_return_only_matching_deliveries(harness: Harness):
     assert ids(status="delivered") == {a1, a2}
     assert ids(status="queued") == set()
     assert ids(event_type="invoice.paid") == {a2, b2}
-    assert ids(email="ANN@example.COM") == {a1, a2}
+    assert ids(search="ANN@example.COM") == {a1, a2}
     assert ids(endpoint=b) == {b1, b2}
     assert ids(endpoint=a, status="delivered") == {a1, a2}
-    assert ids(endpoint=b, event_type="invoice.paid", email="bob@example.com") == {b2}
+    assert ids(endpoint=b, event_type="invoice.paid", search="bob@example.com") == {b2}
 
     text = page(harness, f"/admin/deliveries?status=failed&endpoint={b}")
     assert '<span class="status status-failed">failed</span>' in text
@@ -243,6 +247,48 @@ def test_filters_return_only_matching_deliveries(harness: Harness):
     assert '<option value="failed" selected>failed</option>' in text
     # Nonsense in the query string is ignored, never an error.
     assert set(listed(harness, "/admin/deliveries?status=nope&before=x&after=")[0]) == ids()
+
+
+def test_search_finds_an_address_part_of_one_or_an_event_id(offline: Harness):
+    registry.add_account(offline.engine, "acme", "loops_key_acme_1234")
+    endpoint = stored_endpoint(offline.engine, "acme")
+    # One needle far down the log, more deliveries than a page searches at once, three more.
+    emails = ["needle@rare.io", *(f"c{n}@example.com" for n in range(SCAN_LIMIT))]
+    emails += ["Jane.Doe@Acme.com", "jo@acme.com", "bob@example.com"]
+    with offline.engine.begin() as conn:
+        conn.execute(
+            Delivery.__table__.insert(),  # type: ignore[attr-defined]
+            [
+                {"endpoint_id": endpoint, "event_id": f"evt_1Qsearch{n:05d}", "email": email,
+                 "event_type": "invoice.paid", "occurred_at": n, "status": "delivered",
+                 "received_at": float(n)}
+                for n, email in enumerate(emails)
+            ],
+        )  # fmt: skip
+    needle, jane, jo, bob = 1, len(emails) - 2, len(emails) - 1, len(emails)
+
+    def found(search: str, key: str = "search") -> list[int]:
+        return listed(offline, f"/admin/deliveries?{urlencode({key: search})}")[0]
+
+    assert found("jane.doe@acme.COM") == [jane]  # the address, any case
+    assert found("jane") == [jane]  # its start
+    assert found("ACME.com") == [jo, jane]  # its domain
+    assert found(f"evt_1Qsearch{jo - 1:05d}") == [jo]  # Stripe's event id
+    # An address or an event id, however old: an index finds it.
+    assert found("NEEDLE@rare.io") == found("evt_1Qsearch00000") == [needle]
+    assert found("bob@example.com", key="email") == [bob]  # a link from before the search
+    assert found("%@") == found("_@acme.com") == []  # text, not LIKE's wildcards
+
+    # Part of an address is looked for in a page's worth of the log at a time, and says so.
+    shown = offline.page("/admin/deliveries?search=rare.io")
+    assert words(shown["partial"]["text"]) == (
+        "No delivery has the address or event id “rare.io”: this page looked for addresses "
+        f"containing it through {SCAN_LIMIT:,} deliveries and found none. “Older” searches on "
+        "from there."
+    )
+    _, older, _ = listed(offline, "/admin/deliveries?search=rare.io")
+    assert older is not None and "search=rare.io" in older
+    assert listed(offline, older)[0] == [needle]
 
 
 def test_keyset_pages_show_every_delivery_exactly_once(offline: Harness):
@@ -310,8 +356,19 @@ def test_keyset_pages_under_every_filter_combination(tmp_path: Path, size: int, 
         "endpoint": [None, *endpoints],
         "status": [None, *STATUSES],
         "event_type": [None, *types],
-        "email": [None, "b@X.IO", "nobody@x.io"],
+        # An address; an event id; parts of addresses (one a LIKE wildcard, taken as text).
+        "search": [None, "b@X.IO", "evt_7", "@X", "_@x.io"],
     }
+
+    def found(row: dict, text: str) -> bool:
+        """The search's meaning: the address when some row has it, else the event id when
+        some row has it, else part of an address."""
+        if any((r["email"] or "").lower() == text.lower() for r in rows):
+            return (row["email"] or "").lower() == text.lower()
+        if any(r["event_id"] == text for r in rows):
+            return row["event_id"] == text
+        return text.lower() in (row["email"] or "").lower()
+
     for values in itertools.product(*choices.values()):
         given = {k: v for k, v in zip(choices, values, strict=True) if v is not None}
         filters = Filters(**given)
@@ -319,7 +376,9 @@ def test_keyset_pages_under_every_filter_combination(tmp_path: Path, size: int, 
         def matches(i: int, given: dict = given) -> bool:
             row = rows[i - 1]
             return all(
-                (row["endpoint_id"] if k == "endpoint" else row[k] or "").lower() == v.lower()
+                found(row, v)
+                if k == "search"
+                else (row["endpoint_id"] if k == "endpoint" else row[k] or "").lower() == v.lower()
                 for k, v in given.items()
             )
 
@@ -387,17 +446,30 @@ def test_send_again_fires_the_loops_event_with_a_new_key(harness: Harness):
     )
     assert "Retry now" not in shown
 
+    assert "earlier-outcomes" not in harness.page(f"/admin/deliveries/{delivery_id}").by_id
     answer = harness.form(f"/admin/deliveries/{delivery_id}/send-again")
     assert answer.status_code == 303
-    notice = "Queued to be sent again with a new idempotency key"
-    assert notice in page(harness, answer.headers["location"])
+    queued = harness.page(answer.headers["location"])
+    assert words(queued["notice"]["text"]) == (
+        f"Delivery {delivery_id} is queued to be sent again, with a new idempotency key: Loops "
+        "runs its workflow again. What it came to before is kept on this page, under “Earlier "
+        "outcomes”."
+    )
     harness.until(lambda: len(harness.loops_get("events")) == 2, what="the event sent again")
     first, second = harness.loops_get("events")
     assert first["idempotencyKey"] != second["idempotencyKey"]
     assert first["eventName"] == second["eventName"] == "successfulPayment"
-    shown = wait_for_status(harness, delivery_id, "delivered")
-    assert shown.count("POST /events/send → 200") == 2
-    assert "(new, from “Send again”)" in shown
+    wait_for_status(harness, delivery_id, "delivered")
+    shown = harness.page(f"/admin/deliveries/{delivery_id}")
+    assert shown.text.count("POST /events/send → 200") == 2
+    assert "(new, from “Send again”)" in shown.text
+    # The first outcome is kept, and the new one is the delivery's own.
+    earlier = words(shown["earlier-outcomes"]["text"])
+    assert earlier.startswith("delivered at ") and earlier.endswith(
+        " UTC after 1 attempt: contact created; event successfulPayment sent"
+    )
+    assert shown["why"]["text"] == "event successfulPayment sent"  # the contact was there
+    assert words(shown["attempts"]["text"]) == ("2 in all, counting those of its earlier outcomes")
 
 
 def loops_call(offline: Harness, delivery_id: int, status_code: int, answer: str) -> None:
@@ -464,7 +536,14 @@ def test_dead_delivery_says_why_and_is_retried_with_a_fresh_max_age(tmp_path: Pa
         )
         after = time.time()
         shown = offline.page(f"/admin/deliveries/{dead}")
-        assert "Queued again" in shown.text
+        assert words(shown["notice"]["text"]).startswith(
+            f"Delivery {dead} is queued again: the worker sends it within about a second."
+        )
+        # What it came to is kept, with its reason and attempts.
+        assert words(shown["earlier-outcomes"]["text"]) == (
+            f"dead at {words(when(now - 2 * 3600))} after 17 attempts: Loops answered 503: "
+            "Service Unavailable"
+        )
         assert 'class="status status-queued">queued</span>' in shown.source
         assert shown["why"]["text"] == "retry requested by an admin"
         assert shown["next-try"]["text"] == "now"

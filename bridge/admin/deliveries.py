@@ -1,20 +1,28 @@
 """Admin pages: the delivery log, and one delivery with every Loops call made for it.
 
-    GET  /deliveries                    newest first; ?endpoint= &status= &event_type= &email=
+    GET  /deliveries                    newest first; ?endpoint= &status= &event_type= &search=
     GET  /deliveries/{id}               the event, what the bridge decided, every Loops call
     POST /deliveries/{id}/retry         a failed or dead delivery: queue it again, now
     POST /deliveries/{id}/send-again    a delivered one: again, with a new idempotency key
 
 A delivered or ignored event's payload is deleted after BRIDGE_RETENTION_DAYS; its page then
-says so, and it can no longer be sent again.
+says so, and it can no longer be sent again. Retrying or sending one again keeps what it came
+to before (``earlier_outcomes``, written by ``bridge.registry``); its page lists those
+outcomes beside the current one.
+
+The search box takes an email address (any case), an event id (Stripe's ``evt_...``), or part
+of an address: the start of one, a name, a domain. An address or an event id that some
+delivery has is looked up in an index; other text is matched against the addresses of the
+rows a page reads (see below), as ``LIKE '%text%'``, which no index can answer.
 
 The log pages with keysets, not offsets (https://use-the-index-luke.com/no-offset):
 ``?before=<id>`` shows the next older page, ``?after=<id>`` the next newer one. A page is a
 range scan down one index that ends in ``id`` (see the indexes on
 :class:`~bridge.models.Delivery`), reading at most ``PAGE_SIZE + 1`` rows, or at most
-``SCAN_LIMIT`` index entries when filters are combined (see :class:`_Walk`), plus one such
-walk of a single row towards the other direction. Nothing counts the table or skips rows, so
-a page costs the same with a million deliveries as with a hundred.
+``SCAN_LIMIT`` index entries when filters are combined or the search is part of an address
+(see :class:`_Walk`), plus one such walk of a single row towards the other direction. Nothing
+counts the table or skips rows, so a page costs the same with a million deliveries as with a
+hundred.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from bridge.models import (
 __all__ = ["PAGE_SIZE", "Filters", "Page", "list_deliveries"]
 
 PAGE_SIZE = 50
-SCAN_LIMIT = 5_000  # index entries a page reads at most when several filters are combined
+SCAN_LIMIT = 5_000  # index entries a page reads at most through a window (see _Walk)
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -68,7 +76,7 @@ class Filters:
     endpoint: str = ""
     status: str = ""
     event_type: str = ""
-    email: str = ""
+    search: str = ""  # an email address, part of one, or an event id
 
     @classmethod
     def read(cls, params: Mapping[str, str]) -> Filters:
@@ -77,26 +85,33 @@ class Filters:
             endpoint=params.get("endpoint", "").strip(),
             status=status if status in STATUSES else "",
             event_type=params.get("event_type", "").strip(),
-            email=params.get("email", "").strip(),
+            # ?email= is what the search was called before it took more than an address.
+            search=(params.get("search") or params.get("email", "")).strip(),
         )
 
     @property
     def active(self) -> bool:
-        return any((self.endpoint, self.status, self.event_type, self.email))
+        return any((self.endpoint, self.status, self.event_type, self.search))
 
-    def conditions(self) -> list[ColumnElement[bool]]:
-        """One condition per filter given, the usually rarest first."""
-        found: list[ColumnElement[bool]] = []
-        if self.email:
-            # lower() on both sides, by the database: the index is on lower(email).
-            found.append(func.lower(col(Delivery.email)) == func.lower(self.email))
+    def conditions(
+        self, db: Db
+    ) -> tuple[list[ColumnElement[bool]], list[ColumnElement[bool]], str]:
+        """The conditions an index answers, one per filter given, the usually rarest first;
+        those that can only be checked on rows read; and what the search matched: ``address``,
+        ``event``, ``part`` (of an address) or ``""`` (no search)."""
+        indexed: list[ColumnElement[bool]] = []
+        checked: list[ColumnElement[bool]] = []
+        matched = ""
+        if self.search:
+            matched, condition = _search(db, self.search)
+            (checked if matched == "part" else indexed).append(condition)
         if self.event_type:
-            found.append(col(Delivery.event_type) == self.event_type)
+            indexed.append(col(Delivery.event_type) == self.event_type)
         if self.endpoint:
-            found.append(col(Delivery.endpoint_id) == self.endpoint)
+            indexed.append(col(Delivery.endpoint_id) == self.endpoint)
         if self.status:
-            found.append(col(Delivery.status) == self.status)
-        return found
+            indexed.append(col(Delivery.status) == self.status)
+        return indexed, checked, matched
 
     def url(self, **page: int) -> str:
         """The list's URL with these filters (and ``before=`` or ``after=``)."""
@@ -106,12 +121,30 @@ class Filters:
                 ("endpoint", self.endpoint),
                 ("status", self.status),
                 ("event_type", self.event_type),
-                ("email", self.email),
+                ("search", self.search),
             )
             if value
         }
         query = urlencode(params | page)
         return "/admin/deliveries" + (f"?{query}" if query else "")
+
+
+def _search(db: Db, text: str) -> tuple[str, ColumnElement[bool]]:
+    """What the search ``text`` matches, and the condition: the address, in any case, when a
+    delivery has it; else the event id, when one has it; else part of an address."""
+    email = func.lower(col(Delivery.email))
+    address = email == func.lower(text)  # lower() on both sides, by the database: see the index
+    if db.execute(select(_ID).where(address).limit(1)).first():
+        return "address", address
+    # The event id leads no index of its own: the (endpoint_id, event_id) one answers it for
+    # each endpoint, and there are few endpoints.
+    event = col(Delivery.endpoint_id).in_(select(col(Endpoint.id))) & (
+        col(Delivery.event_id) == text
+    )
+    if db.execute(select(_ID).where(event).limit(1)).first():
+        return "event", event
+    escaped = text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return "part", email.like(func.lower(f"%{escaped}%"), escape="/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +164,7 @@ class Page:
     newer: int | None  # ?after= of the "Newer" link; None: nothing newer
     older: int | None  # ?before= of the "Older" link; None: nothing older
     partial: bool = False  # the search stopped at SCAN_LIMIT entries before the page filled
+    matched: str = ""  # what the search matched: see Filters.conditions
 
 
 _ID = col(Delivery.id)
@@ -163,10 +197,12 @@ def list_deliveries(
     elif before is not None:
         bound = _ID < before
     with engine.connect() as conn:
-        walk = _Walk(conn, filters.conditions(), scan_limit)
+        indexed, checked, matched = filters.conditions(conn)
+        walk = _Walk(conn, indexed, scan_limit, checked)
         found, stopped = walk(bound, backwards, size + 1)
         rows = found[:size]
         further = rows[-1].id if len(found) > size else stopped
+        partial = stopped is not None
         if backwards:
             rows.reverse()
         # Whether there is anything the other way: one more bounded walk from this page's edge.
@@ -174,13 +210,13 @@ def list_deliveries(
             edge = rows[-1].id if rows else after + 1
             back, back_stopped = walk(_ID < edge, False, 1)
             older = edge if back or back_stopped else None
-            return Page(rows, further, older, partial=stopped is not None)
+            return Page(rows, further, older, partial, matched)
         if before is None:
-            return Page(rows, None, further, partial=stopped is not None)
+            return Page(rows, None, further, partial, matched)
         edge = rows[0].id if rows else before - 1
         ahead, ahead_stopped = walk(_ID > edge, True, 1)
         newer = edge if ahead or ahead_stopped else None
-        return Page(rows, newer, further, partial=stopped is not None)
+        return Page(rows, newer, further, partial, matched)
 
 
 class _Walk:
@@ -194,21 +230,25 @@ class _Walk:
     ``SCAN_LIMIT``) through a window of at most ``SCAN_LIMIT`` entries and checks the other
     filters on those rows; a page that the window could not fill says where it stopped, and
     the next page goes on from there. Pages may then hold fewer rows, never cost more.
+    Conditions no index answers (``checked``: part of an address) are only ever checked that
+    way, in a window of the rarest indexed filter or, without one, of the newest deliveries.
     """
 
     def __init__(
-        self, conn: Db, conditions: list[ColumnElement[bool]], limit: int = SCAN_LIMIT
+        self,
+        conn: Db,
+        conditions: list[ColumnElement[bool]],
+        limit: int = SCAN_LIMIT,
+        checked: list[ColumnElement[bool]] | None = None,
     ) -> None:
         self._conn = conn
         self._limit = limit
-        self._driving: list[ColumnElement[bool]] = []
-        self._others: list[ColumnElement[bool]] = []
+        self._driving = conditions
+        self._others = list(checked or ())
         if len(conditions) > 1:
             rarest = min(conditions, key=self._count_up_to_limit)  # first one wins a tie
             self._driving = [rarest]
-            self._others = [c for c in conditions if c is not rarest]
-        else:
-            self._driving = conditions
+            self._others += [c for c in conditions if c is not rarest]
 
     def _count_up_to_limit(self, condition: ColumnElement[bool]) -> int:
         window = select(_ID).where(condition).limit(self._limit).subquery()
@@ -372,6 +412,7 @@ async def show(request: Request) -> Response:
         pruned=delivery.payload is None and delivery.status in (DELIVERED, IGNORED),
         retention_days=f"{settings.retention_days:g}",
         states=STATES,
+        earlier=(delivery.earlier_outcomes or "").splitlines(),  # oldest first
         payload=pretty(delivery.payload),
         properties=json.dumps(detail.details.properties, indent=2) if detail.details else None,
         pretty=pretty,
@@ -381,11 +422,14 @@ async def show(request: Request) -> Response:
     )
 
 
+_KEPT = "What it came to before is kept on this page, under “Earlier outcomes”."
+
+
 async def retry(request: Request) -> Response:
     return await _requeue(
         request,
         registry.retry_delivery,
-        "Queued again: the worker picks it up within about a second.",
+        "Delivery {} is queued again: the worker sends it within about a second. " + _KEPT,
     )
 
 
@@ -393,13 +437,14 @@ async def send_again(request: Request) -> Response:
     return await _requeue(
         request,
         registry.send_again,
-        "Queued to be sent again with a new idempotency key: Loops runs the workflow again.",
+        "Delivery {} is queued to be sent again, with a new idempotency key: Loops runs its "
+        "workflow again. " + _KEPT,
     )
 
 
 async def _requeue(request: Request, change: Callable[[Engine, int], None], done: str) -> Response:
-    """Queue the delivery again through ``change``; back to its page, saying ``done`` or why
-    not."""
+    """Queue the delivery again through ``change``; back to its page, saying ``done`` (with
+    the delivery's id for ``{}``) or why not."""
     admin = Admin.of(request)
     delivery_id = row_id(request.path_params["delivery_id"])
     if not delivery_id or not await admin.run(_exists, admin.engine, delivery_id):
@@ -408,6 +453,8 @@ async def _requeue(request: Request, change: Callable[[Engine, int], None], done
         await admin.run(change, admin.engine, delivery_id)
     except registry.Invalid as exc:
         done = str(exc)
+    else:
+        done = done.format(delivery_id)
     return admin.redirect(f"/admin/deliveries/{delivery_id}", done)
 
 

@@ -45,6 +45,21 @@ document.addEventListener("input", (event) => {
 });
 
 for (const select of document.querySelectorAll("select[data-shows]")) showProvider(select);
+
+// Tables on a phone: each row becomes a block of labelled lines (admin.css). A cell's label
+// is its column's header, copied here, so that no template writes each label twice.
+for (const table of document.querySelectorAll("table")) {
+  const headers = [...(table.tHead?.rows[0]?.cells ?? [])].map((th) => th.textContent.trim());
+  if (!headers.length) continue;
+  for (const row of [...table.tBodies].flatMap((body) => [...body.rows])) {
+    let column = 0;
+    for (const cell of row.cells) {
+      if (cell.colSpan === 1 && headers[column]) cell.dataset.label = headers[column];
+      column += cell.colSpan;
+    }
+  }
+  table.dataset.stacks = "";
+}
 for (const element of document.querySelectorAll("[data-hidden-with-script]")) element.hidden = true;
 
 // A page answering a POST that shows something once (an endpoint's new secret): its address

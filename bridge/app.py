@@ -26,6 +26,7 @@ import anyio.to_thread
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -125,7 +126,15 @@ def _operator_routes(settings: Settings, engine: Engine, inbox: Inbox) -> list[B
         body = await anyio.to_thread.run_sync(exposition.render)
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
+    async def home(request: Request) -> Response:
+        """A person opening the bridge's address lands on the admin; anything else sent to
+        "/" (a webhook pasted without its path) gets the JSON 404, never a redirect."""
+        if request.method in ("GET", "HEAD"):
+            return RedirectResponse("/admin/", 307)
+        raise HTTPException(404)
+
     return [
+        Route("/", home, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         Route("/metrics", metrics_page, methods=["GET"]),
         Route("/admin", lambda _: RedirectResponse("/admin/", 308)),
         Mount("/admin", create_admin(settings, engine, inbox)),

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from bridge import db
 from bridge.app import create_app
 from bridge.settings import load
+from tests.harness import Harness
 from tests.helpers import fixture_bytes, invoice_endpoint, signed_headers
 
 SECRET = "whsec_appTestSecretFFFFFFFFFFFFFFFF"
@@ -86,7 +87,8 @@ def test_healthz(tmp_path):
 def test_paths_the_public_port_does_not_serve_answer_one_json_404_never_a_redirect(harness):
     """A webhook URL missing its endpoint id, with or without the slash, is told so rather
     than sent somewhere else (a redirect would make Stripe report a 3xx, not the reason)."""
-    for method, path in (("POST", "/webhooks"), ("GET", "/healthz/"), ("POST", "/nothing")):
+    paths = (("POST", "/webhooks"), ("GET", "/healthz/"), ("POST", "/nothing"), ("POST", "/"))
+    for method, path in paths:
         answer = harness.run(harness.client.request(method, path))
         assert answer.status_code == 404, (method, path)
         assert answer.json() == {"status": "rejected", "reason": "not found"}
@@ -95,3 +97,13 @@ def test_paths_the_public_port_does_not_serve_answer_one_json_404_never_a_redire
         404,
         "unknown endpoint: check the URL",
     )
+
+
+def test_a_person_opening_the_bridges_address_lands_on_the_admin(tmp_path):
+    with Harness(tmp_path, worker=False) as on_this_port:
+        home = on_this_port.get("/")
+        assert (home.status_code, home.headers["location"]) == (307, "/admin/")
+    (tmp_path / "own-port").mkdir()
+    with Harness(tmp_path / "own-port", worker=False, BRIDGE_ADMIN="8001") as elsewhere:
+        answer = elsewhere.get("/")  # the public port says nothing of an admin elsewhere
+        assert (answer.status_code, answer.json()["reason"]) == (404, "not found")

@@ -20,7 +20,7 @@ The shape of the data a provider hands on::
 Around those: ``secret_problem`` checks a pasted secret's form, ``new_secret`` makes one for
 platforms where the receiver chooses it (Supabase), ``redact`` says how the rejected-requests
 log shows the provider's own headers (a signature or a secret hidden), and ``sample`` makes a
-signed test request for the admin's "send a test event".
+signed test request for the admin's "send a test event", without names.
 
 The split keeps the ingest path lean: it reads only what it needs to dedupe and filter.
 
@@ -144,8 +144,13 @@ class Provider(Protocol):
         is. None for any other header: the log then shows only its length and a hash prefix,
         unless it is a common one such as Content-Type (``bridge.inbox.redact``)."""
 
-    def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
-        """A realistic signed test request for ``event_type``: (body, headers)."""
+    def sample(
+        self, event_type: str, email: str, secret: str, user_id: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """A realistic signed test request for ``event_type``: (body, headers). It carries no
+        names, so that a test event never renames a contact in Loops. ``user_id``: the user
+        it is about, on a platform with user ids (the userId Loops already has for the
+        contact, so that a test event never gives a contact another); None: one made up."""
 
 
 @functools.cache

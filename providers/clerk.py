@@ -75,6 +75,7 @@ from providers.fields import MAX_ID_CHARS, BodyReasons, load_object, refuse_repe
 from providers.fields import is_id as _is_id
 from providers.fields import is_int as _is_int
 from providers.fields import is_name as _is_name
+from providers.fields import object_kind as _object_kind
 from providers.fields import text as _text
 
 __all__ = ["provider"]
@@ -228,8 +229,8 @@ def _load(body: bytes) -> dict[str, Any]:
     refuse_repeated_keys(body, _BODY)
     kind = event.get("object")
     if kind not in ("event", None):
-        # Named only when it reads as a name: the reason is shown, and must not echo junk.
-        what = f"a Clerk {kind!r} object" if _is_name(kind) and len(kind) <= 40 else "an object"
+        # Named only when it reads as a type: a reason is shown and logged, a body never.
+        what = f"a Clerk {named} object" if (named := _object_kind(kind)) else "an object"
         raise Rejected(
             f"The body is {what}, not an event (object 'event'). Send Clerk webhook events "
             "to this URL."
@@ -290,8 +291,10 @@ def _sample_id(prefix: str, email: str) -> str:
     return prefix + _base62(int.from_bytes(digest), 27)
 
 
-def _sample_user(event_type: str, email: str, now_ms: int) -> dict[str, Any]:
-    user_id = _sample_id("user_", email)
+def _sample_user(
+    event_type: str, email: str, now_ms: int, user_id: str | None = None
+) -> dict[str, Any]:
+    user_id = user_id or _sample_id("user_", email)
     if event_type == "user.deleted":  # as Clerk sends it: the id and nothing to read
         return {"deleted": True, "id": user_id, "object": "user"}
     address_id = _sample_id("idn_", email)
@@ -310,11 +313,11 @@ def _sample_user(event_type: str, email: str, now_ms: int) -> dict[str, Any]:
         ],
         "external_accounts": [],
         "external_id": None,
-        "first_name": "John",
+        "first_name": None,  # a test event never renames a contact in Loops
         "gender": "",
         "id": user_id,
         "image_url": "https://img.clerk.com/xxxxxx",
-        "last_name": "Doe",
+        "last_name": None,
         "last_sign_in_at": created,
         "object": "user",
         "password_enabled": True,
@@ -495,7 +498,9 @@ class ClerkProvider:
             first_name=first_name, last_name=last_name, properties=loops_properties(properties)
         )
 
-    def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
+    def sample(
+        self, event_type: str, email: str, secret: str, user_id: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         if event_type not in self.event_types:
             raise ValueError(
                 f"Clerk has no sample for {event_type!r}; known: {', '.join(self.event_types)}"
@@ -504,9 +509,12 @@ class ClerkProvider:
         if webhook is None:
             raise ValueError("The signing secret is not a Clerk one (whsec_ followed by base64).")
         now = int(time.time())
-        build = _sample_user if event_type.startswith("user.") else _sample_waitlist_entry
+        if event_type.startswith("user."):
+            data = _sample_user(event_type, email, now * 1000, user_id)
+        else:
+            data = _sample_waitlist_entry(event_type, email, now * 1000)
         event = {
-            "data": build(event_type, email, now * 1000),
+            "data": data,
             "event_attributes": _SAMPLE_CLIENT,
             "instance_id": _INSTANCE_ID,
             "object": "event",

@@ -7,6 +7,7 @@ before it is used: a value of the wrong type reads as missing rather than raisin
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,12 +23,14 @@ __all__ = [
     "is_int",
     "is_name",
     "load_object",
+    "object_kind",
     "refuse_repeated_keys",
     "split_name",
     "text",
 ]
 
 MAX_ID_CHARS = 255  # an id or type longer than this is not one the bridge stores
+_KIND = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")  # customer, checkout.session
 
 
 def dig(value: Any, *keys: str) -> Any:
@@ -60,6 +63,15 @@ def is_id(value: Any) -> bool:
     """An event id fit to dedupe on and to send: a name in ASCII, as an HTTP header (Loops'
     ``Idempotency-Key``) can carry it. Stripe's and Svix's ids are."""
     return is_name(value) and value.isascii()
+
+
+def object_kind(value: Any) -> str | None:
+    """A body's ``object`` field as a reason may name it: a type such as ``customer`` or
+    ``checkout.session``. None for anything else, which a reason must not repeat: it may be
+    part of the body (an object, a customer's data), and bodies are never kept or shown."""
+    if isinstance(value, str) and len(value) <= 40 and _KIND.fullmatch(value):
+        return value
+    return None
 
 
 def split_name(full_name: Any) -> tuple[str | None, str | None]:

@@ -88,6 +88,7 @@ from providers.fields import dig as _dig
 from providers.fields import is_id as _is_id
 from providers.fields import is_int as _is_int
 from providers.fields import is_name as _is_name
+from providers.fields import object_kind as _object_kind
 from providers.fields import split_name as _split_name
 from providers.fields import text as _text
 
@@ -322,9 +323,11 @@ def _load(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         raise Rejected(_THIN_EVENT)
     # Events from 2012-era API versions have no "object" key at all.
     if kind not in ("event", None):
+        # Named only when it reads as a type: a reason is shown and logged, a body never.
+        what = f"a Stripe {named} object" if (named := _object_kind(kind)) else "an object"
         raise Rejected(
-            f"The body is a Stripe {str(kind)[:50]!r} object, not an event. Send Stripe "
-            "webhook events (object 'event') to this URL."
+            f"The body is {what}, not an event. Send Stripe webhook events (object 'event') "
+            "to this URL."
         )
     obj = _dig(event, "data", "object")
     missing = [
@@ -423,7 +426,6 @@ _CUSTOMER_ID = "cus_NffrFeUfNV2Hib"
 _SUBSCRIPTION_ID = "sub_1MowQVLkdIwHu7ixeRlqHVzs"
 _INVOICE_ID = "in_1MtHbELkdIwHu7ixl4OzzPMv"
 _ACCOUNT = "acct_1MtHZpLkdIwHu7ix"
-_SAMPLE_NAME = "Jenny Rosen"
 _DAY = 86_400
 
 
@@ -448,7 +450,7 @@ def _sample_customer(event_type: str, email: str, now: int) -> dict[str, Any]:
         },
         "livemode": False,
         "metadata": {},
-        "name": _SAMPLE_NAME,
+        "name": None,  # a test event never renames a contact in Loops
         "next_invoice_sequence": 2,
         "phone": None,
         "preferred_locales": ["en-US"],
@@ -482,7 +484,7 @@ def _sample_invoice(event_type: str, email: str, now: int) -> dict[str, Any]:
         "currency": "usd",
         "customer": _CUSTOMER_ID,
         "customer_email": email,
-        "customer_name": _SAMPLE_NAME,
+        "customer_name": None,
         "description": None,
         "due_date": None,
         "hosted_invoice_url": None if upcoming else f"https://invoice.stripe.com/i/{link}?s=ap",
@@ -572,7 +574,7 @@ def _sample_checkout_session(event_type: str, email: str, now: int) -> dict[str,
                 "state": None,
             },
             "email": email,
-            "name": _SAMPLE_NAME,
+            "name": None,
             "phone": None,
             "tax_exempt": "none",
             "tax_ids": [],
@@ -701,7 +703,10 @@ class StripeProvider:
             ),
         )
 
-    def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
+    def sample(
+        self, event_type: str, email: str, secret: str, user_id: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """``user_id`` is unused: the bridge matches a Stripe customer by email in Loops."""
         if event_type not in self.event_types:
             raise ValueError(
                 f"Stripe has no sample for {event_type!r}; known: {', '.join(self.event_types)}"
@@ -710,7 +715,7 @@ class StripeProvider:
         kind = event_type.rsplit(".", 1)[0]  # "invoice.payment_failed" -> "invoice"
         data: dict[str, Any] = {"object": _SAMPLE_BUILDERS[kind](event_type, email, now)}
         if event_type.endswith(".updated"):
-            data["previous_attributes"] = {"name": None}
+            data["previous_attributes"] = {"preferred_locales": []}
         event = {
             "id": f"evt_{token_hex(12)}",
             "object": "event",

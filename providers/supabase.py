@@ -225,8 +225,6 @@ class _Webhook:
 
 # --- Samples: a compact auth.users row in the shape of tests/fixtures/supabase. ---
 
-_SAMPLE_META = {"first_name": "Ada", "last_name": "Lovelace"}
-
 
 def _timestamptz(moment: float) -> str:
     """As jsonb renders a timestamptz in UTC: ``"2025-03-14T09:26:53.571236+00:00"``."""
@@ -254,7 +252,7 @@ def _sample_row(user_id: str, email: str, now: float, confirmed: bool) -> dict[s
         "email_change_sent_at": None,
         "last_sign_in_at": confirmed_at,
         "raw_app_meta_data": {"provider": "email", "providers": ["email"]},
-        "raw_user_meta_data": dict(_SAMPLE_META),
+        "raw_user_meta_data": {},  # no names: a test event never renames a contact
         "is_super_admin": None,
         "created_at": _timestamptz(signed_up),
         "updated_at": _timestamptz(now),
@@ -367,13 +365,15 @@ class SupabaseProvider:
             first_name=first_name, last_name=last_name, properties=loops_properties(values)
         )
 
-    def sample(self, event_type: str, email: str, secret: str) -> tuple[bytes, dict[str, str]]:
+    def sample(
+        self, event_type: str, email: str, secret: str, user_id: str | None = None
+    ) -> tuple[bytes, dict[str, str]]:
         if event_type not in self.event_types:
             raise ValueError(
                 f"Supabase has no sample for {event_type!r}; known: {', '.join(self.event_types)}"
             )
         now = time.time()
-        user_id = str(uuid.uuid4())
+        user_id = user_id or str(uuid.uuid4())
         # INSERT: a sign-up awaiting confirmation; UPDATE: its confirmation; DELETE: the
         # confirmed user deleted.
         row = _sample_row(user_id, email, now, confirmed=event_type != "INSERT")

@@ -38,8 +38,11 @@ CUSTOMER_CREATED = "constructed/customer.created.event.json"
 INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
 
 
-def add_account(admin: Harness, name: str = "acme", key: str = KEY) -> None:
-    added = admin.form("/admin/accounts", name=name, api_key=key)
+def add_account(admin: Harness, name: str = "acme", key: str = KEY, **checked: str) -> None:
+    """Through the form, which asks the sandbox whether it takes the key (``no_check="on"``:
+    it does not ask)."""
+    admin.connect_admin()
+    added = admin.form("/admin/accounts", name=name, api_key=key, **checked)
     assert added.status_code == 303, added.text
 
 
@@ -87,14 +90,14 @@ def test_account_test_shows_loops_team_and_the_key_only_masked(offline: Harness)
     offline.connect_admin()
     add_account(offline)
     accounts = offline.page("/admin/accounts")
-    assert "Added Loops account 'acme' (key …4c5e)." in accounts.text
+    assert "Added Loops account 'acme' (key …4c5e). Loops took the key." in accounts.text
     (test_action,) = accounts.actions(r"/admin/accounts/\d+/test")
 
     tested = offline.form(test_action)
     assert tested.status_code == 303
     shown = offline.page("/admin/accounts")
     assert "Loops account 'acme' works: Loops team 'Sandbox team …4c5e'." in shown.text
-    assert [call["path"] for call in offline.loops_calls()] == ["/api/v1/api-key"]
+    assert [call["path"] for call in offline.loops_calls()] == ["/api/v1/api-key"] * 2
 
     # Nowhere the key could show up does it: lists, forms, a refused form, the endpoint.
     refused = offline.form("/admin/accounts", name="acme", api_key=KEY)
@@ -118,16 +121,24 @@ def test_account_test_shows_loops_error_for_a_refused_key(tmp_path: Path):
         admin.connect_admin()
         admin.sign_in()
         add_account(admin, "right", "only_this_key_is_valid")
-        add_account(admin, "wrong", KEY)
+        add_account(admin, "wrong", KEY, no_check="on")  # as a key revoked since
         right, wrong = admin.page("/admin/accounts").actions(r"/admin/accounts/\d+/test")
 
-        admin.form(wrong)
-        page = admin.page("/admin/accounts")
-        assert "Loops account 'wrong' did not work: Loops answered 401: Invalid API key." in (
-            page.text
-        )
+        # An error, where the button was pressed: not the notice a success gets.
+        for tested, where in ((admin.form(wrong), None), (admin.form(f"{wrong}?from=account"), 1)):
+            assert tested.status_code == 200
+            page = Page(tested)
+            failed = page["test-failed"]
+            assert (failed["role"], failed["class"]) == ("alert", "error-box")
+            assert failed["text"].startswith(
+                "Loops account 'wrong' did not work: Loops answered 401: Invalid API key."
+            )
+            assert ("account-state" in page.by_id) is bool(where)  # the account's own page
+            assert 'class="notice"' not in page.source
         admin.form(right)
-        assert "Loops account 'right' works" in admin.page("/admin/accounts").text
+        shown = admin.page("/admin/accounts")
+        assert "Loops account 'right' works" in shown["main"]["text"]
+        assert "test-failed" not in shown.by_id
 
 
 def test_account_in_use_is_not_deleted(offline: Harness):
@@ -327,6 +338,7 @@ def test_replacing_the_key_ends_its_problem_and_sends_its_queue_now(offline: Har
     assert "Loops refused this API key" in before["account-problem"]["text"]
     assert before["next-try"]["text"].startswith(when(now + 3000))
 
+    offline.connect_admin()
     refused = offline.form(f"/admin/accounts/{acme}/api-key", api_key="  ")
     assert refused.status_code == 400
     page = Page(refused)
@@ -374,7 +386,7 @@ def test_refused_key_pauses_deliveries_until_it_is_replaced(tmp_path: Path):
     and what waited goes out."""
     with Harness(tmp_path, sandbox_keys=["loops_key_right_1234"]) as bridge:
         bridge.sign_in()
-        add_account(bridge, "acme", "loops_key_wrong_0000")
+        add_account(bridge, "acme", "loops_key_wrong_0000", no_check="on")  # revoked since
         endpoint_id = create_endpoint(bridge, SECRET, events={"customer.created": "stripeCustomer"})
         (account,) = bridge.page("/admin/accounts").actions(r"/admin/accounts/\d+/test")
         account_url = account.removesuffix("/test")
@@ -914,6 +926,43 @@ def test_endpoint_page_has_its_providers_own_set_up_steps(offline: Harness, name
     ):
         shown = offline.page(url).text
         assert not [label for label in others if label in shown], url
+
+
+def test_the_endpoint_page_says_when_platforms_cannot_reach_its_url(offline: Harness):
+    """The tests' BRIDGE_PUBLIC_URL, http://bridge.test, is one no platform can send to."""
+    stripe = offline.endpoint("invoice.paid", secret=SECRET)
+    warning = words(offline.page(f"/admin/endpoints/{stripe}")["url-warning"]["text"])
+    assert warning.startswith(
+        f"BRIDGE_PUBLIC_URL is {PUBLIC_URL}: bridge.test is a name only a local network "
+        "knows, and it is plain http, not HTTPS. Webhook platforms send from the internet, to "
+        "a public HTTPS address: set BRIDGE_PUBLIC_URL to the one this bridge is reached at"
+    )
+    assert warning.endswith(
+        "To test from this machine instead, the Stripe CLI forwards Stripe's events to this "
+        "URL: stripe listen --forward-to, as the steps below show."
+    )
+    # Another platform's page names no Stripe CLI.
+    clerk = offline.endpoint("user.created", provider="clerk", name="Clerk")
+    warning = words(offline.page(f"/admin/endpoints/{clerk}")["url-warning"]["text"])
+    assert "set BRIDGE_PUBLIC_URL" in warning and "Stripe" not in warning
+
+
+def test_types_the_bridge_does_not_handle_are_listed_with_a_count(offline: Harness):
+    endpoint_id = offline.endpoint("invoice.paid", secret=SECRET)
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
+    assert "unsupported" not in page.by_id
+    for n, event_type in enumerate(["plan.created", "plan.created", "price.updated"]):
+        event = json.loads(customer_created(event_id=f"evt_unsupported_{n}"))
+        event["type"] = event_type
+        answer = offline.webhook(endpoint_id, json.dumps(event).encode(), SECRET).json()
+        assert answer["status"] == "ignored"
+    page = offline.page(f"/admin/endpoints/{endpoint_id}")
+    listed = [words(line) for line in page["unsupported"]["text"].strip().splitlines()]
+    assert [line.rsplit(", last ", 1)[0] for line in listed if line] == [
+        "price.updated ×1",
+        "plan.created ×2",
+    ]
+    assert "stop sending them in Stripe" in words(page.text)
 
 
 def test_a_provider_without_its_own_page_gets_general_set_up_steps(

@@ -116,6 +116,11 @@ def stop_at_end() -> Iterator[list]:
             server.stop()
 
 
+def deliveries_calls(loops: Loops) -> list[dict]:
+    """The calls the deliveries made: not the key check of `accounts add`."""
+    return [c for c in loops.get("requests") if not c["path"].endswith("/api-key")]
+
+
 def start_loops(env: dict[str, str], stop_at_end: list, rate_limit: int = 10) -> Loops:
     loops = Loops(rate_limit)
     stop_at_end.append(loops)
@@ -167,7 +172,7 @@ def test_sigterm_lets_calls_in_flight_finish_and_leaves_nothing_claimed(env, sto
     bridge = Bridge(env)
     stop_at_end.append(bridge)
     wait_until(lambda: statuses(engine) == {DELIVERED: 20}, what="the rest after a restart")
-    calls = loops.get("requests")
+    calls = deliveries_calls(loops)
     assert len(calls) == 20 and {c["status"] for c in calls} == {200}  # none made twice
     assert len(loops.get("contacts")) == 20
 
@@ -198,7 +203,7 @@ def test_a_server_and_two_workers_on_postgresql_share_the_pace_and_each_contact(
     finally:
         engine.dispose()
 
-    calls = loops.get("requests")
+    calls = deliveries_calls(loops)
     assert {c["status"] for c in calls} == {200}, "no 429 (over the pace), no 409 (a contact twice)"
     assert len(calls) == 2 * contacts  # one create and one names update per contact
     assert busiest_second(calls) <= limit

@@ -543,8 +543,8 @@ def test_bodies_that_are_not_clerk_events_are_refused(body, reason):
 
 def test_a_clerk_object_that_is_not_an_event_is_refused():
     user = fixture_json("user.created")["data"]
-    assert "a Clerk 'user' object, not an event" in parse_rejection(json.dumps(user).encode())
-    for kind in ("\u001b[31mred", "x" * 41, ["user"]):
+    assert "a Clerk user object, not an event" in parse_rejection(json.dumps(user).encode())
+    for kind in ("\u001b[31mred", "x" * 41, ["user"], user, "{'id': 'user_29w83sxmDNGwOuEth'}"):
         junk = json.dumps({**fixture_json("user.created"), "object": kind}).encode()
         assert parse_rejection(junk).startswith("The body is an object, not an event")
 
@@ -648,8 +648,7 @@ def test_sample_round_trip(event_type):
         assert set(json.loads(body)["data"]) == {"deleted", "id", "object"}
     else:
         assert event.email == "jenny.rosen@example.com"
-    if event_type in ("user.created", "user.updated"):
-        assert (event.first_name, event.last_name) == ("John", "Doe")
+    assert (event.first_name, event.last_name) == (None, None)  # it never renames a contact
 
 
 def test_samples_act_on_one_user_per_email_with_fresh_svix_ids():
@@ -661,6 +660,15 @@ def test_samples_act_on_one_user_per_email_with_fresh_svix_ids():
     assert created.user_id == deleted.user_id
     assert sent("user.created", "b@example.com").user_id != created.user_id
     assert sent("user.created", "a@example.com").id != created.id
+
+
+def test_a_sample_is_about_the_user_it_is_given():
+    """The admin gives the userId Loops has for the contact: the test leaves it as it is."""
+    for event_type in ("user.created", "user.updated", "user.deleted"):
+        body, headers = provider.sample(event_type, "a@example.com", SECRET, user_id="user_2abc")
+        assert provider.parse(body, headers).user_id == "user_2abc"
+    body, headers = provider.sample("waitlistEntry.created", "a@example.com", SECRET, "user_2x")
+    assert provider.parse(body, headers).user_id is None
 
 
 def test_sample_keeps_the_email_as_it_is():

@@ -390,6 +390,28 @@ def test_bodies_that_are_not_stripe_events_are_refused(body, reason):
         provider.parse(body, {})
 
 
+def test_a_body_that_is_not_an_event_is_refused_naming_only_its_object_type():
+    """The reason is logged and listed under Rejected requests, where a body never is."""
+
+    def refusal(body: bytes) -> str:
+        with pytest.raises(providers.Rejected) as refused:
+            provider.parse(body, {})
+        return str(refused.value)
+
+    customer = fixture_json("stripe-docs/customer.object.json")
+    said = refusal(json.dumps(customer).encode())
+    assert said.startswith("The body is a Stripe customer object, not an event.")
+    # An event's data part sent alone, as captured: its "object" is the customer itself.
+    data = fixture_bytes("captured-test-mode/customer.created.data.json")
+    for body in [data] + [
+        json.dumps({"object": kind}).encode()
+        for kind in (customer, "{'id': 'cus_NffrFeUfNV2Hib'}", "customer\n", "x" * 41, 7)
+    ]:
+        said = refusal(body)
+        assert said.startswith("The body is an object, not an event."), said
+        assert "cus_" not in said and "@" not in said and "x" * 41 not in said
+
+
 def test_repeated_keys_are_refused_wherever_they_are():
     body = fixture_bytes(INVOICE_PAID)
     provider.parse(body, {})
@@ -574,7 +596,7 @@ def test_sample_round_trip(event_type):
     assert headers["Stripe-Signature"] == stripe_signature(body, SECRET, t)
     event = read(body)
     assert (event.type, event.email) == (event_type, "jenny.rosen@example.com")
-    assert (event.first_name, event.last_name) == ("Jenny", "Rosen")
+    assert (event.first_name, event.last_name) == (None, None)  # it never renames a contact
     assert event.id.startswith("evt_")
     assert abs(event.occurred_at - time.time()) < 60
     assert event.properties["livemode"] is False

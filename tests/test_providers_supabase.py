@@ -564,7 +564,7 @@ def test_sample_round_trip(event_type):
     assert event.deletion is (event_type == "DELETE")
     assert str(uuid.UUID(event.user_id)) == event.user_id
     assert abs(event.occurred_at - time.time()) < 60
-    assert (event.first_name, event.last_name) == ("Ada", "Lovelace")
+    assert (event.first_name, event.last_name) == (None, None)  # it never renames a contact
     assert event.properties["userId"] == event.user_id
     assert event.properties["provider"] == "email"
     assert ("emailConfirmedAt" in event.properties) is (event_type != "INSERT")
@@ -597,6 +597,14 @@ def test_samples_are_fresh_users():
     second, _ = provider.sample("INSERT", "a@example.com", SECRET)
     assert provider.parse(first, {}).id != provider.parse(second, {}).id
     assert provider.parse(first, {}).user_id != provider.parse(second, {}).user_id
+
+
+def test_a_sample_is_about_the_user_it_is_given():
+    """The admin gives the userId Loops has for the contact: the test leaves it as it is."""
+    user_id = "5b0e7d1c-4f3a-4e2b-9c8d-1a2b3c4d5e6f"
+    for event_type in provider.event_types:
+        body, _ = provider.sample(event_type, "a@example.com", SECRET, user_id=user_id)
+        assert provider.parse(body, {}).user_id == user_id
 
 
 def test_sample_of_unknown_type_is_an_error():

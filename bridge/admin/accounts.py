@@ -1,12 +1,18 @@
 """Admin pages: Loops accounts (a name and an API key each), and how each is doing.
 
     GET  /accounts                    the accounts: state, queue, rate limit, masked key
-    POST /accounts                    add one (name + API key)
+    POST /accounts                    add one (name + API key Loops takes)
     GET  /accounts/{id}               one account: its state in words, and the forms below
     POST /accounts/{id}/rate-limit    its own requests per second, or the default
-    POST /accounts/{id}/api-key       replace its key (clears a problem, queue due now)
+    POST /accounts/{id}/api-key       replace its key by one Loops takes (clears a problem,
+                                      queue due now)
     POST /accounts/{id}/test          ask Loops (GET /api-key) whether the key works
     POST /accounts/{id}/delete        delete one no endpoint uses
+
+A key is checked with Loops before it is added or replaces another (``loops.key_refusal``):
+one Loops refuses, or that could not be checked, is refused on the form with the reason,
+unless "Save without checking" is ticked (an offline set-up). A failed Test is shown as an
+error on the page it was pressed on, not as a notice.
 
 An account's state is what the workers wrote in ``account_states`` (no row: healthy)::
 
@@ -37,7 +43,7 @@ from bridge import registry
 from bridge.accounts import rate_in_use
 from bridge.admin.formats import COUNT_CAP, ago, count, row_id, when
 from bridge.admin.state import Admin
-from bridge.loops import Answer, LoopsClient
+from bridge.loops import Answer, LoopsClient, Verdict, key_refusal
 from bridge.models import QUEUED, Account, AccountState, Delivery, Endpoint
 
 __all__ = ["STATES", "AccountView", "read_accounts", "routes"]
@@ -165,6 +171,22 @@ def _read_account(engine: Engine, account_id: int) -> AccountView:
     return found[0]
 
 
+async def _refusal(request: Request, api_key: str) -> str | None:
+    """Why Loops does not take ``api_key`` (None: it does), unless the form asked to save it
+    without checking."""
+    if "no_check" in await request.form():
+        return None
+    admin = Admin.of(request)
+    return await key_refusal(api_key.strip(), admin.settings.loops_api_url, admin.loops_transport)
+
+
+def _checked(unchecked: bool) -> str:
+    """What the notice after a saved key says of its check."""
+    if unchecked:
+        return " It was saved without checking it with Loops: press Test once Loops answers."
+    return " Loops took the key."
+
+
 def _shown(request: Request, template: str, status_code: int, **context: object) -> Response:
     admin, now = Admin.of(request), time.time()
     return admin.render(
@@ -182,7 +204,11 @@ def _shown(request: Request, template: str, status_code: int, **context: object)
 
 
 async def _list_page(
-    request: Request, status_code: int = 200, name: str = "", errors: dict | None = None
+    request: Request,
+    status_code: int = 200,
+    name: str = "",
+    errors: dict | None = None,
+    alert: str | None = None,
 ) -> Response:
     admin = Admin.of(request)
     accounts = await admin.run(read_accounts, admin.engine)
@@ -194,6 +220,7 @@ async def _list_page(
         accounts=accounts,
         name=name,
         errors=errors or {},
+        alert=alert,
     )
 
 
@@ -202,6 +229,7 @@ async def _account_page(
     status_code: int = 200,
     rate_limit: str | None = None,
     errors: dict | None = None,
+    alert: str | None = None,
 ) -> Response:
     admin = Admin.of(request)
     try:
@@ -216,6 +244,7 @@ async def _account_page(
         account=account,
         rate_limit=rate_limit if rate_limit is not None else str(account.own_rate_limit or ""),
         errors=errors or {},
+        alert=alert,
     )
 
 
@@ -228,6 +257,8 @@ async def add(request: Request) -> Response:
     form = await request.form()
     name, api_key = str(form.get("name", "")), str(form.get("api_key", ""))
     problems = await admin.run(registry.account_problems, admin.engine, name, api_key)
+    if not problems and (refusal := await _refusal(request, api_key)):
+        problems = {"api_key": refusal}
     if problems:
         return await _list_page(request, 400, name=name, errors=problems)
     try:
@@ -235,7 +266,9 @@ async def add(request: Request) -> Response:
     except registry.Invalid as exc:  # added meanwhile under the same name
         return await _list_page(request, 400, name=name, errors={"name": str(exc)})
     return admin.redirect(
-        _LIST, f"Added Loops account {added.name!r} (key {registry.mask(added.api_key)})."
+        _LIST,
+        f"Added Loops account {added.name!r} (key {registry.mask(added.api_key)})."
+        + _checked("no_check" in form),
     )
 
 
@@ -266,7 +299,16 @@ async def set_rate_limit(request: Request) -> Response:
 
 async def replace_key(request: Request) -> Response:
     admin, account_id = Admin.of(request), _id(request)
-    api_key = str((await request.form()).get("api_key", ""))
+    form = await request.form()
+    api_key = str(form.get("api_key", ""))
+    try:
+        await admin.run(registry.get_account, admin.engine, account_id)
+    except registry.NotFound:
+        return _not_found(request)
+    # Local mistakes first: they need no call to Loops.
+    problem = await admin.run(registry.key_problem, admin.engine, api_key, account_id)
+    if problem or (problem := await _refusal(request, api_key)):
+        return await _account_page(request, 400, errors={"api_key": problem})
     try:
         done = await admin.run(
             lambda: registry.update_account(admin.engine, account_id, api_key=api_key)
@@ -280,7 +322,7 @@ async def replace_key(request: Request) -> Response:
     return admin.redirect(
         f"{_LIST}/{account_id}",
         f"Replaced the API key of Loops account {done.name!r} (now {done.key_hint}); any "
-        f"problem with the old key is cleared.{due}",
+        f"problem with the old key is cleared.{due}" + _checked("no_check" in form),
     )
 
 
@@ -295,7 +337,13 @@ async def test(request: Request) -> Response:
         answer = await client.check_key(account.api_key)
     finally:
         await client.aclose()
-    return admin.redirect(_back(request), _verdict(account.name, answer))
+    if answer.verdict is Verdict.DONE:
+        return admin.redirect(_back(request), _verdict(account.name, answer))
+    # Shown as an error where the button was pressed, not in the notice a success gets.
+    failed = _verdict(account.name, answer)
+    if _back(request) == _LIST:
+        return await _list_page(request, alert=failed)
+    return await _account_page(request, alert=failed)
 
 
 async def delete(request: Request) -> Response:

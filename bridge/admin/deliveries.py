@@ -1,7 +1,8 @@
 """Admin pages: the delivery log, and one delivery with every Loops call made for it.
 
     GET  /deliveries                    newest first; ?endpoint= &status= &event_type= &search=
-    GET  /deliveries/{id}               the event, what the bridge decided, every Loops call
+    GET  /deliveries/{id}               the event, what the bridge decided, its Loops calls
+                                        (the first and the latest: bridge.admin.calls)
     POST /deliveries/{id}/retry         a failed or dead delivery: queue it again, now
     POST /deliveries/{id}/send-again    a delivered one: again, with a new idempotency key
 
@@ -38,7 +39,6 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.engine import Connection as Db
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
-from sqlmodel import select as select_models
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -46,6 +46,7 @@ from starlette.routing import Route
 import providers
 from bridge import registry
 from bridge.admin.accounts import STATES, AccountView, read_accounts
+from bridge.admin.calls import Calls, read_calls
 from bridge.admin.formats import ID_RANGE, ago, hours, int_or_none, pretty, row_id, when
 from bridge.admin.state import Admin
 from bridge.models import (
@@ -57,7 +58,6 @@ from bridge.models import (
     Account,
     Delivery,
     Endpoint,
-    LoopsCall,
 )
 
 __all__ = ["PAGE_SIZE", "Filters", "Page", "list_deliveries"]
@@ -295,7 +295,7 @@ class Detail:
     endpoint_paused: bool
     account_name: str | None
     account: AccountView | None  # its Loops account's state, for a delivery still queued
-    calls: list[LoopsCall]
+    calls: Calls
     details: providers.Details | None  # names and Loops properties read from the payload
 
 
@@ -306,11 +306,6 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
             return None
         endpoint = session.get(Endpoint, delivery.endpoint_id)
         account = session.get(Account, endpoint.account_id) if endpoint else None
-        calls = session.exec(
-            select_models(LoopsCall)
-            .where(LoopsCall.delivery_id == delivery_id)
-            .order_by(col(LoopsCall.id))
-        )
         return Detail(
             delivery=delivery,
             provider=providers.get(endpoint.provider).label if endpoint else "provider",
@@ -322,7 +317,7 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
                 if account and delivery.status == QUEUED
                 else None
             ),
-            calls=list(calls),
+            calls=read_calls(session, delivery_id),
             details=_read_details(endpoint, delivery.payload),
         )
 

@@ -3,7 +3,10 @@
     GET  /endpoints                              list, with each endpoint's status
     GET  /endpoints/new[?provider=]              the form, with that provider's event types
     POST /endpoints/new                          create
-    GET  /endpoints/{id}                         URL, set-up steps, secrets, pause, delete
+    GET  /endpoints/{id}                         URL (and why a platform may not reach it),
+                                                 set-up steps, secrets, types it was sent
+                                                 that the bridge does not handle, pause,
+                                                 delete
     GET  /endpoints/{id}/edit, POST (same)       change
     POST /endpoints/{id}/secrets                 add a signing secret
     POST /endpoints/{id}/secrets/{n}/remove      remove one, named by its id, never its value
@@ -47,9 +50,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import providers
-from bridge import registry
-from bridge.admin.formats import row_id
+from bridge import inbox, registry
+from bridge.admin.formats import count, row_id, when
 from bridge.admin.state import Admin
+from bridge.public_url import unreachable
 
 # status -> (what the admin reads, the existing badge style closest to it)
 _STATUS = {
@@ -214,7 +218,7 @@ async def _show_page(
     notice: str | None = None,
 ) -> Response:
     admin = Admin.of(request)
-    view, secrets = await admin.run(_endpoint_page, admin.engine, endpoint_id)
+    view, secrets, unsupported = await admin.run(_endpoint_page, admin.engine, endpoint_id)
     shown: dict[str, str] = {"notice": notice} if notice else {}
     return admin.render(
         request,
@@ -226,6 +230,10 @@ async def _show_page(
         provider=providers.get(view.provider),
         about_template=admin.about(view.provider),
         url=admin.settings.endpoint_url(view.id),
+        url_warning=unreachable(admin.settings.public_url),
+        unsupported=unsupported,
+        when=when,
+        count=count,
         secrets=secrets,
         secret_error=secret_error,
         new_secret=new_secret,
@@ -402,9 +410,13 @@ routes = [
 
 def _endpoint_page(
     engine: Engine, endpoint_id: str
-) -> tuple[registry.EndpointView, list[tuple[int, str]]]:
-    return registry.endpoint_view(engine, endpoint_id), registry.endpoint_secrets(
-        engine, endpoint_id
+) -> tuple[registry.EndpointView, list[tuple[int, str]], list[tuple[str, int, float]]]:
+    """The endpoint, its secrets' (id, hint), and the types it was sent that its provider
+    does not handle: (type, how many, last received)."""
+    return (
+        registry.endpoint_view(engine, endpoint_id),
+        registry.endpoint_secrets(engine, endpoint_id),
+        inbox.unsupported_types(engine, endpoint_id),
     )
 
 

@@ -1,13 +1,16 @@
-"""Admin pages: the overview at ``/admin/``. Is the bridge keeping up, and is any Loops
-account near its rate limit, or in trouble?
+"""Admin pages: the overview at ``/admin/``. Is the bridge keeping up, is any Loops account
+near its rate limit or in trouble, and are webhooks being refused?
 
     GET  /    counts per status of the last 24 hours, the queue, dead deliveries of the last
-              7 days, Loops accounts with a problem, each Loops account's pace
+              7 days, Loops accounts with a problem, each Loops account's pace, and per
+              endpoint the requests it refused in the last 24 hours with the latest reason
 
 Every number is one bounded, indexed query. A count stops at ``COUNT_CAP`` (shown as
-"100,000+"), so the page costs the same however busy the day was. The pace of an account is
-read from the Loops calls of the last minute: their number over 60 s, and the most calls in
-any one-second window, against the rate limit in use for it (its own, or
+"100,000+"), so the page costs the same however busy the day was. Refused requests are few by
+construction (an endpoint keeps its last ``REJECTIONS_KEPT``): they are counted as kept, "50+"
+when an endpoint's whole log is of the last 24 hours. The pace of an account is read from
+the Loops calls of the last minute: their number over 60 s, and the most calls in any
+one-second window, against the rate limit in use for it (its own, or
 ``BRIDGE_LOOPS_RATE_LIMIT``, or the lower limit Loops reported; Loops allows 10 per second:
 https://loops.so/docs/api-reference/intro#rate-limiting).
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.engine import Connection as Db
 from sqlalchemy.engine import Engine
 from sqlmodel import col
@@ -29,7 +32,8 @@ import providers
 from bridge.admin.accounts import STATES, AccountView, read_accounts
 from bridge.admin.formats import COUNT_CAP, ago, count, when
 from bridge.admin.state import Admin
-from bridge.models import DEAD, QUEUED, STATUSES, Delivery, Endpoint, LoopsCall
+from bridge.inbox import REJECTIONS_KEPT
+from bridge.models import DEAD, QUEUED, STATUSES, Delivery, Endpoint, LoopsCall, Rejection
 
 __all__ = ["COUNT_CAP", "Overview", "read_overview"]
 
@@ -54,6 +58,17 @@ class Pace:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejected:
+    """One endpoint's refused requests of the last 24 hours."""
+
+    endpoint_id: str
+    endpoint_name: str
+    count: int  # at most REJECTIONS_KEPT: an endpoint keeps no more
+    latest_at: float
+    latest_reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     counts: dict[str, int]  # status -> received in the last 24 h, at most COUNT_CAP + 1
     queued: int  # queued now, at most COUNT_CAP + 1
@@ -61,6 +76,7 @@ class Overview:
     dead: int  # dead, received in the last DEAD_DAYS days, at most COUNT_CAP + 1
     troubled: list[AccountView]  # Loops accounts that are not healthy
     paces: list[Pace]
+    rejected: list[Rejected]  # endpoints that refused requests in the last 24 h, latest first
     endpoints: int
     accounts: int
 
@@ -114,6 +130,7 @@ def read_overview(engine: Engine, default_limit: int, now: float | None = None) 
             if account_id in times:  # not an account added since the names were read
                 times[account_id].append(at)
         endpoints: int = db.execute(select(func.count()).select_from(Endpoint)).scalar_one()
+        rejected = [Rejected(*row) for row in db.execute(_rejected_since(now - DAY))]
     return Overview(
         counts=counts,
         queued=queued,
@@ -129,8 +146,36 @@ def read_overview(engine: Engine, default_limit: int, now: float | None = None) 
             )
             for a in accounts
         ],
+        rejected=rejected,
         endpoints=endpoints,
         accounts=len(accounts),
+    )
+
+
+def _rejected_since(since: float) -> Select:
+    """Per endpoint: its name, how many requests it refused since ``since``, and when and
+    why the latest was refused; the endpoint refused latest first."""
+    recent = (
+        select(
+            col(Rejection.endpoint_id),
+            func.count().label("refused"),
+            func.max(col(Rejection.id)).label("latest"),
+        )
+        .where(col(Rejection.at) >= since)
+        .group_by(col(Rejection.endpoint_id))
+        .subquery()
+    )
+    return (
+        select(
+            recent.c.endpoint_id,
+            col(Endpoint.name),
+            recent.c.refused,
+            col(Rejection.at),
+            col(Rejection.reason),
+        )
+        .join(Rejection, col(Rejection.id) == recent.c.latest)
+        .join(Endpoint, col(Endpoint.id) == recent.c.endpoint_id)
+        .order_by(col(Rejection.at).desc())
     )
 
 
@@ -146,6 +191,7 @@ async def overview(request: Request) -> Response:
         provider_labels=[providers.get(name).label for name in providers.names()],
         statuses=STATUSES,
         dead_days=DEAD_DAYS,
+        rejections_kept=REJECTIONS_KEPT,
         max_age=admin.settings.max_age_hours,
         states=STATES,
         now=now,

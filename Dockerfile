@@ -28,7 +28,7 @@ COPY --from=build /wheels /wheels
 RUN pip install "$(echo /wheels/loops_bridge-*.whl)[postgres]" \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin bridge \
-    && mkdir -p /data && chown bridge:bridge /data
+    && mkdir -p -m 700 /data && chown bridge:bridge /data
 
 USER bridge
 WORKDIR /data

@@ -262,7 +262,7 @@ def test_a_supabase_endpoint_gets_a_secret_made_for_it_shown_once(tmp_path):
     assert made not in listed  # only its hint, from now on
 
 
-def test_one_loops_key_belongs_to_one_account(tmp_path):
+def test_an_api_key_is_one_accounts_only(tmp_path):
     # Two names for one key would each get a pace, and together pass Loops' limit.
     env = settings_env(tmp_path)
     cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")

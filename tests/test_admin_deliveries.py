@@ -322,7 +322,7 @@ def test_keyset_pages_show_every_delivery_exactly_once(offline: Harness):
         assert back == pages
 
 
-@pytest.mark.parametrize("size,scan", [(7, 20), (3, 1_000), (5, 3)])
+@pytest.mark.parametrize("size,scan", [(7, 20), (3, 1_000), (5, 8)])
 def test_keyset_pages_under_every_filter_combination(tmp_path: Path, size: int, scan: int):
     """In-process, small enough to check by brute force: every combination of filters, read
     Older from the newest page and Newer back from the oldest, with a search window small
@@ -369,7 +369,16 @@ def test_keyset_pages_under_every_filter_combination(tmp_path: Path, size: int, 
             return row["event_id"] == text
         return text.lower() in (row["email"] or "").lower()
 
-    for values in itertools.product(*choices.values()):
+    # Every combination of the filters; each search with fewer of them (it is the costly
+    # dimension, and its windowing is the same whatever else narrows the page).
+    combinations = [
+        *itertools.product(choices["endpoint"], choices["status"], choices["event_type"], [None]),
+        *itertools.product(
+            choices["endpoint"][:2], choices["status"], choices["event_type"][:2],
+            choices["search"][1:],
+        ),
+    ]  # fmt: skip
+    for values in combinations:
         given = {k: v for k, v in zip(choices, values, strict=True) if v is not None}
         filters = Filters(**given)
 

@@ -38,11 +38,12 @@ from bridge.app import create_app
 from bridge.settings import load
 from tests.helpers import fixture_bytes, signed_headers, stripe_signature
 
-# Cases per test. The default profile: 3 x 500, plus 100 signed events sent 1 to 6 times each,
-# 1,600 cases in about 9 s. Only this module uses hypothesis, so it sets the profile.
+# Cases per test. The default profile: 3 x 250, plus 100 signed events sent 1 to 6 times each,
+# 850 cases in about 8 s; HYPOTHESIS_PROFILE=long for the deep run. Only this module loads a
+# profile, so it sets the default one.
 settings.register_profile(
     "default",
-    max_examples=500,
+    max_examples=250,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -307,8 +308,11 @@ def test_signed_but_mangled_bodies_never_5xx_and_are_stored_only_when_accepted(
     assert response.status_code < 500, response.text
     stored = bridge.deliveries() - before
     answer = response.json()
+    # A delivery id in a 200 means it was stored; a type the bridge does not handle is
+    # answered "ignored" without one: counted, not stored.
     if response.status_code == 200 and answer["status"] in ("queued", "ignored"):
-        assert stored == 1
+        assert stored == (1 if "id" in answer else 0), answer
+        assert "id" in answer or "does not handle" in answer["reason"]
     else:
         assert stored == 0, answer
 

@@ -2,7 +2,9 @@
 
 - The password comes from ``BRIDGE_ADMIN_PASSWORD``. Unset on first start, one is generated
   and printed once to the console. Either way only a scrypt hash is stored
-  (https://www.rfc-editor.org/rfc/rfc7914); checking it takes about 60 ms and 16 MiB.
+  (https://www.rfc-editor.org/rfc/rfc7914), about 60 ms and 16 MiB to compute. A sign-in
+  is checked against ``BRIDGE_ADMIN_PASSWORD`` itself when it is set (a constant-time
+  compare: the process has it anyway), and against the hash only for a generated password.
 - Whether ``BRIDGE_ADMIN_PASSWORD`` still matches the stored hash is checked once per
   process, when the admin is first used, rather than when the app is made. When it does not
   (the password was changed), the new hash replaces the old one and every session ends.
@@ -237,7 +239,9 @@ class Guard:
     def _matches(self, password: str) -> bool:
         try:
             self.ensure()
-            with Session(self.engine) as session:
+            if self.configured:  # the stored hash is of it (ensure): no scrypt per guess
+                return hmac.compare_digest(password.encode(), self.configured.encode())
+            with Session(self.engine) as session:  # a generated password: only its hash
                 row = session.get(AdminPassword, 1)
             return row is not None and password_matches(password, row.hash)
         finally:

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from bridge import accounts, db, registry, sandbox
+from bridge.admin.auth import ensure_password
 from bridge.app import create_app
 from bridge.cli import main as cli_main
 from bridge.delivery import Worker
@@ -47,14 +48,17 @@ FAST = accounts.Intervals(key_probe=0.2, outage_probe_max=0.2)
 
 
 @functools.cache
-def _empty_schema() -> bytes:
-    """A SQLite database file with the current schema and nothing else, made once per
-    session by :mod:`bridge.db` itself: a harness starts from a copy rather than running
-    the schema's creation for each test (test_db.py tests that creation)."""
+def _empty_schema(admin_password: str = "") -> bytes:
+    """A SQLite database file with the current schema and nothing else (but the hash of
+    ``admin_password``, as the admin stores it), made once per session by the bridge's own
+    code: a harness starts from a copy rather than creating the schema and hashing the
+    password for each test (test_db.py and test_admin_auth.py test those)."""
     with tempfile.TemporaryDirectory() as folder:
         engine = db.connect(f"sqlite:///{folder}/schema.db", create_schema=False)
         try:
             db._prepare(engine)
+            if admin_password:
+                ensure_password(engine, admin_password)
             with engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -98,7 +102,8 @@ class Harness:
         database = tmp_path / "bridge.db"
         if self.settings.database_url == f"sqlite:///{database}" and not database.exists():
             database.touch(mode=0o600)  # as the bridge makes its files: owner-only
-            database.write_bytes(_empty_schema())
+            known = self.settings.admin_password == ADMIN_PASSWORD
+            database.write_bytes(_empty_schema(ADMIN_PASSWORD if known else ""))
         self.engine: Engine = db.connect(
             self.settings.database_url, secret_key=self.settings.secret_key
         )

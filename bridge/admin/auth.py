@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -85,13 +86,21 @@ def password_matches(password: str, stored: str) -> bool:
     return hmac.compare_digest(expected, stored)
 
 
+@functools.lru_cache(maxsize=8)
+def _is_hash_of(stored: str, configured: str) -> bool:
+    """Whether the stored hash is of BRIDGE_ADMIN_PASSWORD, worked out once per process for
+    each pair (a scrypt each time otherwise: every admin app made in the process asks). Never
+    used for a guess: only for the password the process was given."""
+    return password_matches(configured, stored)
+
+
 def ensure_password(engine: Engine, configured: str) -> None:
     """Make the stored hash match ``BRIDGE_ADMIN_PASSWORD``, or generate a password. A
     changed password ends every session."""
     with Session(engine) as session:
         row = session.get(AdminPassword, 1)
         if configured:
-            if row is None or not password_matches(configured, row.hash):
+            if row is None or not _is_hash_of(row.hash, configured):
                 session.merge(
                     AdminPassword(id=1, hash=hash_password(configured), created_at=time.time())
                 )

@@ -459,3 +459,35 @@ def test_a_delivery_is_shown_whole_retried_and_sent_again(harness):
     wrong = harness.cli("deliveries", "retry", str(delivery_id), check=False)
     assert wrong.returncode == 2 and "only a failed or dead delivery" in wrong.stderr
     assert harness.cli("deliveries", "retry", str(failed), "--json")["status"] == "queued"
+
+
+def test_a_key_typed_at_a_terminal_is_not_shown(tmp_path):
+    # A real pseudo-terminal as the command's own: what the person sees is what it echoes.
+    import pty
+
+    env = {**os.environ, **settings_env(tmp_path)}
+    typed = "loops_key_typed_unseen_8181"
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: loops-bridge on the terminal
+        argv = [sys.executable, "-m", "bridge.cli", "accounts", "add", "--name", "acme",
+                "--api-key", "-", "--no-check"]  # fmt: skip
+        os.execve(sys.executable, argv, env)
+    seen = b""
+    while b"not shown" not in seen:
+        seen += os.read(terminal, 1024)
+    os.write(terminal, typed.encode() + b"\n")
+    while True:
+        try:
+            chunk = os.read(terminal, 1024)
+        except OSError:  # the child ended: the terminal is closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    shown = seen.decode(errors="replace")
+    assert "Added Loops account 'acme'" in shown
+    assert typed not in shown and typed[-12:] not in shown  # not echoed, only its hint
+    (listed,) = cli(settings_env(tmp_path), "accounts", "list", "--json")
+    assert listed["api_key"] == registry.mask(typed)

@@ -218,8 +218,10 @@ class Notifier:
         if self.webhook_url:
             try:
                 await self._post(f"*{alert.subject}*\n{body}")
-            except (httpx.HTTPError, AlertNotSent) as exc:
-                failed.append(f"the webhook at {_host(self.webhook_url)}: {_reason(exc)}")
+            except AlertNotSent as exc:
+                failed.append(f"the webhook at {_host(self.webhook_url)}: {exc}")
+            except httpx.HTTPError as exc:  # its message may quote the URL, whose path is secret
+                failed.append(f"the webhook at {_host(self.webhook_url)}: {type(exc).__name__}")
         if self.email_to and self.smtp_url:
             try:
                 await anyio.to_thread.run_sync(self._mail, alert.subject, body)

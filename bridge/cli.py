@@ -454,9 +454,8 @@ def _checked_key(
         raise registry.Invalid(problem)
     if args.no_check:
         return key
-    refusal = asyncio.run(loops.key_refusal(key.strip(), settings.loops_api_url))
-    if refusal and "without checking" in refusal:  # Loops could not be asked
-        refusal += " To save it without checking (an offline set-up), add --no-check."
+    offline = "add --no-check to save it without checking (an offline set-up)"
+    refusal = asyncio.run(loops.key_refusal(key.strip(), settings.loops_api_url, unchecked=offline))
     if refusal:
         raise registry.Invalid(refusal)
     return key

@@ -233,13 +233,17 @@ class LoopsClient:
 
 
 async def key_refusal(
-    api_key: str, base_url: str, transport: httpx.AsyncBaseTransport | None = None
+    api_key: str,
+    base_url: str,
+    transport: httpx.AsyncBaseTransport | None = None,
+    unchecked: str = "save it without checking",
 ) -> str | None:
     """Why ``api_key`` is not to be saved, in words for the person adding it, after asking
     Loops (``GET /api-key``); None when Loops took it. The admin's forms and the CLI refuse a
     key on it: one Loops refuses (401, 403), and one that could not be checked (no answer,
     5xx, 429, anything else), which may still be saved without checking, for an offline
-    set-up. Nothing it says repeats the key."""
+    set-up: ``unchecked`` says how, where the person is (the form's box, the CLI's flag).
+    Nothing it says repeats the key."""
     client = LoopsClient(base_url, transport=transport)
     try:
         answer = await client.check_key(api_key)
@@ -252,5 +256,5 @@ async def key_refusal(
         return f"{said} ({answer.message}). Copy it again from Loops: Settings → API."
     return (
         f"The key could not be checked with Loops ({answer.message}). Try again once Loops "
-        "answers, or save it without checking."
+        f"answers, or {unchecked}."
     )

@@ -129,6 +129,12 @@ DECLARED: tuple[Declared, ...] = (
         "(http://127.0.0.1:8025/api/v1) to try the wiring without a real Loops account.",
     ),
     Declared(
+        "BRIDGE_STRIPE_API_URL",
+        "https://api.stripe.com",
+        "Where the Stripe API calls of `backfill`, `recover` and subscription events go "
+        "(an endpoint's Stripe API key): Stripe itself, or an egress proxy in front of it.",
+    ),
+    Declared(
         "BRIDGE_PUBLIC_URL",
         "http://127.0.0.1:8000",
         "The address Stripe reaches the bridge on; endpoint URLs are built from it.",
@@ -265,6 +271,7 @@ class SettingsError(ValueError):
 class Settings:
     database_url: str
     loops_api_url: str
+    stripe_api_url: str
     public_url: str
     host: str
     port: int

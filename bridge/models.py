@@ -10,6 +10,8 @@
     AccountState how one Loops account is doing, shared by every worker: its pace (next free
                  request slot), a hold after 429, and a problem (outage, refused key) with
                  the time of its next probe
+    Backfill     an endpoint's import of the customers its platform already has: the cursor
+                 and the counts (bridge/backfill.py)
     Rejection    a refused webhook request (bad signature...), headers only, bounded per endpoint
     AdminSession a signed-in admin browser
 
@@ -67,6 +69,9 @@ class Endpoint(SQLModel, table=True):
         default="unsubscribe", sa_column_kwargs={"server_default": "unsubscribe"}
     )
     sync_names: bool = True
+    # A Stripe API key (restricted, read-only is best) for backfill, recover and the
+    # customer lookups of subscription events; encrypted at rest, see bridge/vault.py.
+    stripe_api_key: str | None = Field(default=None, sa_type=EncryptedString)
     paused: bool = False  # paused: webhooks are still accepted and kept, nothing goes to Loops
     created_at: float
 
@@ -87,7 +92,8 @@ class Delivery(SQLModel, table=True):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("endpoint_id", "event_id", name="uq_delivery_event"),
-        Index("ix_delivery_due", "endpoint_id", "status", "next_attempt_at"),
+        # A claim reads each endpoint's due deliveries from it, imports last (bridge/queue.py).
+        Index("ix_delivery_due", "endpoint_id", "status", "backfill", "next_attempt_at"),
         # The admin's delivery log, newest first (by id) within each filter, and its
         # overview (per status, by time received). See bridge/admin/deliveries.py.
         Index("ix_delivery_endpoint_id", "endpoint_id", "id"),
@@ -105,6 +111,9 @@ class Delivery(SQLModel, table=True):
     email: str | None = None
     user_id: str | None = None  # the platform's user id (Clerk, Supabase): Loops' userId
     deletion: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
+    # Made by an import of existing customers: it creates the contact, never sends a Loops
+    # event, and goes after every other due delivery of its account.
+    backfill: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
     payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary))  # raw body
     status: str
     reason: str | None = Field(default=None, sa_column=Column(Text))  # why it is in this state
@@ -174,6 +183,27 @@ class Rejection(SQLModel, table=True):
     status_code: int
     reason: str = Field(sa_column=Column(Text))
     headers: str = Field(sa_column=Column(Text))  # JSON, secrets redacted; never the body
+
+
+class Backfill(SQLModel, table=True):
+    """An endpoint's import of the customers its platform already has (bridge/backfill.py).
+    The cursor and counts are written with the deliveries of each page, so a crash loses
+    nothing and imports nothing twice."""
+
+    __tablename__ = "backfills"
+
+    endpoint_id: str = Field(foreign_key="endpoints.id", primary_key=True)
+    state: str  # running | done | cancelled | interrupted (the process stopped mid-way)
+    cursor: str | None = None  # the last customer read: the next page starts after it
+    customers: int = 0  # read from the platform
+    queued: int = 0  # handed to the account's queue, to be created in Loops
+    skipped: int = 0  # deleted, or without an email
+    known: int = 0  # already in Loops as far as the bridge knows: no call made
+    runs: int = 0  # times it was started or continued
+    problem: str | None = Field(default=None, sa_column=Column(Text))  # why it stopped
+    started_at: float
+    updated_at: float  # the last page written: a running import that stops updating died
+    finished_at: float | None = None
 
 
 class UnsupportedEvent(SQLModel, table=True):

@@ -61,6 +61,7 @@ class Job:
     email: str | None
     user_id: str | None  # the platform's user id: the contact is matched on it in Loops
     deletion: bool
+    backfill: bool  # made by an import: creates the contact, never sends a Loops event
     attempts: int
     received_at: float
     queued_at: float
@@ -76,6 +77,7 @@ class Job:
     mailing_lists: str | None  # comma-separated list ids
     on_delete: str
     sync_names: bool
+    stripe_api_key: str | None  # the endpoint's, for looking up a customer's email
     account_problem: str | None  # a problem_kind (bridge.accounts): this is its probe
 
     @property
@@ -85,7 +87,10 @@ class Job:
 
     @property
     def loops_event_name(self) -> str | None:
-        """The Loops event the endpoint sends for this event's type, if any."""
+        """The Loops event the endpoint sends for this event's type, if any: never for an
+        import, which must not fire a workflow for every existing customer."""
+        if self.backfill:
+            return None
         per_type = json.loads(self.loops_events) if self.loops_events else {}
         return per_type.get(self.event_type) or self.loops_event
 
@@ -135,8 +140,8 @@ class Queue:
         """Claim up to ``room`` deliveries, one per contact, at most ``per_account`` running
         per Loops account (``running``: this worker's deliveries per account).
 
-        Each account's due deliveries are read per endpoint, oldest first, from the index
-        (endpoint_id, status, next_attempt_at): an account that is held or has no room left
+        Each account's due deliveries are read per endpoint, oldest first and imports last,
+        from the index (endpoint_id, status, backfill, next_attempt_at): an account that is held or has no room left
         is not read at all, so its backlog neither costs the poll anything nor hides another
         account's due deliveries. Accounts with fewer deliveries running go first."""
         full = [account for account, count in running.items() if count >= per_account]
@@ -185,7 +190,10 @@ class Queue:
                         self._due_query(room * 4, now).where(Delivery.endpoint_id == endpoint_id)
                     )
                 ]
-                for row in sorted(rows, key=lambda row: (row.next_attempt_at, row.id)):
+                # Imports last: a live webhook waits for at most the imports already running.
+                for row in sorted(
+                    rows, key=lambda row: (row.backfill, row.next_attempt_at, row.id)
+                ):
                     if len(jobs) >= room or counts.get(account_id, 0) >= per_account:
                         break
                     job = self._job(row)
@@ -255,6 +263,7 @@ class Queue:
                 Delivery.email,
                 Delivery.user_id,
                 Delivery.deletion,
+                Delivery.backfill,
                 Delivery.attempts,
                 Delivery.received_at,
                 Delivery.queued_at,
@@ -272,6 +281,7 @@ class Queue:
                 Endpoint.mailing_lists,
                 Endpoint.on_delete,
                 Endpoint.sync_names,
+                Endpoint.stripe_api_key,
             )
             .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
             .join(Account, Account.id == Endpoint.account_id)
@@ -281,7 +291,7 @@ class Queue:
                 sa.or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),  # type: ignore[union-attr, operator]
                 Endpoint.paused.is_(False),  # type: ignore[attr-defined]
             )
-            .order_by(Delivery.next_attempt_at, Delivery.id)
+            .order_by(Delivery.backfill, Delivery.next_attempt_at, Delivery.id)
             .limit(limit)
             .with_for_update(of=Delivery, skip_locked=True)  # type: ignore[arg-type]
         )

@@ -5,6 +5,8 @@
                         | remove NAME --yes                        (alias: connections)
     loops-bridge endpoints create ... | list | show ID | edit ID ... | pause ID | resume ID
                          | delete ID --yes | add-secret ID SECRET | remove-secret ID SECRET
+                         | set-stripe-key ID KEY|- | remove-stripe-key ID
+    loops-bridge backfill ID [--dry-run] | recover ID --since TIME   (Stripe's API)
     loops-bridge deliveries list [--status S] | show ID | retry ID | send-again ID --yes
     loops-bridge settings
     loops-bridge migrate | rotate-secret-key
@@ -37,7 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 import providers
-from bridge import __version__, db, logs, loops, public_url, registry, vault
+from bridge import __version__, cli_stripe, db, logs, loops, public_url, registry, vault
 from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
@@ -175,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         secret.add_argument("id", help="endpoint id")
         secret.add_argument("secret", help="the whsec_... secret, or - to read stdin")
         _json_flag(secret)
+    cli_stripe.add_parsers(commands, sub, _json_flag, _no_check_flag)
 
     deliveries = commands.add_parser("deliveries", help="the delivery log")
     sub = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -581,6 +584,9 @@ def _endpoints(args: argparse.Namespace, settings: Settings, engine: Engine) -> 
         verb = "Added" if args.action == "add-secret" else "Removed"
         _print(args, {"id": args.id, "secret": hint}, f"{verb} signing secret {hint}.")
         return 0
+    if args.action in ("set-stripe-key", "remove-stripe-key"):
+        key = _secret_arg(args.key) if args.action == "set-stripe-key" else ""
+        return cli_stripe.set_key(args, settings, engine, key, _print)
     if args.action in ("show", "pause", "resume", "delete", "edit"):
         return _endpoint(args, settings, engine)
     views = registry.list_endpoints(engine)
@@ -667,6 +673,7 @@ def _describe(view: registry.EndpointView, settings: Settings) -> str:
             f"  on delete:      {view.on_delete}",
             f"  names synced:   {'yes' if view.sync_names else 'no'}",
             f"  signing secret: {secrets}",
+            *([f"  Stripe API key: {view.stripe_key_hint}"] if view.stripe_key_hint else []),
         ]
     )
 
@@ -838,13 +845,17 @@ def _rotate_secret_key(args: argparse.Namespace, _: Settings, engine: Engine) ->
 
 
 def _counted(done: vault.Rotated) -> str:
-    return f"{done.accounts} Loops API key(s) and {done.secrets} signing secret(s)"
+    return (
+        f"{done.accounts} Loops API key(s), {done.secrets} signing secret(s) and "
+        f"{done.stripe_keys} Stripe API key(s)"
+    )
 
 
 def _rotated_dict(done: vault.Rotated) -> dict:
     return {
         "api_keys": done.accounts,
         "signing_secrets": done.secrets,
+        "stripe_api_keys": done.stripe_keys,
         "key_file": str(done.key_file.absolute()) if done.key_file else None,
         "old_key_file": str(done.old_key_file.absolute()) if done.old_key_file else None,
     }
@@ -858,6 +869,12 @@ _COMMANDS = {
     "endpoints": _endpoints,
     "deliveries": _deliveries,
     "rotate-secret-key": _rotate_secret_key,
+    "backfill": lambda args, settings, engine: cli_stripe.run_backfill(
+        args, settings, engine, _print
+    ),
+    "recover": lambda args, settings, engine: cli_stripe.run_recover(
+        args, settings, engine, _print
+    ),
 }
 
 if __name__ == "__main__":

@@ -141,9 +141,10 @@ class Queue:
         per Loops account (``running``: this worker's deliveries per account).
 
         Each account's due deliveries are read per endpoint, oldest first and imports last,
-        from the index (endpoint_id, status, backfill, next_attempt_at): an account that is held or has no room left
-        is not read at all, so its backlog neither costs the poll anything nor hides another
-        account's due deliveries. Accounts with fewer deliveries running go first."""
+        from the index (endpoint_id, status, backfill, next_attempt_at): an account that is
+        held or has no room left is not read at all, so its backlog neither costs the poll
+        anything nor hides another account's due deliveries. Accounts with fewer
+        deliveries running go first."""
         full = [account for account, count in running.items() if count >= per_account]
         # Most polls find nothing they may take, and then no write lock is taken: the
         # inbox's commits would wait for it (about 20 polls a second while a backlog waits

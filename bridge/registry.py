@@ -52,7 +52,7 @@ class NotFound(Invalid):
 def mask(secret: str) -> str:
     """A hint that identifies a secret without revealing it: ``whsec_…c0ff``. Only a kind
     prefix of lower-case letters is kept, never the start of a random secret."""
-    kind = re.match(r"[a-z]{3,7}_", secret)
+    kind = re.match(r"[a-z]{3,7}_|[rs]k_(?:live|test)_", secret)
     prefix = kind.group() if kind else ""
     return f"{prefix}…{secret[-4:]}" if len(secret) > 12 else "…"
 
@@ -74,6 +74,7 @@ class EndpointView:
     sync_names: bool
     paused: bool
     secret_hints: list[str]
+    stripe_key_hint: str | None = None  # the endpoint's Stripe API key, as a hint
 
     def as_dict(self, url: str) -> dict:
         return {
@@ -92,6 +93,7 @@ class EndpointView:
             "paused": self.paused,
             "signing_secrets": self.secret_hints,
             "waiting_for_secret": not self.secret_hints,
+            "stripe_api_key": self.stripe_key_hint,
         }
 
 
@@ -298,6 +300,71 @@ def _check_event_types(provider: providers.Provider, event_types: list[str]) -> 
     return ",".join(t for t in provider.event_types if t in wanted)
 
 
+def _check_api_key_types(provider: providers.Provider, endpoint: Endpoint) -> None:
+    """Types whose events name only a customer id need the platform's API to find the
+    customer's email: refused on an endpoint without an API key."""
+    needing = [t for t in endpoint.accepted_types() if t in _needs_key(provider)]
+    if needing and not endpoint.stripe_api_key:
+        raise Invalid(
+            f"{', '.join(needing)} carry only a customer id, so the bridge looks each "
+            f"customer's email up in {provider.label} with an API key of the endpoint's: set "
+            "one first (`loops-bridge endpoints set-stripe-key ENDPOINT_ID -`, or on the "
+            "endpoint's page in the admin), then enable them. A new endpoint is created "
+            "without them first."
+        )
+
+
+def set_stripe_key(engine: Engine, endpoint_id: str, api_key: str | None) -> str | None:
+    """Store (or with None, remove) an endpoint's Stripe API key; its hint. Check the key
+    with :meth:`bridge.stripe_api.StripeAPI.check` first: this only stores it."""
+    with Session(engine) as session:
+        endpoint = _endpoint(session, endpoint_id)
+        if endpoint.provider != "stripe":
+            raise Invalid(
+                f"Endpoint {endpoint_id} receives {endpoint.provider} webhooks: only a Stripe "
+                "endpoint takes a Stripe API key."
+            )
+        if api_key is None:
+            plugin = providers.get(endpoint.provider)
+            needing = [t for t in endpoint.accepted_types() if t in _needs_key(plugin)]
+            if needing:
+                raise Invalid(
+                    f"The endpoint accepts {', '.join(needing)}, which need the key to find "
+                    "each customer's email: disable them first "
+                    f"(loops-bridge endpoints edit {endpoint_id} --events ...)."
+                )
+        endpoint.stripe_api_key = api_key
+        session.add(endpoint)
+        session.commit()
+    return mask(api_key) if api_key else None
+
+
+def livemode_seen(engine: Engine, endpoint_id: str) -> bool | None:
+    """Whether the endpoint's latest webhook was a live-mode event (Stripe's ``livemode``);
+    None before its first, or when its body is gone."""
+    with Session(engine) as session:
+        payload = session.exec(
+            select(Delivery.payload)
+            .where(
+                Delivery.endpoint_id == endpoint_id,
+                Delivery.backfill.is_(False),  # type: ignore[attr-defined]
+                Delivery.payload.is_not(None),  # type: ignore[union-attr]
+            )
+            .order_by(Delivery.id.desc())  # type: ignore[union-attr]
+            .limit(1)
+        ).first()
+    try:
+        livemode = json.loads(payload).get("livemode") if payload else None
+    except (ValueError, AttributeError):
+        return None
+    return livemode if isinstance(livemode, bool) else None
+
+
+def _needs_key(provider: providers.Provider) -> frozenset[str]:
+    """The event types of ``provider`` that need an API key (none for most providers)."""
+    return frozenset(getattr(provider, "needs_api_key", ()))
+
+
 def _check_secret(provider: str, value: str) -> str:
     value = value.strip()
     problem = providers.get(provider).secret_problem(value)
@@ -386,6 +453,7 @@ class EndpointForm:
         endpoint.account_id = _account_by_name(session, self.account).id  # type: ignore[assignment]
         endpoint.provider = plugin.name
         endpoint.event_types = _check_event_types(plugin, self.event_types)
+        _check_api_key_types(plugin, endpoint)
         endpoint.user_group = (self.user_group or "").strip() or None
         endpoint.loops_event = (self.loops_event or "").strip() or None
         per_type = {t: e for t, e in self.loops_events.items() if t in endpoint.accepted_types()}
@@ -634,6 +702,7 @@ def _views(session: Session, endpoints: list[Endpoint]) -> list[EndpointView]:
             sync_names=e.sync_names,
             paused=e.paused,
             secret_hints=hints.get(e.id, []),
+            stripe_key_hint=mask(e.stripe_api_key) if e.stripe_api_key else None,
         )
         for e in endpoints
     ]

@@ -58,7 +58,11 @@ log = logging.getLogger(__name__)
 KEY_FILE = "secret.key"
 SETTING = "BRIDGE_SECRET_KEY"
 # Every encrypted column: (table, primary key, column).
-STORED = (("accounts", "id", "api_key"), ("secrets", "id", "value"))
+STORED = (
+    ("accounts", "id", "api_key"),
+    ("secrets", "id", "value"),
+    ("endpoints", "id", "stripe_api_key"),  # optional: NULL when the endpoint has none
+)
 
 
 class VaultError(Exception):
@@ -166,6 +170,7 @@ def unlock(engine: Engine, secret_key: str, *, encrypted: bool = True) -> Vault:
 class Rotated:
     accounts: int  # Loops API keys re-encrypted
     secrets: int  # signing secrets re-encrypted
+    stripe_keys: int  # endpoints' Stripe API keys re-encrypted
     key_file: Path | None  # where the new key is; None: BRIDGE_SECRET_KEY must be set to it
     old_key_file: Path | None  # where the previous key(s) are kept
 
@@ -329,7 +334,11 @@ def _stored_tokens(conn_or_engine: Engine | sa.Connection) -> list[str]:
     def read(conn: sa.Connection) -> None:
         for table, _, column in STORED:
             tokens.extend(
-                conn.execute(sa.select(sa.column(column)).select_from(sa.table(table))).scalars()
+                conn.execute(
+                    sa.select(sa.column(column))
+                    .select_from(sa.table(table))
+                    .where(sa.column(column).is_not(None))
+                ).scalars()
             )
 
     if isinstance(conn_or_engine, Engine):
@@ -372,15 +381,17 @@ def _check_opens(engine: Engine, vault: Vault) -> None:
     )
 
 
-def _reencrypt(conn: sa.Connection, current: Vault, new: Vault) -> tuple[int, int]:
+def _reencrypt(conn: sa.Connection, current: Vault, new: Vault) -> tuple[int, int, int]:
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, before reading
     else:
-        conn.exec_driver_sql("LOCK TABLE accounts, secrets IN EXCLUSIVE MODE")
+        conn.exec_driver_sql("LOCK TABLE accounts, secrets, endpoints IN EXCLUSIVE MODE")
     counts = []
     for table, key, column in STORED:
         rows = sa.table(table, sa.column(key), sa.column(column))
-        found = conn.execute(sa.select(rows.c[key], rows.c[column])).all()
+        found = conn.execute(
+            sa.select(rows.c[key], rows.c[column]).where(rows.c[column].is_not(None))
+        ).all()
         for row_id, token in found:
             conn.execute(
                 sa.update(rows)
@@ -388,4 +399,4 @@ def _reencrypt(conn: sa.Connection, current: Vault, new: Vault) -> tuple[int, in
                 .values({column: new.encrypt(current.decrypt(token))})
             )
         counts.append(len(found))
-    return counts[0], counts[1]
+    return counts[0], counts[1], counts[2]

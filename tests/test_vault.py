@@ -208,7 +208,10 @@ def test_rotate_secret_key_in_the_key_file_and_webhooks_still_verify(env, tmp_pa
         assert new.decrypt(token).decode() in PLAIN
 
     again = cli(env, "rotate-secret-key")
-    assert "Re-encrypted 1 Loops API key(s), 2 signing secret(s) and 0 Stripe API key(s)" in again.stdout
+    assert (
+        "Re-encrypted 1 Loops API key(s), 2 signing secret(s) and 0 Stripe API key(s)"
+        in again.stdout
+    )
     assert path.read_text().strip() not in again.stdout + again.stderr  # never shown
     delivered(tmp_path, env, endpoint_id, SECOND)
 
@@ -220,7 +223,10 @@ def test_rotate_secret_key_given_in_bridge_secret_key(tmp_path):
     assert not (tmp_path / "secret.key").exists()  # the variable is the key
 
     done = cli(env, "rotate-secret-key")
-    assert "Re-encrypted 1 Loops API key(s), 2 signing secret(s) and 0 Stripe API key(s)" in done.stdout
+    assert (
+        "Re-encrypted 1 Loops API key(s), 2 signing secret(s) and 0 Stripe API key(s)"
+        in done.stdout
+    )
     (new,) = [line.strip() for line in done.stdout.splitlines() if line.startswith("    ")]
     assert done.stdout.count(new) == 1 and first not in done.stdout
     assert "Set BRIDGE_SECRET_KEY to it" in done.stdout

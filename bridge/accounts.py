@@ -155,7 +155,15 @@ def record(
     account. Only the first sign of a problem and the probes' answers count: the attempts
     that were in flight when a problem began say nothing new, and an answer through a key
     that was replaced meanwhile says nothing at all."""
-    if next_probe(verdict, 0, intervals) is None if verdict else True:
+    if verdict is None:  # no call was made: nothing learned of Loops
+        if was_probe:  # the next delivery probes instead, at once
+            conn.execute(
+                update(AccountState)
+                .where(_STATE.account_id == account_id)
+                .values(held_until=database_now(conn.dialect.name))
+            )
+        return
+    if next_probe(verdict, 0, intervals) is None:
         if was_probe:  # Loops answered: the problem is over (a 429's wait still holds)
             _healthy(conn, account_id, keep_hold=verdict is Verdict.RETRY_AFTER)
         return

@@ -25,6 +25,8 @@ not yet sent are set aside (``ignored``) until it runs again.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -219,7 +221,7 @@ def _begin(engine: Engine, endpoint_id: str, now: float) -> tuple[str | None, bo
     with Session(engine) as session:
         _endpoint(session, endpoint_id)
         found = session.get(Backfill, endpoint_id)
-        if found and found.state == RUNNING and now - found.updated_at < ALIVE_SECONDS:
+        if found and _alive(found, now):
             raise Invalid(
                 f"An import of endpoint {endpoint_id} is already running (started "
                 f"{_ago(now - found.started_at)} ago, last page {_ago(now - found.updated_at)}"
@@ -229,6 +231,7 @@ def _begin(engine: Engine, endpoint_id: str, now: float) -> tuple[str | None, bo
         if found is None or not resumed:
             found = Backfill(endpoint_id=endpoint_id, state=RUNNING, started_at=now, updated_at=now)
         found.state, found.updated_at, found.problem = RUNNING, now, None
+        found.runner = RUNNER
         found.finished_at = None
         found.runs += 1
         session.add(found)
@@ -387,7 +390,7 @@ def status(
             key = "already" if state == DELIVERED and was_known else state
             counts[key] = counts.get(key, 0) + count
         state = backfill.state
-        if state == RUNNING and clock() - backfill.updated_at >= ALIVE_SECONDS:
+        if state == RUNNING and not _alive(backfill, clock()):
             state = INTERRUPTED  # the process running it stopped without saying so
         return Status(
             state=state,
@@ -448,5 +451,41 @@ def estimate(
     }
 
 
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(backfill: Backfill, now: float) -> bool:
+    """Whether the process running ``backfill`` is still at it: it wrote a page lately and,
+    if it runs on this machine, it still exists (a kill -9 says nothing otherwise)."""
+    if backfill.state != RUNNING or now - backfill.updated_at >= ALIVE_SECONDS:
+        return False
+    host, _, pid = (backfill.runner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's: its pages say whether it lives
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
 def _ago(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def mode_problem(engine: Engine, endpoint_id: str, hint: str, livemode: bool | None) -> str | None:
+    """Why a Stripe key of mode ``livemode`` (from its prefix; None: unknown) does not fit
+    the endpoint: it receives events of the other mode, whose customers such a key cannot
+    see. None when it fits, or before the endpoint's first webhook says its mode. The CLI's
+    set-stripe-key and the admin add this to the problems of ``StripeAPI.check``."""
+    from bridge.registry import livemode_seen
+
+    seen = livemode_seen(engine, endpoint_id)
+    if livemode is None or seen is None or livemode == seen:
+        return None
+    return (
+        f"The key {hint} is a {'live' if livemode else 'test'}-mode key, but this endpoint "
+        f"receives {'live' if seen else 'test'}-mode events: paste a key of the same mode."
+    )

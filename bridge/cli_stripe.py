@@ -81,13 +81,8 @@ def set_key(
             raise registry.Invalid(
                 f"{exc} (--no-check saves the key without checking it)"
             ) from None
-        problems = list(check.problems)
-        seen = registry.livemode_seen(engine, args.id)
-        if check.livemode is not None and seen is not None and check.livemode != seen:
-            problems.append(
-                f"The key {check.hint} is a {check.mode}-mode key, but this endpoint receives "
-                f"{'live' if seen else 'test'}-mode events: paste a key of the same mode."
-            )
+        mismatch = backfill.mode_problem(engine, args.id, check.hint, check.livemode)
+        problems = [*check.problems, *([mismatch] if mismatch else [])]
         if problems:
             raise registry.Invalid(" ".join(problems))
         for warning in check.warnings:

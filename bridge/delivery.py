@@ -12,6 +12,17 @@ event. The calls, fewest first:
     otherwise, names still to set
         PUT /contacts/update   {email, names}
 
+An event without an email that names a customer to look up (``providers.Event.lookup``:
+Stripe's subscription events carry only ``cus_...``) first gets the customer's email and name
+from Stripe, with the endpoint's Stripe API key (:class:`bridge.stripe_api.StripeAPI`, in a
+thread), and is then delivered as an event with that email and names. A customer's email is
+kept :data:`LOOKUP_SECONDS` per key and customer, and deliveries that need one customer while
+it is being looked up wait for that one call, so a burst of events about one subscription
+asks Stripe once. Stripe having no such customer, or the customer no email, fails the
+delivery (nothing can reach Loops; that answer is not kept, so a retry once the email is
+added in Stripe asks again); Stripe out of reach or refusing the key retries it on the
+schedule below, saying what to fix.
+
 Each step that succeeded is remembered (the contact table), so a retry resumes where the
 last attempt stopped and never re-creates a contact or re-fires a workflow. Every call is
 recorded with its answer. What each answer does is decided by its verdict (the table in
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -44,6 +56,7 @@ import secrets
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
@@ -57,6 +70,8 @@ from bridge.models import DEAD, DELIVERED, FAILED, QUEUED
 from bridge.pacing import Paces
 from bridge.queue import Job, Progress, Queue, Settled
 from bridge.settings import Settings
+from bridge.stripe_api import StripeAPI, StripeAPIError
+from providers.fields import split_name, text
 
 __all__ = ["Worker", "backoff", "idempotency_key"]
 
@@ -65,6 +80,17 @@ log = logging.getLogger("bridge.delivery")
 LONGEST_WAIT = 3600.0
 _LOOK_AGAIN_AFTER = 0.05
 _PRUNE_EVERY = 3600.0
+LOOKUP_SECONDS = 300.0  # how long a customer's email looked up from Stripe is reused
+_LOOKUPS_KEPT = 10_000  # customers kept at most; past it, the expired ones are dropped
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Customer:
+    """What a delivery needs of a customer looked up on the platform."""
+
+    id: str
+    email: str | None
+    name: str | None
 
 
 def backoff(attempt: int, first: float) -> float:
@@ -81,7 +107,9 @@ def idempotency_key(endpoint_id: str, event_id: str) -> str:
 class Worker:
     """Delivers queued deliveries until stopped. Leases, backoff and the rate limit come from
     ``settings``; the rest can be passed in, so tests run the worker in-process against the
-    Loops sandbox (``transport=httpx.ASGITransport(app=sandbox)``) with short intervals."""
+    Loops sandbox (``transport=httpx.ASGITransport(app=sandbox)``) with short intervals.
+    ``stripe_api``: the client for an endpoint's Stripe API key, for customer lookups
+    (default: :class:`StripeAPI` to ``settings.stripe_api_url``)."""
 
     def __init__(
         self,
@@ -92,6 +120,7 @@ class Worker:
         intervals: accounts.Intervals | None = None,
         poll_seconds: float = 1.0,
         shutdown_grace: float = 5.0,
+        stripe_api: Callable[[str], StripeAPI] | None = None,
     ) -> None:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._settings = settings
@@ -107,6 +136,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()  # set by stop(): ends every wait of the loop at once
         self._stopping = False
+        self._stripe_api = stripe_api or (lambda key: StripeAPI(key, settings.stripe_api_url))
+        # (Stripe API key, customer id) -> (monotonic expiry, the customer, with an email)
+        self._customers: dict[tuple[str, str], tuple[float, _Customer]] = {}
+        self._looking_up: dict[tuple[str, str], asyncio.Future[_Customer | None]] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -196,7 +229,12 @@ class Worker:
         }
         try:
             try:
-                settled = await self._attempt(job, progress)
+                looked_up = await self._with_email(job)
+                if isinstance(looked_up, Settled):
+                    settled = looked_up
+                else:
+                    job, customer = looked_up  # settled as the contact it is about
+                    settled = await self._attempt(job, progress, customer)
             except asyncio.CancelledError:
                 settled = Settled(
                     QUEUED, "interrupted: the worker stopped; it resumes at once", time.time()
@@ -226,7 +264,9 @@ class Worker:
             self._running.pop(job.id, None)
             self._wake.set()
 
-    async def _attempt(self, job: Job, progress: Progress) -> Settled:
+    async def _attempt(
+        self, job: Job, progress: Progress, customer: _Customer | None = None
+    ) -> Settled:
         if job.deletion:
             return await self._delete(job, progress)
         done: list[str] = []
@@ -243,6 +283,9 @@ class Worker:
                 said = f"{type(exc).__name__}: {said}"
             reason = f"the stored event cannot be read, so nothing can be sent to Loops: {said}"
             return Settled(FAILED, reason)
+        if customer is not None:  # the event had no names of its own: the customer's
+            first_name, last_name = split_name(customer.name)
+            details = dataclasses.replace(details, first_name=first_name, last_name=last_name)
         names: dict[str, str] = {}
         if job.sync_names:
             names = {"firstName": details.first_name, "lastName": details.last_name}
@@ -272,6 +315,10 @@ class Worker:
             else:
                 return self._failure(job, answer)
             progress.contact_known = True
+        if job.backfill:  # an import leaves a contact Loops already has as it is
+            if known:
+                done.insert(0, "contact already in Loops")
+            names = {}
         if event_name := job.loops_event_name:
             event = {
                 **identity,
@@ -297,8 +344,97 @@ class Worker:
             progress.names_sent = bool(names)
             progress.contact_known = True
             done.append("contact updated" if job.user_id else "names updated")
+        if customer is not None:
+            done.insert(0, f"email looked up from Stripe customer {customer.id}")
         reason = "; ".join(done) or "contact already known, nothing to change"
         return Settled(DELIVERED, reason, last=progress.calls[-1] if progress.calls else None)
+
+    # -- a customer's email, from Stripe ---------------------------------------------------
+
+    async def _with_email(self, job: Job) -> tuple[Job, _Customer | None] | Settled:
+        """The job with its email: as it came, or, for an event that names only a customer
+        (``Details.lookup``), the customer's email from Stripe (then also the customer). A
+        delivery that cannot get one is settled here: failed, or queued again."""
+        if job.email or job.user_id or job.deletion:
+            return job, None
+        payload, _, _ = await anyio.to_thread.run_sync(self._queue.payload_and_names_at, job)
+        try:
+            customer_id = providers.get(job.provider).details(payload).lookup
+        except Exception:  # an unreadable event: the attempt says so
+            return job, None
+        if not customer_id:
+            return job, None
+        if not job.stripe_api_key:
+            return Settled(
+                FAILED,
+                f"the event carries no email address, only Stripe customer {customer_id}, and "
+                "the endpoint has no Stripe API key any more to look its email up with: add "
+                f"one (`loops-bridge endpoints set-stripe-key {job.endpoint_id} -`), then "
+                "retry this delivery",
+            )
+        try:
+            customer = await self._customer(job.stripe_api_key, customer_id)
+        except StripeAPIError as error:
+            return self._again(
+                job, f"could not look up the email of Stripe customer {customer_id}: {error}"
+            )
+        if customer is None:
+            return Settled(
+                FAILED,
+                f"Stripe has no customer {customer_id} (it was deleted, or the endpoint's "
+                "Stripe API key is for another account or mode), so Loops cannot be given an "
+                "email address for this event: nothing was sent",
+            )
+        email = customer.email
+        if not email or len(email) > 320 or not email.isprintable():
+            what = "has no email address" if not email else "has an email that is not one"
+            return Settled(
+                FAILED,
+                f"Stripe customer {customer_id} {what}, so Loops cannot take this event (it "
+                "needs an email address): nothing was sent. Add the customer's email in Stripe; "
+                "its next events are delivered, and this one can be retried",
+            )
+        return dataclasses.replace(job, email=email), customer
+
+    async def _customer(self, api_key: str, customer_id: str) -> _Customer | None:
+        """The customer as Stripe has it (None: no such customer, or deleted), kept for
+        :data:`LOOKUP_SECONDS` when it has an email. One call per key and customer at a
+        time: deliveries that need the same customer meanwhile wait for it. Raises
+        StripeAPIError."""
+        key = (api_key, customer_id)
+        cached = self._customers.get(key)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        pending = self._looking_up.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                anyio.to_thread.run_sync(self._fetch_customer, api_key, customer_id)
+            )
+            self._looking_up[key] = pending
+            pending.add_done_callback(lambda done: self._looked_up(key, done))
+        # Shielded: a delivery cancelled at shutdown leaves the call to the others waiting.
+        return await asyncio.shield(pending)
+
+    def _looked_up(self, key: tuple[str, str], done: asyncio.Future[_Customer | None]) -> None:
+        self._looking_up.pop(key, None)
+        if done.cancelled() or done.exception() is not None:  # not kept: the next one asks
+            return
+        customer = done.result()
+        if customer is None or not customer.email:  # it fails the delivery: ask again on retry
+            return
+        now = time.monotonic()
+        if len(self._customers) >= _LOOKUPS_KEPT:
+            self._customers = {k: v for k, v in self._customers.items() if v[0] > now}
+            if len(self._customers) >= _LOOKUPS_KEPT:  # all fresh: start again
+                self._customers.clear()
+        self._customers[key] = (now + LOOKUP_SECONDS, customer)
+
+    def _fetch_customer(self, api_key: str, customer_id: str) -> _Customer | None:
+        """In a thread: the call to Stripe (StripeAPI waits out Stripe's 429s itself)."""
+        found = self._stripe_api(api_key).customer(customer_id)
+        if found is None:
+            return None
+        return _Customer(customer_id, text(found.get("email")), text(found.get("name")))
 
     async def _delete(self, job: Job, progress: Progress) -> Settled:
         """A deletion on the platform: what the endpoint's on-delete says, by userId where the

@@ -1,7 +1,8 @@
 """The inbox: where a verified provider event becomes a stored delivery.
 
 It decides, for one endpoint, whether an event is *queued* for Loops, *ignored* (a type the
-endpoint does not accept, or no email address), or a *duplicate* (the provider retried), and
+endpoint does not accept, or no email address and no customer the endpoint can look up), or
+a *duplicate* (the provider retried), and
 makes that decision durable before the webhook is answered::
 
     accept(route, event, body) -> Receipt   queued | ignored | duplicate, once on disk
@@ -92,6 +93,10 @@ class Route:
     provider: providers.Provider
     secrets: tuple[str, ...]
     event_types: frozenset[str]
+    # The endpoint has an API key of its platform (Stripe's) to look a customer's email up
+    # with at delivery (providers.Event.lookup). Only whether it has one: the key itself is
+    # not decrypted on the ingest path.
+    can_look_up: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +157,11 @@ class Inbox:
     def _load_route(self, endpoint_id: str) -> Route | None:
         with self._engine.connect() as conn:
             endpoint = conn.execute(
-                select(Endpoint.provider, Endpoint.event_types).where(Endpoint.id == endpoint_id)
+                select(
+                    Endpoint.provider,
+                    Endpoint.event_types,
+                    Endpoint.stripe_api_key.is_not(None).label("can_look_up"),  # type: ignore[union-attr]
+                ).where(Endpoint.id == endpoint_id)
             ).first()
             if endpoint is None:
                 return None
@@ -164,6 +173,7 @@ class Inbox:
                 provider=providers.get(endpoint.provider),
                 secrets=tuple(values),
                 event_types=frozenset(t for t in endpoint.event_types.split(",") if t),
+                can_look_up=bool(endpoint.can_look_up),
             )
 
     # -- events ---------------------------------------------------------------------------
@@ -431,9 +441,19 @@ def _why_ignored(route: Route, event: providers.Event) -> str | None:
             f"event type {event.type} is not enabled on this endpoint (enabled: {enabled}); "
             "enable it on the endpoint, or stop sending it from the provider"
         )
-    if not event.email and not (event.deletion and event.user_id):  # user.deleted: the id only
-        return "the event carries no email address, and Loops only takes events that do"
-    return None
+    if event.email or (event.deletion and event.user_id):  # user.deleted: the id only
+        return None
+    if event.lookup and route.can_look_up:  # its email is looked up at delivery
+        return None
+    if event.lookup:
+        label = route.provider.label
+        return (
+            f"the event carries no email address, only {label} customer {event.lookup}, and "
+            f"this endpoint has no {label} API key to look its email up with: add one "
+            f"(`loops-bridge endpoints set-stripe-key {route.endpoint_id} -`, or on the "
+            "endpoint's page in the admin)"
+        )
+    return "the event carries no email address, and Loops only takes events that do"
 
 
 class _Checkpoints:

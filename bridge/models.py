@@ -200,6 +200,7 @@ class Backfill(SQLModel, table=True):
     skipped: int = 0  # deleted, or without an email
     known: int = 0  # already in Loops as far as the bridge knows: no call made
     runs: int = 0  # times it was started or continued
+    runner: str | None = None  # host:pid of the process running it (or that last ran it)
     problem: str | None = Field(default=None, sa_column=Column(Text))  # why it stopped
     started_at: float
     updated_at: float  # the last page written: a running import that stops updating died

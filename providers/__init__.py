@@ -13,9 +13,10 @@ The shape of the data a provider hands on::
         -> Provider.verify()   raises Rejected(reason) on any bad signature / header
         -> Provider.parse()    raises Rejected(reason) if the body is not an event it knows
         -> Event               provider-neutral: id (the dedupe key), type, time, email,
-                               the platform's user id, deletion; stored with the body
+                               the platform's user id, deletion, a customer to look up;
+                               stored with the body
     later, when the delivery is made, from the stored body:
-        -> Provider.details()  names and Loops event properties
+        -> Provider.details()  names, Loops event properties, the customer to look up
 
 Around those: ``secret_problem`` checks a pasted secret's form, ``new_secret`` makes one for
 platforms where the receiver chooses it (Supabase), ``redact`` says how the rejected-requests
@@ -23,6 +24,13 @@ log shows the provider's own headers (a signature or a secret hidden), and ``sam
 signed test request for the admin's "send a test event", without names.
 
 The split keeps the ingest path lean: it reads only what it needs to dedupe and filter.
+
+An event without an email may name a customer on the platform instead (``lookup``: Stripe's
+subscription events carry only ``cus_...``). Such an event is queued only for an endpoint
+that holds the platform's API key (``Endpoint.stripe_api_key``; the inbox ignores it
+otherwise, saying which key to add), and the delivery asks the platform for the customer's
+email and name with that key before it calls Loops (:mod:`bridge.delivery`). ``parse`` and
+``details`` name the same customer for the same body, and only when the body has no email.
 
 What every provider's ``verify`` and ``parse`` owe the public ingest path, which anyone on
 the internet can reach:
@@ -95,6 +103,9 @@ class Event:
     email: str | None
     user_id: str | None = None  # the platform's user id: the contact's userId in Loops
     deletion: bool = False  # the user or customer was deleted: the endpoint's on-delete applies
+    # No email, but a platform customer id (Stripe's cus_...) whose email and names are looked
+    # up at delivery, with the endpoint's API key for that platform; printable ASCII.
+    lookup: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,7 @@ class Details:
     first_name: str | None = None
     last_name: str | None = None
     properties: dict[str, str | int | float | bool] = field(default_factory=dict)
+    lookup: str | None = None  # the customer to look up, as Event.lookup of the same body
 
 
 class Provider(Protocol):

@@ -1,7 +1,10 @@
 """Stripe: verify ``Stripe-Signature``, read a snapshot event into a plain :class:`Event`.
 
-Only event types whose object carries an email are offered. Subscription and quote events
-carry just a customer id, and resolving it would need a Stripe API key and a call out.
+Subscription events (``customer.subscription.*``) carry only a customer id, and so may an
+invoice (``invoice.upcoming`` of a customer without an email): such an event names the
+customer to look up (``Event.lookup``, the object's ``customer``, ``cus_...``), and the bridge
+reads the customer's email and name from Stripe at delivery, with the endpoint's Stripe API
+key (:mod:`bridge.delivery`). Without a key on the endpoint, it is ignored, saying so.
 
 Contact fields (the same for every event type):
 
@@ -13,6 +16,10 @@ customer                       ``email`` / ``name``
 invoice                        ``customer_email`` / ``customer_name``
 checkout.session               ``customer_details.email``, else ``customer_email`` /
                                ``customer_details.name``
+subscription                   ``customer.email`` / ``customer.name`` when ``customer`` is
+                               expanded (the admin's test events), else looked up
+any, without an email          looked up: the ``email`` / ``name`` of the customer that
+                               ``customer`` names (``cus_...``), read from Stripe
 ============================== ========================================================
 
 Loops event properties. Flat, camelCase; a property whose Stripe field is missing or null is
@@ -58,6 +65,31 @@ currency                  checkout.session.*           ``currency``, upper-case
 amountTotal               checkout.session.*           ``amount_total``
 amountTotalFormatted      checkout.session.*           ``amount_total`` as text
 subscriptionId            checkout.session.*           ``subscription``
+subscriptionId            customer.subscription.*      ``id`` (sub_...)
+customerId                customer.subscription.*      ``customer`` (cus_...)
+status                    customer.subscription.*      ``status`` (trialing, active, past_due,
+                                                       canceled, unpaid, incomplete, paused...)
+priceId                   customer.subscription.*      ``items.data[0].price.id`` (price_...)
+productId                 customer.subscription.*      ``items.data[0].price.product`` (prod_...)
+interval                  customer.subscription.*      ``items.data[0].price.recurring.interval``
+                                                       (day, week, month, year)
+intervalCount             customer.subscription.*      ``...recurring.interval_count`` (3 with
+                                                       month: every 3 months)
+quantity                  customer.subscription.*      ``items.data[0].quantity``
+currency                  customer.subscription.*      ``currency``, upper-case
+amount                    customer.subscription.*      each interval's price before discounts and
+                                                       tax: the sum over ``items.data`` of
+                                                       ``price.unit_amount`` x ``quantity``; left
+                                                       out when an item has no unit amount
+                                                       (tiered or metered prices)
+amountFormatted           customer.subscription.*      ``amount`` as text
+trialEnd                  customer.subscription.*      ``trial_end``
+cancelAtPeriodEnd         customer.subscription.*      ``cancel_at_period_end``
+cancelAt                  customer.subscription.*      ``cancel_at``
+cancellationReason        customer.subscription.*      ``cancellation_details.reason``
+currentPeriodEnd          customer.subscription.*      ``current_period_end``; from API version
+                                                       2025-03-31.basil on, Stripe moved it to
+                                                       ``items.data[0].current_period_end``
 ========================= ============================ =======================================
 
 Verification uses the ``stripe`` library's own check (v1 HMAC-SHA256 over ``f"{t}.{body}"``,
@@ -73,6 +105,7 @@ header that is not ASCII, longer than :data:`MAX_HEADER_CHARS` or holding more t
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -267,7 +300,22 @@ def _email(obj: dict[str, Any]) -> str | None:
         return _text(obj.get("customer_email"))
     if kind == "checkout.session":
         return _text(_dig(obj, "customer_details", "email")) or _text(obj.get("customer_email"))
+    if kind == "subscription":  # only when its customer is expanded, as in a sample
+        return _text(_dig(obj, "customer", "email"))
     return _text(obj.get("email"))
+
+
+_CUSTOMER_ID_FORM = re.compile(r"cus_[A-Za-z0-9]{1,250}")
+
+
+def _lookup(obj: dict[str, Any], email: str | None) -> str | None:
+    """The customer whose email is looked up at delivery: the ``customer`` of an object
+    without an email (a customer object has none to look up). Only an id of Stripe's form,
+    as it goes into a Stripe API path (``/v1/customers/{id}``)."""
+    if email or obj.get("object") == "customer":
+        return None
+    customer = _id(obj.get("customer"))
+    return customer if customer and _CUSTOMER_ID_FORM.fullmatch(customer) else None
 
 
 def _refuse_repeated_keys(body: bytes, event: dict[str, Any]) -> None:
@@ -407,6 +455,64 @@ def _read_checkout_session(session: dict[str, Any]) -> Reading:
     return _dig(session, "customer_details", "name"), properties
 
 
+def _read_subscription(subscription: dict[str, Any]) -> Reading:
+    items = _dig(subscription, "items", "data")
+    items = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    first = items[0] if items else {}
+    # `plan` is the older form of the same price, still sent beside `price`.
+    price = first.get("price") if isinstance(first.get("price"), dict) else first.get("plan")
+    price = price if isinstance(price, dict) else {}
+    recurring = price.get("recurring") if isinstance(price.get("recurring"), dict) else price
+    currency = _currency(subscription) or _currency(price)
+    amount = amount_text = None
+    total = [_item_amount(item) for item in items]
+    if currency and total and all(part is not None for part in total):
+        amount = major_units(sum(total), currency)  # type: ignore[arg-type]
+        amount_text = format_amount(sum(total), currency)  # type: ignore[arg-type]
+    period_end = subscription.get("current_period_end")
+    if not _is_int(period_end):  # API 2025-03-31.basil and later: on each item
+        period_end = first.get("current_period_end")
+    properties = {
+        "subscriptionId": _id(subscription.get("id")),
+        "customerId": _id(subscription.get("customer")),
+        "status": subscription.get("status"),
+        "priceId": _id(price.get("id")),
+        "productId": _id(price.get("product")),
+        "interval": recurring.get("interval"),
+        "intervalCount": _count(recurring.get("interval_count")),
+        "quantity": _count(first.get("quantity")),
+        "currency": currency,
+        "amount": amount,
+        "amountFormatted": amount_text,
+        "trialEnd": _iso(subscription.get("trial_end")),
+        "cancelAtPeriodEnd": subscription.get("cancel_at_period_end"),
+        "cancelAt": _iso(subscription.get("cancel_at")),
+        "cancellationReason": _dig(subscription, "cancellation_details", "reason"),
+        "currentPeriodEnd": _iso(period_end),
+    }
+    return _dig(subscription, "customer", "name"), properties
+
+
+def _item_amount(item: dict[str, Any]) -> int | None:
+    """One subscription item's price per interval in minor units: None when it depends on
+    usage (metered), on tiers (no unit amount), or the item has no quantity."""
+    price = item.get("price") if isinstance(item.get("price"), dict) else item.get("plan")
+    if not isinstance(price, dict):
+        return None
+    # A price has `unit_amount` and `recurring.usage_type`; the older plan, `amount` and
+    # `usage_type`.
+    unit = price.get("unit_amount") if "unit_amount" in price else price.get("amount")
+    usage = _dig(price, "recurring", "usage_type") or price.get("usage_type")
+    quantity = item.get("quantity")
+    if usage == "metered" or not (_is_int(unit) and _is_int(quantity)):
+        return None
+    return unit * quantity
+
+
+def _count(value: Any) -> int | None:
+    return value if _is_int(value) else None
+
+
 def _read_other(obj: dict[str, Any]) -> Reading:
     return obj.get("name"), {}
 
@@ -417,6 +523,7 @@ _READERS: dict[str, Callable[[dict[str, Any]], Reading]] = {
     "customer": _read_customer,
     "invoice": _read_invoice,
     "checkout.session": _read_checkout_session,
+    "subscription": _read_subscription,
 }
 
 
@@ -594,10 +701,109 @@ def _sample_checkout_session(event_type: str, email: str, now: int) -> dict[str,
     }
 
 
+def _sample_subscription(event_type: str, email: str, now: int) -> dict[str, Any]:
+    """Stripe's documented subscription object (https://docs.stripe.com/api/subscriptions/
+    object), in the basil shape (the current period on the item). Its customer is expanded,
+    with the address typed: Stripe's webhooks carry only the id, which the bridge looks up
+    at delivery, but the sample's customer exists in no Stripe account, so a test event
+    carries the email itself (and works on an endpoint without a Stripe API key)."""
+    trialing = event_type == "customer.subscription.trial_will_end"
+    canceled = event_type == "customer.subscription.deleted"
+    start = now - 3 * _DAY if trialing else now
+    period_end = start + 14 * _DAY if trialing else start + 30 * _DAY
+    price = {
+        "id": "price_1MowQULkdIwHu7ixraBm864M",
+        "object": "price",
+        "active": True,
+        "billing_scheme": "per_unit",
+        "created": start,
+        "currency": "usd",
+        "livemode": False,
+        "lookup_key": None,
+        "metadata": {},
+        "nickname": None,
+        "product": "prod_NbmFjaSNv9xoqH",
+        "recurring": {
+            "interval": "month",
+            "interval_count": 1,
+            "meter": None,
+            "trial_period_days": 14 if trialing else None,
+            "usage_type": "licensed",
+        },
+        "tax_behavior": "unspecified",
+        "tiers_mode": None,
+        "type": "recurring",
+        "unit_amount": 2000,
+        "unit_amount_decimal": "2000",
+    }
+    return {
+        "id": _SUBSCRIPTION_ID,
+        "object": "subscription",
+        "application": None,
+        "automatic_tax": {"enabled": False, "liability": None},
+        "billing_cycle_anchor": period_end if trialing else start,
+        "cancel_at": None,
+        # customer.subscription.updated: the customer asked to cancel at the period's end.
+        "cancel_at_period_end": event_type == "customer.subscription.updated",
+        "canceled_at": now if canceled else None,
+        "cancellation_details": {
+            "comment": None,
+            "feedback": None,
+            "reason": "cancellation_requested" if canceled else None,
+        },
+        "collection_method": "charge_automatically",
+        "created": start,
+        "currency": "usd",
+        "customer": {**_sample_customer(event_type, email, start), "email": email},
+        "days_until_due": None,
+        "default_payment_method": None,
+        "description": None,
+        "discounts": [],
+        "ended_at": now if canceled else None,
+        "items": {
+            "object": "list",
+            "data": [
+                {
+                    "id": "si_NffrDlQ9mS2eVv",
+                    "object": "subscription_item",
+                    "created": start,
+                    "current_period_end": period_end,
+                    "current_period_start": start,
+                    "discounts": [],
+                    "metadata": {},
+                    "price": price,
+                    "quantity": 1,
+                    "subscription": _SUBSCRIPTION_ID,
+                    "tax_rates": [],
+                }
+            ],
+            "has_more": False,
+            "total_count": 1,
+            "url": f"/v1/subscription_items?subscription={_SUBSCRIPTION_ID}",
+        },
+        "latest_invoice": _INVOICE_ID,
+        "livemode": False,
+        "metadata": {},
+        "pause_collection": None,
+        "start_date": start,
+        "status": "trialing" if trialing else "canceled" if canceled else "active",
+        "test_clock": None,
+        "trial_end": period_end if trialing else None,
+        "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
+        "trial_start": start if trialing else None,
+    }
+
+
 _SAMPLE_BUILDERS: dict[str, Callable[[str, str, int], dict[str, Any]]] = {
     "customer": _sample_customer,
     "invoice": _sample_invoice,
     "checkout.session": _sample_checkout_session,
+    "customer.subscription": _sample_subscription,
+}
+# What an `*.updated` sample's `data.previous_attributes` says changed.
+_SAMPLE_CHANGES: dict[str, dict[str, Any]] = {
+    "customer": {"preferred_locales": []},
+    "customer.subscription": {"cancel_at_period_end": False},
 }
 
 
@@ -616,6 +822,20 @@ class StripeProvider:
         "checkout.session.completed",
         "checkout.session.async_payment_succeeded",
         "checkout.session.async_payment_failed",
+        # These carry only a customer id: the endpoint needs a Stripe API key to look up
+        # the customer's email (see the module docstring).
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "customer.subscription.trial_will_end",
+    )
+    # The types whose events carry no email, only a customer to look up: an endpoint that
+    # accepts one needs a Stripe API key (bridge.registry refuses it without one).
+    needs_api_key = (
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "customer.subscription.trial_will_end",
     )
 
     def secret_problem(self, secret: str) -> str | None:
@@ -683,6 +903,7 @@ class StripeProvider:
             occurred_at=event["created"],
             email=email,
             deletion=event["type"] == "customer.deleted",
+            lookup=_lookup(obj, email),
         )
 
     def details(self, body: bytes) -> Details:
@@ -693,6 +914,7 @@ class StripeProvider:
         return Details(
             first_name=first_name,
             last_name=last_name,
+            lookup=_lookup(obj, _email(obj)),
             properties=loops_properties(
                 {
                     "stripeEventId": event["id"],
@@ -715,7 +937,7 @@ class StripeProvider:
         kind = event_type.rsplit(".", 1)[0]  # "invoice.payment_failed" -> "invoice"
         data: dict[str, Any] = {"object": _SAMPLE_BUILDERS[kind](event_type, email, now)}
         if event_type.endswith(".updated"):
-            data["previous_attributes"] = {"preferred_locales": []}
+            data["previous_attributes"] = _SAMPLE_CHANGES[kind]
         event = {
             "id": f"evt_{token_hex(12)}",
             "object": "event",

@@ -380,6 +380,7 @@ class Read:
     first_name: str | None
     last_name: str | None
     properties: dict
+    lookup: str | None = None  # the customer whose email is looked up at delivery
 
 
 def read_with(provider: Any, body: bytes, headers: Mapping[str, str] | None = None) -> Read:
@@ -391,4 +392,5 @@ def read_with(provider: Any, body: bytes, headers: Mapping[str, str] | None = No
         assert key.isascii() and key.isalnum() and key[0].islower(), key
         assert isinstance(value, str | int | float | bool), key
         assert not isinstance(value, str) or 0 < len(value.strip()) <= len(value) <= 498, key
-    return Read(**asdict(event), **asdict(details))
+    assert details.lookup == event.lookup  # delivery looks up the customer ingest saw
+    return Read(**{**asdict(details), **asdict(event)})

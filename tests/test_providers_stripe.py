@@ -99,7 +99,10 @@ def test_registered_under_its_name():
         "invoice.paid",
         "invoice.payment_failed",
     )
-    assert len(stripe.event_types) == 10
+    assert len(stripe.event_types) == 14
+    assert set(stripe.needs_api_key) == {
+        t for t in stripe.event_types if t.startswith("customer.subscription.")
+    }
 
 
 def test_a_deleted_customer_is_a_deletion_by_email_and_nothing_else_is():
@@ -471,17 +474,11 @@ def test_an_email_with_control_characters_is_refused():
 
 
 def test_event_types_not_offered_still_parse():
-    # A subscription object is not a customer, although the type starts with "customer.".
     plan = read(fixture_bytes("stripe-openapi/event.json"))
-    assert (plan.type, plan.email) == ("plan.created", None)
-    subscription = parse(
-        envelope(
-            "customer.subscription.updated",
-            {"id": "sub_1", "object": "subscription", "customer": "cus_1"},
-        )
-    )
-    assert subscription.email is None
-    assert "customerId" not in subscription.properties
+    assert (plan.type, plan.email, plan.lookup) == ("plan.created", None, None)
+    # A quote names its customer too: without an email, the customer is looked up.
+    quote = parse(envelope("quote.created", {"id": "qt_1", "object": "quote", "customer": "cus_1"}))
+    assert (quote.email, quote.lookup, quote.properties.get("customerId")) == (None, "cus_1", None)
 
 
 # --- parse: names and email ---
@@ -620,4 +617,4 @@ def test_samples_have_fresh_event_ids():
 
 def test_sample_of_unknown_type_is_an_error():
     with pytest.raises(ValueError, match="no sample"):
-        provider.sample("customer.subscription.created", "a@example.com", SECRET)
+        provider.sample("quote.created", "a@example.com", SECRET)

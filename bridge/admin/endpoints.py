@@ -12,6 +12,12 @@
     POST /endpoints/{id}/secrets/{n}/remove      remove one, named by its id, never its value
     POST /endpoints/{id}/pause, /resume          hold deliveries to Loops, or let them go
     POST /endpoints/{id}/delete                  delete it with its delivery log
+    POST /endpoints/{id}/stripe-key              set or replace its Stripe API key (checked
+                                                 with Stripe unless "no_check")
+    POST /endpoints/{id}/stripe-key/remove       forget it
+    POST /endpoints/{id}/import                  start (or continue) importing the customers
+                                                 Stripe has, in a thread of this server
+    POST /endpoints/{id}/import/cancel           stop it at its next page
 
 Every change goes through ``bridge.registry`` and is followed by ``inbox.forget`` so the
 webhook path sees it on the next request instead of after its route cache expires.
@@ -31,6 +37,13 @@ URL, no log), and the pages after it show only its hint.
 Whatever is particular to one provider (set-up steps, where its secret is, why its requests
 are refused, Loops' own event names for its types) is in its template, ``Admin.about``.
 
+A Stripe endpoint's page also holds its Stripe API key (only its hint is ever shown) and its
+import of the customers Stripe already has (``bridge.backfill``). An import started here runs
+in a daemon thread of this server process, one per endpoint (:data:`_imports`); the page
+shows its counts as ``backfill.status`` adds them up, and reloads itself every few seconds
+while the import reads from Stripe (a ``<meta>`` refresh: no script). A server that stops
+mid-import leaves it ``interrupted``: Continue picks it up at its cursor.
+
 An endpoint's status, as listed::
 
     waiting for signing secret   no secret yet: every webhook is refused
@@ -41,7 +54,10 @@ An endpoint's status, as listed::
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import cast
 
 from sqlalchemy.engine import Engine
 from starlette.datastructures import FormData
@@ -50,10 +66,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import providers
-from bridge import inbox, registry
+from bridge import backfill, inbox, registry
 from bridge.admin.formats import count, row_id, when
 from bridge.admin.state import Admin
 from bridge.public_url import unreachable
+from bridge.stripe_api import KeyCheck, StripeAPI, StripeAPIError
+
+log = logging.getLogger("bridge.admin")
 
 # status -> (what the admin reads, the existing badge style closest to it)
 _STATUS = {
@@ -216,14 +235,20 @@ async def _show_page(
     secret_error: str | None = None,
     new_secret: str | None = None,
     notice: str | None = None,
+    key_error: str | None = None,
 ) -> Response:
     admin = Admin.of(request)
     view, secrets, unsupported = await admin.run(_endpoint_page, admin.engine, endpoint_id)
+    imported = None
+    if view.provider == "stripe":
+        imported = await admin.run(
+            backfill.status, admin.engine, endpoint_id, admin.settings.loops_rate_limit
+        )
     shown: dict[str, str] = {"notice": notice} if notice else {}
     return admin.render(
         request,
         "endpoints/show.html",
-        400 if secret_error else status_code,
+        400 if secret_error or key_error else status_code,
         title=view.name,
         endpoint=view,
         status=_STATUS[_status(view)],
@@ -238,6 +263,13 @@ async def _show_page(
         secret_error=secret_error,
         new_secret=new_secret,
         on_delete_said=ON_DELETE_SAID,
+        key_error=key_error,
+        imported=imported,
+        # cancelled, and still reading its last page from Stripe
+        stopping=imported is not None
+        and imported.state == backfill.CANCELLED
+        and _importing(endpoint_id),
+        about_time=_about_time,
         **shown,
     )
 
@@ -393,6 +425,137 @@ async def delete(request: Request, endpoint_id: str) -> Response:
     )
 
 
+# -- the Stripe API key and the import of Stripe's customers (Stripe endpoints) -------------
+
+
+def _stripe_only(request: Request, view: registry.EndpointView) -> Response | None:
+    """The error page for a Stripe-only action on another provider's endpoint."""
+    if view.provider == "stripe":
+        return None
+    return Admin.of(request).error(
+        request,
+        400,
+        "Not a Stripe endpoint",
+        f"The endpoint {view.name!r} receives {providers.get(view.provider).label} webhooks: "
+        "only a Stripe endpoint has a Stripe API key and imports Stripe's customers.",
+    )
+
+
+@_existing
+async def set_stripe_key(request: Request, endpoint_id: str) -> Response:
+    admin = Admin.of(request)
+    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
+    if refused := _stripe_only(request, view):
+        return refused
+    form = await request.form()
+    key = str(form.get("stripe_key") or "").strip()
+    if not key:
+        return await _show_page(
+            request,
+            endpoint_id,
+            key_error="Paste the key first: a restricted key (rk_live_... or rk_test_...), "
+            "made as the steps below say.",
+        )
+    said = ""
+    if "no_check" not in form:
+        try:
+            check, problems = await admin.run(
+                _check_key, admin.engine, endpoint_id, key, admin.settings.stripe_api_url
+            )
+        except StripeAPIError as exc:
+            return await _show_page(
+                request,
+                endpoint_id,
+                key_error=f"{exc} Nothing was saved; tick “Save without checking” to save the "
+                "key all the same.",
+            )
+        if problems:
+            return await _show_page(request, endpoint_id, key_error=" ".join(problems))
+        account = check.account_name or check.account_id
+        said = f" (Stripe account {account}, {check.mode} mode)" if account else ""
+        said += ". Stripe took it: it may read customers and events."
+        said += "".join(f" Note: {warning}" for warning in check.warnings)
+    else:
+        said = ", without checking it with Stripe: an import or a lookup tells if it works."
+    try:
+        hint = await admin.run(registry.set_stripe_key, admin.engine, endpoint_id, key)
+    except registry.NotFound:
+        raise
+    except registry.Invalid as exc:
+        return await _show_page(request, endpoint_id, key_error=str(exc))
+    return _changed(
+        request, endpoint_id, _page(endpoint_id), f"Saved the Stripe API key {hint}{said}"
+    )
+
+
+@_existing
+async def remove_stripe_key(request: Request, endpoint_id: str) -> Response:
+    admin = Admin.of(request)
+    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
+    if refused := _stripe_only(request, view):
+        return refused
+    try:
+        await admin.run(registry.set_stripe_key, admin.engine, endpoint_id, None)
+    except registry.NotFound:
+        raise
+    except registry.Invalid as exc:  # it accepts types that need the key
+        return admin.redirect(_page(endpoint_id), f"Not removed. {exc}")
+    return _changed(
+        request,
+        endpoint_id,
+        _page(endpoint_id),
+        "Removed the Stripe API key: the bridge no longer calls Stripe for this endpoint. "
+        "Delete the key in Stripe too (Developers → API keys).",
+    )
+
+
+@_existing
+async def start_import(request: Request, endpoint_id: str) -> Response:
+    admin = Admin.of(request)
+    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
+    if refused := _stripe_only(request, view):
+        return refused
+    before = await admin.run(
+        backfill.status, admin.engine, endpoint_id, admin.settings.loops_rate_limit
+    )
+    why_not = await admin.run(
+        _start_import, admin.engine, endpoint_id, admin.settings.stripe_api_url
+    )
+    if why_not:
+        return admin.redirect(_page(endpoint_id), f"Not started. {why_not}")
+    if before is not None and before.state in (backfill.CANCELLED, backfill.INTERRUPTED):
+        said = (
+            f"Continuing the import where it stopped ({before.customers:,} customers read "
+            "so far): nothing is imported twice."
+        )
+    else:
+        said = "Started importing the customers Stripe has into Loops."
+    return admin.redirect(
+        _page(endpoint_id),
+        f"{said} Each becomes a Loops contact; no Loops event is sent. "
+        "This page shows the progress.",
+    )
+
+
+@_existing
+async def cancel_import(request: Request, endpoint_id: str) -> Response:
+    admin = Admin.of(request)
+    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
+    if refused := _stripe_only(request, view):
+        return refused
+    try:
+        set_aside = await admin.run(backfill.cancel, admin.engine, endpoint_id)
+    except registry.Invalid as exc:
+        return admin.redirect(_page(endpoint_id), f"Nothing cancelled. {exc}")
+    customers = "customer" if set_aside == 1 else "customers"
+    return admin.redirect(
+        _page(endpoint_id),
+        "Cancelled the import: it stops after the page it is reading from Stripe. "
+        f"{set_aside:,} {customers} queued but not yet sent to Loops were set aside; "
+        "Continue sends them, and imports the rest.",
+    )
+
+
 routes = [
     Route("/endpoints", index, methods=["GET"]),
     Route("/endpoints/new", new, methods=["GET"]),
@@ -405,6 +568,10 @@ routes = [
     Route("/endpoints/{endpoint_id}/pause", pause, methods=["POST"]),
     Route("/endpoints/{endpoint_id}/resume", resume, methods=["POST"]),
     Route("/endpoints/{endpoint_id}/delete", delete, methods=["POST"]),
+    Route("/endpoints/{endpoint_id}/stripe-key", set_stripe_key, methods=["POST"]),
+    Route("/endpoints/{endpoint_id}/stripe-key/remove", remove_stripe_key, methods=["POST"]),
+    Route("/endpoints/{endpoint_id}/import", start_import, methods=["POST"]),
+    Route("/endpoints/{endpoint_id}/import/cancel", cancel_import, methods=["POST"]),
 ]
 
 
@@ -434,3 +601,102 @@ def _create(engine: Engine, form: registry.EndpointForm, secret: str | None) -> 
         mailing_lists=form.mailing_lists,
         on_delete=form.on_delete,
     )
+
+
+def _page(endpoint_id: str) -> str:
+    return f"/admin/endpoints/{endpoint_id}"
+
+
+def _check_key(
+    engine: Engine, endpoint_id: str, key: str, base_url: str
+) -> tuple[KeyCheck, list[str]]:
+    """Stripe's answer on ``key`` (``StripeAPI.check``) and every problem that keeps the
+    endpoint from it, as ``loops-bridge endpoints set-stripe-key`` finds them. Raises
+    StripeAPIError when Stripe cannot be asked."""
+    check = StripeAPI(key, base_url).check()
+    mismatch = backfill.mode_problem(engine, endpoint_id, check.hint, check.livemode)
+    return check, [*check.problems, *([mismatch] if mismatch else [])]
+
+
+def _about_time(seconds: float) -> str:
+    """A wait as people say it: ``"about 16 min"``."""
+    if seconds < 60:
+        return "less than a minute"
+    if seconds < 5400:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+# endpoint id -> the thread of this server importing its customers (at most one each)
+_imports: dict[str, threading.Thread] = {}
+_imports_lock = threading.Lock()
+
+
+def _importing(endpoint_id: str) -> bool:
+    """Whether a thread of this server is still running the endpoint's import (a cancelled
+    one runs until the end of the page it is reading)."""
+    with _imports_lock:
+        return endpoint_id in _imports
+
+
+def _start_import(engine: Engine, endpoint_id: str, base_url: str) -> str | None:
+    """Start the endpoint's import in a thread of its own and wait until it has begun; why
+    not, when it was refused (no key, already running)."""
+    begun, refused = threading.Event(), []
+    with _imports_lock:
+        if endpoint_id in _imports:
+            return (
+                "This server is still running the endpoint's import: a cancelled import ends "
+                "after the page it is reading from Stripe. Reload the page in a moment."
+            )
+        thread = threading.Thread(
+            target=_import,
+            args=(engine, endpoint_id, base_url, begun, refused),
+            name=f"import {endpoint_id}",
+            daemon=True,  # a server that stops leaves it interrupted; Continue resumes it
+        )
+        _imports[endpoint_id] = thread
+        thread.start()
+    begun.wait()
+    return refused[0] if refused else None
+
+
+def _import(
+    engine: Engine, endpoint_id: str, base_url: str, begun: threading.Event, refused: list[str]
+) -> None:
+    try:
+        api = backfill.api_for(engine, endpoint_id, base_url)
+        backfill.run(engine, endpoint_id, cast(StripeAPI, _Begun(api, begun)))
+    except registry.Invalid as exc:
+        if begun.is_set():  # after it began: the endpoint was deleted meanwhile
+            log.warning(
+                "the import of endpoint %s stopped: %s",
+                endpoint_id,
+                exc,
+                extra={"endpoint_id": endpoint_id},
+            )
+        refused.append(str(exc))
+    except Exception:
+        log.exception(
+            "the import of endpoint %s stopped with an error; Continue on the endpoint's page "
+            "resumes it",
+            endpoint_id,
+            extra={"endpoint_id": endpoint_id},
+        )
+    finally:
+        begun.set()
+        with _imports_lock:
+            _imports.pop(endpoint_id, None)
+
+
+class _Begun:
+    """The endpoint's Stripe API, telling :func:`_start_import` that the import has begun:
+    ``backfill.run`` asks it for customers once it has taken the endpoint's import, or has
+    refused to (registry.Invalid) before it asks."""
+
+    def __init__(self, api: StripeAPI, begun: threading.Event) -> None:
+        self._api, self._begun = api, begun
+
+    def customer_pages(self, starting_after: str | None = None) -> Iterator[tuple[list, str]]:
+        self._begun.set()
+        return self._api.customer_pages(starting_after)

@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("skipped", sa.Integer(), nullable=False),
         sa.Column("known", sa.Integer(), nullable=False),
         sa.Column("runs", sa.Integer(), nullable=False),
+        sa.Column("runner", sa.String(), nullable=True),
         sa.Column("problem", sa.Text(), nullable=True),
         sa.Column("started_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),

@@ -26,6 +26,7 @@ not yet sent are set aside (``ignored``) until it runs again.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 import time
@@ -52,7 +53,7 @@ from bridge.models import (
     Delivery,
     Endpoint,
 )
-from bridge.registry import Invalid, NotFound
+from bridge.registry import Invalid, NotFound, livemode_seen
 from bridge.stripe_api import StripeAPI, StripeAPIError
 
 __all__ = ["Run", "Status", "cancel", "estimate", "run", "status"]
@@ -215,9 +216,9 @@ def _row(endpoint_id: str, customer: dict, now: float) -> dict:
     }
 
 
-def _begin(engine: Engine, endpoint_id: str, now: float) -> tuple[str | None, bool]:
-    """Start or continue the endpoint's import: (its cursor, whether it continues one).
-    Invalid if another process is running it."""
+def _begin(engine: Engine, endpoint_id: str, now: float) -> tuple[str | None, bool, str]:
+    """Start or continue the endpoint's import: (its cursor, whether it continues one, the
+    run's name). Invalid if another process is running it."""
     with Session(engine) as session:
         _endpoint(session, endpoint_id)
         found = session.get(Backfill, endpoint_id)
@@ -231,7 +232,7 @@ def _begin(engine: Engine, endpoint_id: str, now: float) -> tuple[str | None, bo
         if found is None or not resumed:
             found = Backfill(endpoint_id=endpoint_id, state=RUNNING, started_at=now, updated_at=now)
         found.state, found.updated_at, found.problem = RUNNING, now, None
-        found.runner = RUNNER
+        found.runner = runner = f"{RUNNER}:{secrets.token_hex(4)}"
         found.finished_at = None
         found.runs += 1
         session.add(found)
@@ -249,7 +250,7 @@ def _begin(engine: Engine, endpoint_id: str, now: float) -> tuple[str | None, bo
             )
         )
         session.commit()
-        return found.cursor, resumed
+        return found.cursor, resumed, runner
 
 
 def run(
@@ -263,7 +264,7 @@ def run(
 ) -> Run:
     """Import the endpoint's Stripe customers until the last page, ``stop`` is set (Ctrl-C),
     or a cancel from the admin. ``on_page`` sees the counts after each page is written."""
-    cursor, resumed = _begin(engine, endpoint_id, clock())
+    cursor, resumed, runner = _begin(engine, endpoint_id, clock())
     insert = (
         _INSERT[engine.dialect.name](DELIVERIES)
         .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
@@ -275,8 +276,8 @@ def run(
             with Session(engine) as session:
                 endpoint = _endpoint(session, endpoint_id)
                 backfill = session.get(Backfill, endpoint_id)
-                if backfill is None or backfill.state != RUNNING:  # cancelled meanwhile
-                    state = CANCELLED
+                if backfill is None or backfill.state != RUNNING or backfill.runner != runner:
+                    state = CANCELLED  # cancelled meanwhile (and maybe started again since)
                     break
                 conn = session.connection()
                 known = _known(conn, endpoint.account_id, customers)
@@ -303,10 +304,10 @@ def run(
     except StripeAPIError as exc:
         state, problem = INTERRUPTED, str(exc)
     except BaseException:
-        _end(engine, endpoint_id, INTERRUPTED, "the import stopped with an error", clock())
+        _end(engine, endpoint_id, runner, INTERRUPTED, "the import stopped with an error", clock())
         raise
     if state != CANCELLED:
-        _end(engine, endpoint_id, state, problem, clock())
+        _end(engine, endpoint_id, runner, state, problem, clock())
     with Session(engine) as session:
         final = session.get(Backfill, endpoint_id)
         assert final is not None
@@ -321,11 +322,13 @@ def run(
         )
 
 
-def _end(engine: Engine, endpoint_id: str, state: str, problem: str | None, now: float) -> None:
+def _end(
+    engine: Engine, endpoint_id: str, runner: str, state: str, problem: str | None, now: float
+) -> None:
     with Session(engine) as session:
         backfill = session.get(Backfill, endpoint_id)
-        if backfill is None or backfill.state != RUNNING:
-            return
+        if backfill is None or backfill.state != RUNNING or backfill.runner != runner:
+            return  # cancelled, or another run took over
         backfill.state, backfill.problem, backfill.updated_at = state, problem, now
         backfill.finished_at = now if state == DONE else None
         session.add(backfill)
@@ -451,7 +454,7 @@ def estimate(
     }
 
 
-RUNNER = f"{socket.gethostname()}:{os.getpid()}"
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"  # and a token per run: host:pid:token
 
 
 def _alive(backfill: Backfill, now: float) -> bool:
@@ -459,7 +462,7 @@ def _alive(backfill: Backfill, now: float) -> bool:
     if it runs on this machine, it still exists (a kill -9 says nothing otherwise)."""
     if backfill.state != RUNNING or now - backfill.updated_at >= ALIVE_SECONDS:
         return False
-    host, _, pid = (backfill.runner or "").rpartition(":")
+    host, _, pid = (backfill.runner or "").rsplit(":", 1)[0].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's: its pages say whether it lives
     try:
@@ -480,8 +483,6 @@ def mode_problem(engine: Engine, endpoint_id: str, hint: str, livemode: bool | N
     the endpoint: it receives events of the other mode, whose customers such a key cannot
     see. None when it fits, or before the endpoint's first webhook says its mode. The CLI's
     set-stripe-key and the admin add this to the problems of ``StripeAPI.check``."""
-    from bridge.registry import livemode_seen
-
     seen = livemode_seen(engine, endpoint_id)
     if livemode is None or seen is None or livemode == seen:
         return None

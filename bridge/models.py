@@ -12,6 +12,9 @@
                  the time of its next probe
     Backfill     an endpoint's import of the customers its platform already has: the cursor
                  and the counts (bridge/backfill.py)
+    LoopsEvent   an event Loops itself reported by webhook (an email sent, delivered, bounced,
+                 a contact unsubscribed...), linked to its contact and the delivery behind it
+    LoopsWebhookSecret  a signing secret of an account's Loops webhook
     Rejection    a refused webhook request (bad signature...), headers only, bounded per endpoint
     AdminSession a signed-in admin browser
 
@@ -44,11 +47,17 @@ STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED, DEAD)
 
 class Account(SQLModel, table=True):
     __tablename__ = "accounts"
+    __table_args__ = (
+        Index("ix_accounts_loops_webhook_token", "loops_webhook_token", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True)
     api_key: str = Field(sa_type=EncryptedString)  # encrypted at rest: see bridge/vault.py
     rate_limit: int | None = None  # requests/second; None: BRIDGE_LOOPS_RATE_LIMIT
+    # The last part of the account's Loops webhook URL, /loops-webhooks/{token}: 128 random
+    # bits, made when the URL is first shown.
+    loops_webhook_token: str | None = None
     created_at: float
 
 
@@ -174,6 +183,46 @@ class AccountState(SQLModel, table=True):
     loops_limit: int | None = None  # x-ratelimit-limit as Loops last reported it
 
 
+class LoopsWebhookSecret(SQLModel, table=True):
+    __tablename__ = "loops_webhook_secrets"
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id", index=True)
+    value: str = Field(sa_type=EncryptedString)  # whsec_...: encrypted at rest
+    created_at: float
+
+
+class LoopsEvent(SQLModel, table=True):
+    """One event Loops reported by webhook. The body follows BRIDGE_RETENTION_DAYS; the row
+    stays as the contact's timeline entry."""
+
+    __tablename__ = "loops_events"
+    __table_args__ = (
+        UniqueConstraint("account_id", "webhook_id", name="uq_loops_event_webhook"),
+        Index("ix_loops_events_contact", "account_id", "email", "event_time"),
+        Index("ix_loops_events_email_id", "account_id", "email_id"),
+        Index("ix_loops_events_received", "event_name", "received_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id")
+    webhook_id: str  # Webhook-Id: the dedupe key
+    event_name: str  # Loops' eventName: "email.delivered"
+    event_time: int  # Loops' eventTime, unix seconds
+    received_at: float
+    contact_id: str | None = None  # contactIdentity.id
+    email: str | None = None  # contactIdentity.email, lowercased
+    user_id: str | None = None  # contactIdentity.userId
+    source_type: str | None = None  # campaign | loop | transactional
+    source_id: str | None = None  # campaignId / loopId / transactionalId
+    source_name: str | None = Field(default=None, sa_column=Column(Text))  # loopName...
+    email_id: str | None = None  # email.id: ties email.delivered... to its *.email.sent
+    email_message_id: str | None = None  # email.emailMessageId
+    subject: str | None = Field(default=None, sa_column=Column(Text))
+    delivery_id: int | None = Field(default=None, foreign_key="deliveries.id", index=True)
+    payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary))  # raw body
+
+
 class Rejection(SQLModel, table=True):
     __tablename__ = "rejections"
 
@@ -200,7 +249,7 @@ class Backfill(SQLModel, table=True):
     skipped: int = 0  # deleted, or without an email
     known: int = 0  # already in Loops as far as the bridge knows: no call made
     runs: int = 0  # times it was started or continued
-    runner: str | None = None  # host:pid of the process running it (or that last ran it)
+    runner: str | None = None  # host:pid:run of the run going on (or that last ran)
     problem: str | None = Field(default=None, sa_column=Column(Text))  # why it stopped
     started_at: float
     updated_at: float  # the last page written: a running import that stops updating died

@@ -144,10 +144,12 @@ def test_stopped_midway_it_continues_where_it_stopped_and_imports_nothing_twice(
 def test_a_live_webhook_waits_for_at_most_the_imports_already_running(bridge, stripe):
     stripe.add(stripe_standin.customers(120))
     endpoint_id = endpoint(bridge)
-    bridge.cli("backfill", endpoint_id, "--json")  # 120 imports queued, none sent yet
+    bridge.cli("endpoints", "pause", endpoint_id)  # so that both wait for the same claim
+    bridge.cli("backfill", endpoint_id, "--json")  # 120 imports queued first
     invoice = stripe_standin.event("invoice.paid", stripe_standin.INVOICE)
     body = json.dumps(invoice).encode()
     assert bridge.webhook(endpoint_id, body, SECRET).json()["status"] == "queued"
+    bridge.cli("endpoints", "resume", endpoint_id)
 
     bridge.settled(121)
 

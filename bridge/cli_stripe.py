@@ -100,7 +100,10 @@ def run_backfill(
     api = backfill.api_for(engine, args.id, settings.stripe_api_url)
     rate = settings.loops_rate_limit
     if args.dry_run:
-        plan = backfill.estimate(engine, args.id, api, rate)
+        try:
+            plan = backfill.estimate(engine, args.id, api, rate)
+        except StripeAPIError as exc:
+            raise registry.Invalid(str(exc)) from None
         text = (
             f"Would import {plan['would_import']:,} customers into Loops "
             f"({'continuing the import: ' if plan['continues'] else ''}"

@@ -281,3 +281,20 @@ def test_a_backfill_killed_mid_page_continues_and_imports_nothing_twice(bridge, 
     assert "Import done: 250 customers read from Stripe, 250 imported" in again.stdout
     rows = bridge.deliveries()
     assert len({row["event_id"] for row in rows}) == len(rows) == 250  # one delivery each
+
+
+def test_stripe_refusing_the_key_is_said_plainly_and_the_import_can_continue(bridge, stripe):
+    stripe.add(stripe_standin.customers(150))
+    endpoint_id = bridge.endpoint("customer.created", secret=SECRET)
+    revoked = "rk_test_51RevokedKeyNotKnown000000000hh66"
+    bridge.cli("endpoints", "set-stripe-key", endpoint_id, "-", "--no-check", stdin=revoked)
+
+    dry = bridge.cli("backfill", endpoint_id, "--dry-run", check=False)
+    failed = bridge.cli("backfill", endpoint_id, check=False)
+
+    assert dry.returncode == 2 and "rk_test_…hh66" in dry.stderr
+    assert failed.returncode == 1 and "rk_test_…hh66" in failed.stderr
+    assert "Import stopped; run the same command again to continue" in failed.stdout
+    assert revoked not in dry.stderr + failed.stderr + failed.stdout
+    bridge.cli("endpoints", "set-stripe-key", endpoint_id, "-", stdin=KEY)
+    assert bridge.cli("backfill", endpoint_id, "--json")["imported"] == 150

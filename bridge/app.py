@@ -1,12 +1,13 @@
-"""The web apps: the webhook route (:mod:`bridge.webhooks`), the health check, the
+"""The web apps: the webhook routes (:mod:`bridge.webhooks`, and Loops' own webhooks in
+:mod:`bridge.loops_webhooks`), the health check, the
 Prometheus metrics (:mod:`bridge.metrics`), the admin, and the delivery worker running beside
 them.
 
 Where the operator's parts (the admin and ``/metrics``) are served is ``BRIDGE_ADMIN``::
 
-    on      one app on BRIDGE_PORT: /webhooks/*, /healthz, /metrics, /admin
-    <port>  BRIDGE_PORT: /webhooks/*, /healthz     the port: /admin, /metrics, /healthz
-    off     BRIDGE_PORT: /webhooks/*, /healthz     (metrics: ``worker --metrics-port``)
+    on      one app on BRIDGE_PORT: /webhooks/*, /loops-webhooks/*, /healthz, /metrics, /admin
+    <port>  BRIDGE_PORT: the webhooks, /healthz     the port: /admin, /metrics, /healthz
+    off     BRIDGE_PORT: the webhooks, /healthz     (metrics: ``worker --metrics-port``)
 
 The public app answers any other path with the same JSON 404, so it does not tell the
 internet whether an admin exists elsewhere. The delivery worker runs in the public app's
@@ -31,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from bridge import alerts, metrics, webhooks
+from bridge import alerts, loops_webhooks, metrics, webhooks
 from bridge.admin import create_admin
 from bridge.delivery import Worker
 from bridge.inbox import Inbox
@@ -102,7 +103,11 @@ def create_apps(
                 worker.stop()
                 await task
 
-    public: list[BaseRoute] = [webhooks.ROUTE, Route("/healthz", healthz, methods=["GET"])]
+    public: list[BaseRoute] = [
+        webhooks.ROUTE,
+        loops_webhooks.ROUTE,
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
     operator = _operator_routes(settings, engine, inbox) if settings.admin != "off" else []
     app = Starlette(
         routes=public + operator if settings.admin == "on" else public,
@@ -113,6 +118,7 @@ def create_apps(
     # does not serve answers the same JSON 404, as it did before the webhook route was one.
     app.router.redirect_slashes = False
     app.state.webhooks = webhooks.Receiver(inbox, settings.max_body_bytes)
+    app.state.loops_webhooks = loops_webhooks.Receiver(engine, settings.max_body_bytes)
     app.state.inbox = inbox  # for callers that run the app without its lifespan (tests)
     if settings.admin in ("on", "off"):
         return Apps(app, None)

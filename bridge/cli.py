@@ -3,6 +3,7 @@
     loops-bridge serve | worker | sandbox [--port 8025]
     loops-bridge accounts add --name N --api-key KEY | list | set NAME | test NAME
                         | remove NAME --yes                        (alias: connections)
+                        | loops-webhook NAME [add-secret|remove-secret SECRET|-]
     loops-bridge endpoints create ... | list | show ID | edit ID ... | pause ID | resume ID
                          | delete ID --yes | add-secret ID SECRET | remove-secret ID SECRET
                          | set-stripe-key ID KEY|- | remove-stripe-key ID
@@ -39,7 +40,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
 import providers
-from bridge import __version__, cli_stripe, db, logs, loops, public_url, registry, vault
+from bridge import (
+    __version__,
+    cli_stripe,
+    db,
+    logs,
+    loops,
+    outcomes,
+    public_url,
+    registry,
+    vault,
+)
 from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
@@ -70,6 +81,29 @@ def _parser() -> argparse.ArgumentParser:
         help="accept only this key (repeatable); by default any key is accepted",
     )
     sandbox.add_argument("--rate-limit", type=int, default=10, help="requests/second per key")
+    sandbox.add_argument(
+        "--loops-webhook-url",
+        metavar="URL",
+        help="post Loops' own webhooks here: the bridge's Loops webhook URL of the account",
+    )
+    sandbox.add_argument(
+        "--loops-webhook-secret",
+        metavar="whsec_...|-",
+        help="sign them with this secret, as Loops does (- reads it from stdin)",
+    )
+    sandbox.add_argument(
+        "--loop",
+        action="append",
+        dest="loops",
+        default=[],
+        metavar='EVENT="Loop name"',
+        help="events/send with EVENT sends this loop's email (repeatable)",
+    )
+    sandbox.add_argument(
+        "--contact-events",
+        action="store_true",
+        help="also post contact.created, and contact.unsubscribed + .deleted on a delete",
+    )
     _json_flag(commands.add_parser("settings", help="list the settings and their current values"))
     commands.add_parser(
         "migrate", help="upgrade the database schema to this version's (back it up first)"
@@ -111,6 +145,20 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("name", help="the Loops account's name")
     _yes_flag(remove, "remove it: what the bridge knows of its contacts goes too")
     _json_flag(remove)
+    hook = sub.add_parser(
+        "loops-webhook",
+        help="the URL Loops posts its own webhooks to (Settings → Webhooks), and its secrets",
+    )
+    hook.add_argument("name", help="the Loops account's name")
+    hook.add_argument(
+        "secret_action",
+        nargs="?",
+        choices=("add-secret", "remove-secret"),
+        metavar="add-secret|remove-secret",
+        help="add or remove a signing secret (several may be active while one is rolled)",
+    )
+    hook.add_argument("secret", nargs="?", help="the whsec_... secret, or - to read stdin")
+    _json_flag(hook)
 
     endpoints = commands.add_parser("endpoints", help="webhook endpoints")
     sub = endpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -270,10 +318,7 @@ def _main(argv: Sequence[str] | None) -> int:
     logs.configure(settings.log_format)
     try:
         if args.command == "sandbox":
-            from bridge import sandbox
-
-            sandbox.serve(args.host, args.port, args.api_keys, args.rate_limit)
-            return 0
+            return _sandbox(args, settings)
         if args.command == "settings":
             return _settings(args, settings)
         if args.command == "migrate":
@@ -296,6 +341,27 @@ def _main(argv: Sequence[str] | None) -> int:
         where = make_url(settings.database_url).render_as_string(hide_password=True)
         reason = f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
         return _fail(settings, f"the database at {where} is not usable: {reason}", 1)
+
+
+def _sandbox(args: argparse.Namespace, settings: Settings) -> int:
+    from bridge import sandbox
+
+    url, secret = args.loops_webhook_url, args.loops_webhook_secret
+    webhook = None
+    if url or secret or args.loops or args.contact_events:
+        if not (url and secret):
+            message = "Loops webhooks need both --loops-webhook-url and --loops-webhook-secret."
+            return _fail(settings, message, 2)
+        if secret == "-":
+            secret = sys.stdin.readline().strip()
+        try:
+            webhook = sandbox.LoopsWebhook.from_options(
+                url, secret, args.loops, args.contact_events
+            )
+        except ValueError as exc:
+            return _fail(settings, str(exc), 2)
+    sandbox.serve(args.host, args.port, args.api_keys, args.rate_limit, loops_webhook=webhook)
+    return 0
 
 
 def _fail(settings: Settings, message: str, code: int) -> int:
@@ -491,6 +557,8 @@ def _accounts(args: argparse.Namespace, settings: Settings, engine: Engine) -> i
         data = {"name": account.name, "api_key": hint, "ok": refusal is None, "reason": refusal}
         _print(args, data, refusal or f"Loops takes the key of {account.name!r} ({hint}).")
         return 0 if refusal is None else 1
+    if args.action == "loops-webhook":
+        return _loops_webhook(args, settings, engine)
     if args.action == "remove":
         account = _account_named(engine, args.name)
         _confirmed(args, f"remove the Loops account {account.name!r}")
@@ -534,6 +602,48 @@ def _set_account(args: argparse.Namespace, settings: Settings, engine: Engine) -
     if key is not None:
         text += f" {_count(done.made_due, 'queued delivery')} resume now."
     _print(args, data, text)
+    return 0
+
+
+def _loops_webhook(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
+    name = args.name
+    if args.secret_action:
+        if args.secret is None:
+            raise registry.Invalid(
+                f"Give the secret: loops-bridge accounts loops-webhook {name} "
+                f"{args.secret_action} whsec_... (or - to read it from stdin)."
+            )
+        secret = _secret_arg(args.secret)
+        if args.secret_action == "add-secret":
+            hint = registry.add_loops_webhook_secret(engine, name, secret)
+            text = f"Added the Loops webhook secret {hint} to Loops account {name!r}."
+        else:
+            hint = registry.remove_loops_webhook_secret(engine, name, secret)
+            text = f"Removed the Loops webhook secret {hint} from Loops account {name!r}."
+        data = {
+            "account": name,
+            "secret": hint,
+            "added" if args.secret_action == "add-secret" else "removed": True,
+        }
+        _print(args, data, text)
+        return 0
+    if args.secret is not None:
+        raise registry.Invalid("Give add-secret or remove-secret before the secret.")
+    url = registry.loops_webhook_url(engine, settings, name)
+    hints = [hint for _, hint in registry.loops_webhook_secrets(engine, name)]
+    secrets = ", ".join(hints) or (
+        f"none yet: copy it from Loops (Settings → Webhooks → signing secret), then "
+        f"loops-bridge accounts loops-webhook {name} add-secret -"
+    )
+    text = "\n".join(
+        [
+            url,
+            "  In Loops, Settings → Webhooks: paste this URL as the endpoint, toggle the events "
+            "to send, and copy the signing secret back into the bridge.",
+            f"  signing secrets: {secrets}",
+        ]
+    )
+    _print(args, {"account": name, "url": url, "signing_secrets": hints}, text)
     return 0
 
 
@@ -765,7 +875,9 @@ def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
                 }
                 for c in calls
             ]
-            shown = {k: v for k, v in data.items() if k not in ("loops_calls", "event")}
+            data["loops_events"] = outcomes.for_delivery(engine, args.id)
+            hidden = ("loops_calls", "event", "loops_events")
+            shown = {k: v for k, v in data.items() if k not in hidden}
             for key in ("received_at", "finished_at", "next_attempt_at"):
                 shown[key] = _when(shown[key])
             shown["earlier_outcomes"] = "; ".join(shown["earlier_outcomes"]) or "-"
@@ -781,6 +893,12 @@ def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
                     f"{c['status_code'] or 'no answer'} in {c['duration_ms']} ms"
                     f"\n  sent:     {c['request']}\n  answered: {c['response']}"
                 )
+            if data["loops_events"]:
+                lines.append("\nwhat Loops reported after it:")
+                lines += [
+                    f"  {e['time']}  {e['event']}" + (f"  {e['subject']!r}" if e["subject"] else "")
+                    for e in data["loops_events"]
+                ]
             _print(args, data, "\n".join(lines))
             return 0
         query = select(Delivery).order_by(Delivery.id.desc()).limit(args.limit)  # type: ignore[union-attr]
@@ -846,8 +964,9 @@ def _rotate_secret_key(args: argparse.Namespace, _: Settings, engine: Engine) ->
 
 def _counted(done: vault.Rotated) -> str:
     return (
-        f"{done.accounts} Loops API key(s), {done.secrets} signing secret(s) and "
-        f"{done.stripe_keys} Stripe API key(s)"
+        f"{done.accounts} Loops API key(s), {done.secrets} signing secret(s), "
+        f"{done.stripe_keys} Stripe API key(s) and {done.loops_webhook_secrets} Loops "
+        "webhook secret(s)"
     )
 
 
@@ -856,6 +975,7 @@ def _rotated_dict(done: vault.Rotated) -> dict:
         "api_keys": done.accounts,
         "signing_secrets": done.secrets,
         "stripe_api_keys": done.stripe_keys,
+        "loops_webhook_secrets": done.loops_webhook_secrets,
         "key_file": str(done.key_file.absolute()) if done.key_file else None,
         "old_key_file": str(done.old_key_file.absolute()) if done.old_key_file else None,
     }

@@ -197,8 +197,8 @@ class Worker:
         count = await anyio.to_thread.run_sync(self._queue.prune_payloads, days)
         if count:
             log.info(
-                "deleted the payloads of %d delivered or ignored events older than "
-                "%g days (BRIDGE_RETENTION_DAYS)",
+                "deleted the bodies of %d events older than %g days "
+                "(BRIDGE_RETENTION_DAYS): delivered or ignored deliveries, and Loops' webhooks",
                 count,
                 days,
             )

@@ -6,11 +6,14 @@ Two kinds, told apart by where they live::
       loops_bridge_webhooks_total{outcome}        every answer to POST /webhooks/...
       loops_bridge_loops_calls_total{status}      every Loops call; status "none": no answer
       loops_bridge_delivery_seconds               received -> delivered (histogram)
+      loops_bridge_loops_webhooks_total{event}    Loops' own webhooks stored, by eventName
     read from the database at scrape time, shared by every process
       loops_bridge_deliveries{status}             deliveries in each state
       loops_bridge_queue_depth{account}           queued deliveries per Loops account
       loops_bridge_oldest_queued_seconds{account} age of the oldest of them (0: none queued)
       loops_bridge_account_problem{account,kind}  1 while an account has a problem
+      loops_bridge_loops_bounces_total{account,kind}  bounces Loops reported (hard, soft)
+      loops_bridge_loops_complaints_total{account}    spam complaints Loops reported
       loops_bridge_database_up                    0: the database did not answer the scrape
 
 Counters are per process (Prometheus sums them across processes); the database gauges are
@@ -32,21 +35,31 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection as DBConnection
 from sqlalchemy.engine import Engine
 
-from bridge.models import QUEUED, STATUSES, Account, AccountState, Delivery, Endpoint
+from bridge.models import (
+    QUEUED,
+    STATUSES,
+    Account,
+    AccountState,
+    Delivery,
+    Endpoint,
+    LoopsEvent,
+)
 
 __all__ = [
     "CONTENT_TYPE",
     "DATABASE_CACHE_SECONDS",
+    "LOOPS_EVENTS",
     "WEBHOOK_OUTCOMES",
     "Exposition",
     "delivery_finished",
     "loops_call",
+    "loops_webhook_received",
     "serve_http",
     "webhook_answered",
 ]
@@ -64,6 +77,34 @@ WEBHOOK_OUTCOMES = (
     "too_large",
     "unavailable",
 )
+# Loops' webhook event types (https://loops.so/docs/webhooks); any other eventName is
+# counted as "other", so that a sender cannot make series without end.
+LOOPS_EVENTS = (
+    "contact.created",
+    "contact.unsubscribed",
+    "contact.deleted",
+    "contact.mailingList.subscribed",
+    "contact.mailingList.unsubscribed",
+    "campaign.email.sent",
+    "loop.email.sent",
+    "transactional.email.sent",
+    "email.delivered",
+    "email.softBounced",
+    "email.hardBounced",
+    "email.opened",
+    "email.clicked",
+    "email.unsubscribed",
+    "email.resubscribed",
+    "email.spamReported",
+    "testing.testEvent",
+)
+# Loops events counted per account from the database: eventName -> (family, labels after
+# the account's name).
+_REPORTED = {
+    "email.hardBounced": ("bounces", ("hard",)),
+    "email.softBounced": ("bounces", ("soft",)),
+    "email.spamReported": ("complaints", ()),
+}
 # Received -> delivered: well under a second when Loops answers at once, up to the 3 days a
 # delivery is retried for.
 DELIVERY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 259200)
@@ -91,9 +132,18 @@ _delivery_seconds = Histogram(
     buckets=DELIVERY_BUCKETS,
     registry=_PROCESS,
 )
+_loops_webhooks = Counter(
+    "loops_bridge_loops_webhooks_total",
+    "Loops' own webhooks received and stored (not duplicates), by eventName; other: a "
+    "name Loops does not document.",
+    ["event"],
+    registry=_PROCESS,
+)
 # Bound once: the webhook path pays a dict lookup and an increment, no label handling.
 _WEBHOOK_COUNTS = {outcome: _webhooks.labels(outcome) for outcome in WEBHOOK_OUTCOMES}
 _loops_call_counts: dict[int | None, Counter] = {}
+_LOOPS_WEBHOOK_COUNTS = {event: _loops_webhooks.labels(event) for event in LOOPS_EVENTS}
+_LOOPS_WEBHOOK_OTHER = _loops_webhooks.labels("other")
 
 
 def webhook_answered(outcome: str) -> None:
@@ -108,6 +158,11 @@ def loops_call(status_code: int | None) -> None:
         label = "none" if status_code is None else str(status_code)
         child = _loops_call_counts[status_code] = _loops_calls.labels(label)
     child.inc()
+
+
+def loops_webhook_received(event_name: str) -> None:
+    """Count one Loops webhook stored, by its eventName."""
+    _LOOPS_WEBHOOK_COUNTS.get(event_name, _LOOPS_WEBHOOK_OTHER).inc()
 
 
 def delivery_finished(seconds: float) -> None:
@@ -213,7 +268,40 @@ def _gauges(conn: DBConnection, now: float) -> list[Metric]:
     )
     for account, kind in sorted(problems):
         problem_family.add_metric([account, kind], 1)
-    return [status_family, depth_family, age_family, problem_family]
+    return [status_family, depth_family, age_family, problem_family, *_reported(conn)]
+
+
+def _reported(conn: DBConnection) -> list[Metric]:
+    """Bounces and spam complaints Loops reported for each account: counted from the stored
+    events (their rows stay after retention), through the (event_name, ...) index."""
+    events = LoopsEvent.__table__  # type: ignore[attr-defined]
+    accounts = Account.__table__  # type: ignore[attr-defined]
+    counts = dict.fromkeys(
+        ((name, event) for (name,) in conn.execute(select(accounts.c.name)) for event in _REPORTED),
+        0,
+    )
+    found = conn.execute(
+        select(accounts.c.name, events.c.event_name, func.count())
+        .select_from(events.join(accounts, accounts.c.id == events.c.account_id))
+        .where(events.c.event_name.in_(_REPORTED))
+        .group_by(accounts.c.name, events.c.event_name)
+    ).all()
+    counts.update(((name, event), count) for name, event, count in found)
+    bounces = CounterMetricFamily(
+        "loops_bridge_loops_bounces",
+        "Bounces Loops reported by webhook for emails of a Loops account (kind: hard, soft).",
+        labels=["account", "kind"],
+    )
+    complaints = CounterMetricFamily(
+        "loops_bridge_loops_complaints",
+        "Spam complaints Loops reported by webhook for emails of a Loops account.",
+        labels=["account"],
+    )
+    families = {"bounces": bounces, "complaints": complaints}
+    for (name, event), count in sorted(counts.items()):
+        family, labels = _REPORTED[event]
+        families[family].add_metric([name, *labels], count)
+    return [bounces, complaints]
 
 
 class Exposition:

@@ -47,9 +47,7 @@ STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED, DEAD)
 
 class Account(SQLModel, table=True):
     __tablename__ = "accounts"
-    __table_args__ = (
-        Index("ix_accounts_loops_webhook_token", "loops_webhook_token", unique=True),
-    )
+    __table_args__ = (Index("ix_accounts_loops_webhook_token", "loops_webhook_token", unique=True),)
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True)
@@ -110,6 +108,7 @@ class Delivery(SQLModel, table=True):
         Index("ix_delivery_type_id", "event_type", "id"),
         Index("ix_delivery_status_received", "status", "received_at"),
         Index("ix_delivery_claimed_by", "claimed_by"),
+        Index("ix_delivery_user_id", "user_id", "id"),  # Loops' webhooks, by userId
     )
 
     id: int | None = Field(default=None, primary_key=True)

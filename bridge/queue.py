@@ -42,6 +42,7 @@ from bridge.models import (
     Delivery,
     Endpoint,
     LoopsCall,
+    LoopsEvent,
 )
 
 __all__ = ["Job", "Progress", "Queue", "Settled"]
@@ -359,10 +360,12 @@ class Queue:
                 )
             elif progress.contact_known:
                 self._remember_contact(conn, job, progress.names_sent)
+            looked_up = {"email": job.email} if job.email else {}  # from Stripe, if it was
             owned = conn.execute(
                 update(Delivery)
                 .where(Delivery.id == job.id, Delivery.claimed_by == self._worker)
                 .values(
+                    **looked_up,
                     status=settled.status,
                     reason=settled.reason,
                     attempts=job.attempts + 1,
@@ -415,29 +418,35 @@ class Queue:
     # -- retention ----------------------------------------------------------------------------
 
     def prune_payloads(self, older_than_days: float, batch: int = 1000) -> int:
-        """Delete the raw payloads of delivered and ignored events received more than
-        ``older_than_days`` ago, a batch at a time; the rows and their outcome stay."""
+        """Delete the raw payloads of delivered and ignored events, and the bodies of Loops'
+        own webhooks, received more than ``older_than_days`` ago, a batch at a time; the
+        rows stay (a delivery's outcome, a contact's timeline entry). How many."""
         cutoff = time.time() - older_than_days * 86400
         pruned = 0
-        while True:
-            with self._engine.begin() as conn:
-                ids = (
-                    select(Delivery.id)
-                    .where(
-                        Delivery.status.in_((DELIVERED, IGNORED)),  # type: ignore[attr-defined]
-                        Delivery.received_at < cutoff,
-                        Delivery.payload.is_not(None),  # type: ignore[union-attr]
+        for model, done in (
+            (Delivery, Delivery.status.in_((DELIVERED, IGNORED))),  # type: ignore[attr-defined]
+            (LoopsEvent, sa.true()),
+        ):
+            while True:
+                with self._engine.begin() as conn:
+                    ids = (
+                        select(model.id)
+                        .where(
+                            done,
+                            model.received_at < cutoff,
+                            model.payload.is_not(None),  # type: ignore[attr-defined]
+                        )
+                        .limit(batch)
                     )
-                    .limit(batch)
-                )
-                count = conn.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_(ids.scalar_subquery()))  # type: ignore[union-attr]
-                    .values(payload=None)
-                ).rowcount
-            pruned += count
-            if count < batch:
-                return pruned
+                    count = conn.execute(
+                        update(model)
+                        .where(model.id.in_(ids.scalar_subquery()))  # type: ignore[attr-defined]
+                        .values(payload=None)
+                    ).rowcount
+                pruned += count
+                if count < batch:
+                    break
+        return pruned
 
 
 def _call_row(delivery_id: int, answer: Answer) -> dict:

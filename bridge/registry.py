@@ -14,12 +14,14 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
 
 import providers
-from bridge import accounts
+from bridge import accounts, loops_webhooks
 from bridge.models import (
     DEAD,
     DELIVERED,
@@ -31,10 +33,15 @@ from bridge.models import (
     Delivery,
     Endpoint,
     LoopsCall,
+    LoopsEvent,
+    LoopsWebhookSecret,
     Rejection,
     Secret,
     UnsupportedEvent,
 )
+
+if TYPE_CHECKING:
+    from bridge.settings import Settings
 
 _LOOPS_EVENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
 _MAILING_LIST_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -189,7 +196,8 @@ def delete_account(engine: Engine, account_id: int) -> str:
                 f"Loops account {name!r} is used by endpoint(s) {', '.join(in_use)}: move them "
                 "to another Loops account or delete them first."
             )
-        session.exec(delete(Contact).where(col(Contact.account_id) == account_id))
+        for model in (Contact, LoopsEvent, LoopsWebhookSecret):
+            session.exec(delete(model).where(col(model.account_id) == account_id))  # type: ignore[attr-defined]
         accounts.forget(session.connection(), account_id)
         session.delete(account)
         session.commit()
@@ -549,6 +557,12 @@ def delete_endpoint(engine: Engine, endpoint_id: str) -> None:
     with Session(engine) as session:
         endpoint = _endpoint(session, endpoint_id)
         deliveries = select(Delivery.id).where(Delivery.endpoint_id == endpoint_id)
+        # What Loops reported stays in the contact's timeline, without its delivery.
+        session.exec(
+            update(LoopsEvent)
+            .where(col(LoopsEvent.delivery_id).in_(deliveries))
+            .values(delivery_id=None)
+        )
         for model, column in (
             (LoopsCall, LoopsCall.delivery_id.in_(deliveries)),  # type: ignore[attr-defined]
             (Delivery, Delivery.endpoint_id == endpoint_id),
@@ -706,3 +720,92 @@ def _views(session: Session, endpoints: list[Endpoint]) -> list[EndpointView]:
         )
         for e in endpoints
     ]
+
+
+# -- Loops' own webhooks: an account's URL and signing secrets --------------------------------
+
+
+def new_loops_webhook_token() -> str:
+    """128 random bits, URL-safe, behind a prefix (as :func:`new_endpoint_id`)."""
+    return "lw_" + secrets.token_urlsafe(16)
+
+
+def loops_webhook_url(engine: Engine, settings: Settings, account_name: str) -> str:
+    """The URL Loops posts the account's webhooks to (Settings → Webhooks in Loops). Its
+    token is made the first time it is asked for, and stays."""
+    with Session(engine) as session:
+        account = _account_by_name(session, account_name)
+        if account.loops_webhook_token is None:
+            # Only where there is none yet: two first calls at once agree on one token.
+            session.exec(
+                update(Account)
+                .where(col(Account.id) == account.id, col(Account.loops_webhook_token).is_(None))
+                .values(loops_webhook_token=new_loops_webhook_token())
+            )
+            session.commit()
+            session.refresh(account)
+        token = account.loops_webhook_token
+    return f"{settings.public_url.rstrip('/')}/loops-webhooks/{token}"
+
+
+def loops_webhook_secrets(engine: Engine, account_name: str) -> list[tuple[int, str]]:
+    """(id, hint) of each signing secret of the account's Loops webhook, oldest first."""
+    with Session(engine) as session:
+        account = _account_by_name(session, account_name)
+        rows = session.exec(
+            select(LoopsWebhookSecret)
+            .where(LoopsWebhookSecret.account_id == account.id)
+            .order_by(col(LoopsWebhookSecret.id))
+        )
+        return [(s.id, mask(s.value)) for s in rows]  # type: ignore[misc]
+
+
+def add_loops_webhook_secret(engine: Engine, account_name: str, value: str) -> str:
+    """Add a signing secret of the account's Loops webhook (several may be active while one
+    is rolled); its hint."""
+    value = value.strip()
+    if problem := loops_webhooks.secret_problem(value):
+        raise Invalid(problem)
+    with Session(engine) as session:
+        account = _account_by_name(session, account_name)
+        existing = session.exec(
+            select(LoopsWebhookSecret).where(LoopsWebhookSecret.account_id == account.id)
+        )
+        if any(secrets.compare_digest(s.value, value) for s in existing):
+            raise Invalid(f"Loops account {account.name!r} already has the secret {mask(value)}.")
+        session.add(
+            LoopsWebhookSecret(account_id=account.id, value=value, created_at=time.time())  # type: ignore[arg-type]
+        )
+        session.commit()
+    return mask(value)
+
+
+def remove_loops_webhook_secret(engine: Engine, account_name: str, value: str) -> str:
+    value = value.strip()
+    with Session(engine) as session:
+        account = _account_by_name(session, account_name)
+        for secret in session.exec(
+            select(LoopsWebhookSecret).where(LoopsWebhookSecret.account_id == account.id)
+        ):
+            if secrets.compare_digest(secret.value, value):
+                session.delete(secret)
+                session.commit()
+                return mask(value)
+    raise Invalid(
+        f"Loops account {account_name!r} has no Loops webhook secret {mask(value)}; nothing "
+        "was removed."
+    )
+
+
+def remove_loops_webhook_secret_by_id(engine: Engine, account_id: int, secret_id: int) -> str:
+    """The admin's Remove button: the secret named by its id, never sent to the browser."""
+    with Session(engine) as session:
+        secret = session.get(LoopsWebhookSecret, secret_id)
+        if secret is None or secret.account_id != account_id:
+            raise NotFound(
+                f"The Loops account has no Loops webhook secret {secret_id}; nothing was removed."
+            )
+        hint = mask(secret.value)
+        session.delete(secret)
+        session.commit()
+        return hint

@@ -62,6 +62,7 @@ STORED = (
     ("accounts", "id", "api_key"),
     ("secrets", "id", "value"),
     ("endpoints", "id", "stripe_api_key"),  # optional: NULL when the endpoint has none
+    ("loops_webhook_secrets", "id", "value"),  # an account's Loops webhook secrets
 )
 
 
@@ -171,6 +172,7 @@ class Rotated:
     accounts: int  # Loops API keys re-encrypted
     secrets: int  # signing secrets re-encrypted
     stripe_keys: int  # endpoints' Stripe API keys re-encrypted
+    loops_webhook_secrets: int  # accounts' Loops webhook signing secrets re-encrypted
     key_file: Path | None  # where the new key is; None: BRIDGE_SECRET_KEY must be set to it
     old_key_file: Path | None  # where the previous key(s) are kept
 
@@ -381,11 +383,13 @@ def _check_opens(engine: Engine, vault: Vault) -> None:
     )
 
 
-def _reencrypt(conn: sa.Connection, current: Vault, new: Vault) -> tuple[int, int, int]:
+def _reencrypt(conn: sa.Connection, current: Vault, new: Vault) -> tuple[int, ...]:
+    """Every stored secret under ``new``; how many of each of :data:`STORED`."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, before reading
     else:
-        conn.exec_driver_sql("LOCK TABLE accounts, secrets, endpoints IN EXCLUSIVE MODE")
+        tables = ", ".join(table for table, _, _ in STORED)
+        conn.exec_driver_sql(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
     counts = []
     for table, key, column in STORED:
         rows = sa.table(table, sa.column(key), sa.column(column))
@@ -399,4 +403,4 @@ def _reencrypt(conn: sa.Connection, current: Vault, new: Vault) -> tuple[int, in
                 .values({column: new.encrypt(current.decrypt(token))})
             )
         counts.append(len(found))
-    return counts[0], counts[1], counts[2]
+    return tuple(counts)

@@ -203,6 +203,8 @@ def test_each_subscription_event_reaches_loops_with_the_customers_email_and_prop
     assert by_name["subscriptionEnded"]["status"] == "canceled"
     # One customer, four events, one after the other: Stripe was asked once.
     assert lookups(bridge, jenny) == [200]
+    # The log shows the email looked up, so it can be searched and joined to Loops' reports.
+    assert {d["email"] for d in h.deliveries()} == {"jenny.rosen@example.com"}
 
 
 def test_a_burst_about_one_customer_asks_stripe_once_per_customer(bridge):

@@ -194,6 +194,7 @@ def test_rotate_secret_key_in_the_key_file_and_webhooks_still_verify(env, tmp_pa
         "api_keys": 1,
         "signing_secrets": 2,
         "stripe_api_keys": 0,
+        "loops_webhook_secrets": 0,
         "key_file": str(path),
         "old_key_file": f"{path}.old",
     }
@@ -209,8 +210,8 @@ def test_rotate_secret_key_in_the_key_file_and_webhooks_still_verify(env, tmp_pa
 
     again = cli(env, "rotate-secret-key")
     assert (
-        "Re-encrypted 1 Loops API key(s), 2 signing secret(s) and 0 Stripe API key(s)"
-        in again.stdout
+        "Re-encrypted 1 Loops API key(s), 2 signing secret(s), 0 Stripe API key(s) and 0 "
+        "Loops webhook secret(s)" in again.stdout
     )
     assert path.read_text().strip() not in again.stdout + again.stderr  # never shown
     delivered(tmp_path, env, endpoint_id, SECOND)
@@ -224,8 +225,8 @@ def test_rotate_secret_key_given_in_bridge_secret_key(tmp_path):
 
     done = cli(env, "rotate-secret-key")
     assert (
-        "Re-encrypted 1 Loops API key(s), 2 signing secret(s) and 0 Stripe API key(s)"
-        in done.stdout
+        "Re-encrypted 1 Loops API key(s), 2 signing secret(s), 0 Stripe API key(s) and 0 "
+        "Loops webhook secret(s)" in done.stdout
     )
     (new,) = [line.strip() for line in done.stdout.splitlines() if line.startswith("    ")]
     assert done.stdout.count(new) == 1 and first not in done.stdout

@@ -7,6 +7,7 @@ One module per page family, each a list ``routes`` of module-level handlers::
     accounts     /accounts/...     Loops accounts and how each is doing
     endpoints    /endpoints/...    webhook URLs, their secrets, pause, delete
     deliveries   /deliveries/...   the delivery log, one delivery, retry, send again
+    contacts     /contacts         one contact's timeline: what the bridge sent, what Loops said
     diagnostics  /endpoints/{id}/rejections, /endpoints/{id}/test
 
 A handler reads the settings, the database and rendering from the :class:`Admin` on
@@ -33,7 +34,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
-from bridge.admin import accounts, auth, deliveries, diagnostics, endpoints, login, overview
+from bridge.admin import (
+    accounts,
+    auth,
+    contacts,
+    deliveries,
+    diagnostics,
+    endpoints,
+    login,
+    overview,
+)
 from bridge.admin.csrf import CrossSiteProtection
 from bridge.admin.formats import shown
 from bridge.admin.headers import SecurityHeaders
@@ -48,7 +58,7 @@ __all__ = ["Admin", "create_admin"]
 # templates/ is the package bridge.templates (setup.py): this finds it the same way in a
 # checkout (an editable install) and in site-packages.
 TEMPLATES = Path(str(resources.files("bridge.templates")))
-PAGES = (login, overview, accounts, endpoints, deliveries, diagnostics)
+PAGES = (login, overview, accounts, endpoints, deliveries, contacts, diagnostics)
 
 
 async def failed(request: Request, exc: Exception) -> Response:

@@ -8,6 +8,13 @@
                                       queue due now)
     POST /accounts/{id}/test          ask Loops (GET /api-key) whether the key works
     POST /accounts/{id}/delete        delete one no endpoint uses
+    POST /accounts/{id}/loops-webhook-secrets               add a Loops webhook secret
+    POST /accounts/{id}/loops-webhook-secrets/{sid}/remove  remove one (named by its id)
+
+An account's page also shows its Loops webhook URL (``/loops-webhooks/lw_...``, made when
+first shown: :func:`bridge.registry.loops_webhook_url`) with the steps in Loops, its
+signing secrets as hints, when Loops' test event last arrived, and how many events Loops
+reported in the last 7 days (:mod:`bridge.loops_webhooks`).
 
 A key is checked with Loops before it is added or replaces another (``loops.key_refusal``):
 one Loops refuses, or that could not be checked, is refused on the form with the reason,
@@ -44,9 +51,17 @@ from bridge.accounts import rate_in_use
 from bridge.admin.formats import COUNT_CAP, ago, count, row_id, when
 from bridge.admin.state import Admin
 from bridge.loops import Answer, LoopsClient, Verdict, key_refusal
-from bridge.models import QUEUED, Account, AccountState, Delivery, Endpoint
+from bridge.models import QUEUED, Account, AccountState, Delivery, Endpoint, LoopsEvent
+from bridge.settings import Settings
 
-__all__ = ["STATES", "AccountView", "read_accounts", "routes"]
+__all__ = [
+    "STATES",
+    "AccountView",
+    "LoopsWebhookView",
+    "read_accounts",
+    "read_loops_webhook",
+    "routes",
+]
 
 _LIST = "/admin/accounts"
 # state -> what the admin reads on its badge
@@ -164,6 +179,43 @@ def _queue(db: Db, account_id: int) -> tuple[int, tuple[int, float] | None]:
     return queued, (oldest.id, oldest.received_at) if oldest else None
 
 
+WEEK = 7 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class LoopsWebhookView:
+    """An account's Loops webhook as its page shows it: never a secret, only hints."""
+
+    url: str
+    secrets: list[tuple[int, str]]  # (id, hint), oldest first
+    tested_at: float | None  # the latest testing.testEvent received; None: none yet
+    week: int  # events Loops reported in the last 7 days, at most COUNT_CAP + 1
+
+
+def read_loops_webhook(engine: Engine, settings: Settings, name: str) -> LoopsWebhookView:
+    url = registry.loops_webhook_url(engine, settings, name)
+    secrets = registry.loops_webhook_secrets(engine, name)
+    with engine.connect() as db:
+        account_id = db.execute(select(col(Account.id)).where(col(Account.name) == name)).scalar()
+        tested_at = db.execute(
+            select(func.max(col(LoopsEvent.received_at))).where(
+                col(LoopsEvent.event_name) == "testing.testEvent",
+                col(LoopsEvent.account_id) == account_id,
+            )
+        ).scalar()
+        recent = (
+            select(col(LoopsEvent.id))
+            .where(
+                col(LoopsEvent.account_id) == account_id,
+                col(LoopsEvent.received_at) >= time.time() - WEEK,
+            )
+            .limit(COUNT_CAP + 1)
+            .subquery()
+        )
+        week: int = db.execute(select(func.count()).select_from(recent)).scalar_one()
+    return LoopsWebhookView(url, secrets, tested_at, week)
+
+
 def _read_account(engine: Engine, account_id: int) -> AccountView:
     found = read_accounts(engine, account_id)
     if not found:
@@ -236,12 +288,14 @@ async def _account_page(
         account = await admin.run(_read_account, admin.engine, _id(request))
     except registry.NotFound:
         return _not_found(request)
+    hook = await admin.run(read_loops_webhook, admin.engine, admin.settings, account.name)
     return _shown(
         request,
         "accounts/show.html",
         status_code,
         title=f"Loops account {account.name}",
         account=account,
+        hook=hook,
         rate_limit=rate_limit if rate_limit is not None else str(account.own_rate_limit or ""),
         errors=errors or {},
         alert=alert,
@@ -357,6 +411,37 @@ async def delete(request: Request) -> Response:
     return admin.redirect(_LIST, f"Deleted Loops account {name!r}.")
 
 
+async def add_loops_webhook_secret(request: Request) -> Response:
+    admin, account_id = Admin.of(request), _id(request)
+    value = str((await request.form()).get("secret", ""))
+    try:
+        account = await admin.run(registry.get_account, admin.engine, account_id)
+        hint = await admin.run(registry.add_loops_webhook_secret, admin.engine, account.name, value)
+    except registry.NotFound:
+        return _not_found(request)
+    except registry.Invalid as exc:
+        return await _account_page(request, 400, errors={"secret": str(exc)})
+    return admin.redirect(
+        f"{_LIST}/{account_id}#loops-webhook",
+        f"Added the Loops webhook secret {hint}: Loops' webhooks signed with it are accepted. "
+        "Send a test event from Loops (Settings → Webhooks) to check.",
+    )
+
+
+async def remove_loops_webhook_secret(request: Request) -> Response:
+    admin, account_id = Admin.of(request), _id(request)
+    secret_id = row_id(request.path_params["secret_id"]) or -1
+    try:
+        hint = await admin.run(
+            registry.remove_loops_webhook_secret_by_id, admin.engine, account_id, secret_id
+        )
+    except registry.NotFound:
+        return _not_found(request)
+    return admin.redirect(
+        f"{_LIST}/{account_id}#loops-webhook", f"Removed the Loops webhook secret {hint}."
+    )
+
+
 routes = [
     Route("/accounts", index, methods=["GET"]),
     Route("/accounts", add, methods=["POST"]),
@@ -365,6 +450,14 @@ routes = [
     Route("/accounts/{account_id}/api-key", replace_key, methods=["POST"]),
     Route("/accounts/{account_id}/test", test, methods=["POST"]),
     Route("/accounts/{account_id}/delete", delete, methods=["POST"]),
+    Route(
+        "/accounts/{account_id}/loops-webhook-secrets", add_loops_webhook_secret, methods=["POST"]
+    ),
+    Route(
+        "/accounts/{account_id}/loops-webhook-secrets/{secret_id}/remove",
+        remove_loops_webhook_secret,
+        methods=["POST"],
+    ),
 ]
 
 

@@ -1,8 +1,11 @@
 """Admin pages: the delivery log, and one delivery with every Loops call made for it.
 
     GET  /deliveries                    newest first; ?endpoint= &status= &event_type= &search=
-    GET  /deliveries/{id}               the event, what the bridge decided, its Loops calls
-                                        (the first and the latest: bridge.admin.calls)
+    GET  /deliveries/{id}               the event, what the bridge decided, what Loops did
+                                        with it after (bridge.outcomes: "successfulPayment
+                                        sent 10:42 -> loop email ... sent 10:43 -> delivered"),
+                                        its Loops calls (the first and the latest:
+                                        bridge.admin.calls)
     POST /deliveries/{id}/retry         a failed or dead delivery: queue it again, now
     POST /deliveries/{id}/send-again    a delivered one: again, with a new idempotency key
 
@@ -44,7 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import providers
-from bridge import registry
+from bridge import outcomes, registry
 from bridge.admin.accounts import STATES, AccountView, read_accounts
 from bridge.admin.calls import Calls, read_calls
 from bridge.admin.formats import ID_RANGE, ago, hours, int_or_none, pretty, row_id, when
@@ -58,6 +61,7 @@ from bridge.models import (
     Account,
     Delivery,
     Endpoint,
+    LoopsCall,
 )
 
 __all__ = ["PAGE_SIZE", "Filters", "Page", "list_deliveries"]
@@ -294,9 +298,11 @@ class Detail:
     endpoint_name: str | None
     endpoint_paused: bool
     account_name: str | None
+    account_id: int | None
     account: AccountView | None  # its Loops account's state, for a delivery still queued
     calls: Calls
     details: providers.Details | None  # names and Loops properties read from the payload
+    outcome: Outcome
 
 
 def _detail(engine: Engine, delivery_id: int) -> Detail | None:
@@ -312,6 +318,7 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
             endpoint_name=endpoint.name if endpoint else None,
             endpoint_paused=bool(endpoint and endpoint.paused),
             account_name=account.name if account else None,
+            account_id=account.id if account else None,
             account=(
                 next(iter(read_accounts(engine, account.id, queues=False)), None)  # type: ignore[arg-type]
                 if account and delivery.status == QUEUED
@@ -319,7 +326,94 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
             ),
             calls=read_calls(session, delivery_id),
             details=_read_details(endpoint, delivery.payload),
+            outcome=_outcome(session.connection(), delivery_id),
         )
+
+
+# --- after Loops --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One link of a delivery's chain after Loops: "loop email “Receipt” sent 10:43"."""
+
+    label: str
+    at: float
+    tone: str = ""  # "bad": bounced or reported as spam; "warn": soft bounced
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    steps: list[Step]  # the Loops event sent, then what Loops reported, oldest first
+    reported: list[outcomes.Reported]
+    alerts: list[str]  # what stands out: "hard bounced: the contact is now unsubscribed"
+
+    @property
+    def emailed(self) -> bool:
+        return any(r.event == outcomes.LOOP_EMAIL_SENT for r in self.reported)
+
+
+REPORT_LABELS = {
+    "email.delivered": ("delivered", ""),
+    "email.softBounced": ("soft bounced", "warn"),
+    "email.hardBounced": ("hard bounced", "bad"),
+    "email.opened": ("opened", ""),
+    "email.clicked": ("clicked", ""),
+    "email.unsubscribed": ("unsubscribed", "warn"),
+    "email.resubscribed": ("resubscribed", ""),
+    "email.spamReported": ("reported as spam", "bad"),
+}
+REPORT_ALERTS = {
+    "email.hardBounced": "hard bounced: the address does not take email, and the contact is "
+    "now unsubscribed in Loops",
+    "email.spamReported": "reported as spam by the contact: Loops stops sending to them",
+    "email.softBounced": "soft bounced: the address refused it for now (a full mailbox, a "
+    "server down)",
+    "email.unsubscribed": "the contact unsubscribed from this email",
+}
+
+
+def _outcome(conn: Db, delivery_id: int) -> Outcome:
+    """The Loops event the delivery sent and what Loops reported of the email it started."""
+    sent = conn.execute(
+        select(col(LoopsCall.started_at), col(LoopsCall.request_body))
+        .where(
+            col(LoopsCall.delivery_id) == delivery_id,
+            col(LoopsCall.path) == outcomes.EVENTS_SEND,
+            col(LoopsCall.status_code).between(200, 299),
+        )
+        .order_by(col(LoopsCall.started_at))
+    ).all()
+    reported = outcomes.reported(conn, delivery_id)
+    steps: list[Step] = []
+    if sent:
+        # The send the loop email followed (a delivery sent again has several).
+        email_at = next((r.at for r in reported if r.event == outcomes.LOOP_EMAIL_SENT), None)
+        latest = email_at + outcomes.CLOCK_SLACK if email_at is not None else None
+        before = [c for c in sent if latest is None or c.started_at <= latest]
+        at, body = (before or sent)[-1]
+        steps.append(Step(f"{outcomes.event_name_sent(body) or 'event'} sent", at))
+    for report in reported:
+        if report.event in outcomes.SENT_EVENTS:
+            kind = report.event.split(".")[0]
+            title = report.subject or report.source_name
+            steps.append(
+                Step(f"{kind} email “{title}” sent" if title else f"{kind} email sent", report.at)
+            )
+        else:
+            label, tone = REPORT_LABELS.get(report.event, (report.event, ""))
+            steps.append(Step(label, report.at, tone))
+    alerts = [REPORT_ALERTS[r.event] for r in reported if r.event in REPORT_ALERTS]
+    return Outcome(steps, reported, list(dict.fromkeys(alerts)))
+
+
+def clock(epoch: float, since: float | None = None) -> str:
+    """A chain's time: ``10:42`` (UTC), with the date when it is not the day of ``since``."""
+    day = time.strftime("%Y-%m-%d", time.gmtime(epoch))
+    hour = time.strftime("%H:%M", time.gmtime(epoch))
+    if since is not None and time.strftime("%Y-%m-%d", time.gmtime(since)) == day:
+        return hour
+    return f"{day}\u00a0{hour}"
 
 
 def _read_details(endpoint: Endpoint | None, payload: bytes | None) -> providers.Details | None:
@@ -413,6 +507,9 @@ async def show(request: Request) -> Response:
         pretty=pretty,
         when=when,
         ago=ago,
+        clock=clock,
+        iso=outcomes.iso,
+        window=hours(outcomes.WINDOW),
         now=now,
     )
 

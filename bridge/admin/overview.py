@@ -2,8 +2,17 @@
 near its rate limit or in trouble, and are webhooks being refused?
 
     GET  /    counts per status of the last 24 hours, the queue, dead deliveries of the last
-              7 days, Loops accounts with a problem, each Loops account's pace, and per
-              endpoint the requests it refused in the last 24 hours with the latest reason
+              7 days, Loops accounts with a problem, each Loops account's pace, per
+              endpoint the requests it refused in the last 24 hours with the latest reason,
+              and the week as charts (below)
+
+The week (issue 14), drawn as inline SVG made here and in the template (no script; its
+colours are classes of admin.css, as the Content-Security-Policy allows no inline style):
+per endpoint, the funnel of the provider events received in the last 7 days: received ->
+delivered to Loops -> loop emails sent -> delivered, bounced (hard and soft), complained
+(reported as spam), bounces and complaints in red (:func:`bridge.outcomes.read_week`); and
+deliveries received and Loops calls made per hour over the week. Each chart has a
+``<title>`` and its numbers in text beside it.
 
 Every number is one bounded, indexed query. A count stops at ``COUNT_CAP`` (shown as
 "100,000+"), so the page costs the same however busy the day was. Refused requests are few by
@@ -18,7 +27,7 @@ https://loops.so/docs/api-reference/intro#rate-limiting).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.engine import Connection as Db
@@ -29,6 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import providers
+from bridge import outcomes
 from bridge.admin.accounts import STATES, AccountView, read_accounts
 from bridge.admin.formats import COUNT_CAP, ago, count, when
 from bridge.admin.state import Admin
@@ -79,6 +89,108 @@ class Overview:
     rejected: list[Rejected]  # endpoints that refused requests in the last 24 h, latest first
     endpoints: int
     accounts: int
+    week: outcomes.Week | None = None
+
+
+# --- the week's charts: geometry in viewBox units -------------------------------------------
+
+CHART_WIDTH = 360
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelBar:
+    label: str
+    value: int
+    width: float  # of the bar, at most FUNNEL_BAR
+    y: float
+    tone: str  # a class: "bar", or "bar-bad" for bounces and complaints
+
+
+@dataclass(frozen=True, slots=True)
+class FunnelChart:
+    funnel: outcomes.Funnel
+    bars: list[FunnelBar]
+    height: float
+    alarming: bool  # bounces or complaints: the endpoint's chart stands out
+
+
+FUNNEL_LABEL = 128  # the labels' column
+FUNNEL_BAR = 170  # the widest bar: the events received
+FUNNEL_ROW = 24
+
+
+def funnel_chart(funnel: outcomes.Funnel) -> FunnelChart:
+    steps = [
+        ("Received", funnel.received, "bar"),
+        ("Delivered to Loops", funnel.delivered, "bar"),
+        ("Emails sent", funnel.sent, "bar"),
+        ("Delivered", funnel.email_delivered, "bar"),
+        ("Bounced", funnel.bounced, "bar-bad" if funnel.bounced else "bar"),
+        ("Complained", funnel.complained, "bar-bad" if funnel.complained else "bar"),
+    ]
+    top = max(value for _, value, _ in steps) or 1
+    bars = [
+        FunnelBar(label, value, FUNNEL_BAR * value / top, i * FUNNEL_ROW, tone)
+        for i, (label, value, tone) in enumerate(steps)
+    ]
+    return FunnelChart(
+        funnel, bars, len(bars) * FUNNEL_ROW, bool(funnel.bounced or funnel.complained)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HourBar:
+    x: float
+    deliveries: float  # bar height
+    at: float  # the hour's start
+    delivered: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoursChart:
+    bars: list[HourBar]
+    calls_line: str  # the Loops calls, an SVG polyline's points
+    top: int  # the y axis' top value
+    days: list[tuple[float, float]] = field(default_factory=list)  # (x, start of the day)
+    total_deliveries: int = 0
+    total_calls: int = 0
+    busiest: HourBar | None = None  # the hour with the most deliveries
+
+    @property
+    def step(self) -> float:
+        return HOURS_PLOT / len(self.bars) if self.bars else 0
+
+
+HOURS_LEFT = 34  # the y axis' labels
+HOURS_PLOT = CHART_WIDTH - HOURS_LEFT - 4
+HOURS_HEIGHT = 110  # of the plot; the day labels go below
+
+
+def hours_chart(week: outcomes.Week) -> HoursChart:
+    count = len(week.deliveries)
+    top = max([*week.deliveries, *week.calls, 1])
+    step = HOURS_PLOT / count
+
+    def y(value: int) -> float:
+        return HOURS_HEIGHT - HOURS_HEIGHT * value / top
+
+    bars = [
+        HourBar(
+            HOURS_LEFT + i * step,
+            HOURS_HEIGHT * delivered / top,
+            week.since + i * outcomes.HOUR,
+            delivered,
+            calls,
+        )
+        for i, (delivered, calls) in enumerate(zip(week.deliveries, week.calls, strict=True))
+    ]
+    line = " ".join(
+        f"{HOURS_LEFT + (i + 0.5) * step:.1f},{y(calls):.1f}" for i, calls in enumerate(week.calls)
+    )
+    days = [(bar.x, bar.at) for bar in bars if time.gmtime(bar.at).tm_hour == 0]
+    busiest = max(bars, key=lambda b: b.delivered) if any(week.deliveries) else None
+    return HoursChart(bars, line, top, days, sum(week.deliveries), sum(week.calls), busiest)
 
 
 def _capped_count(db: Db, condition: ColumnElement[bool]) -> int:
@@ -149,6 +261,7 @@ def read_overview(engine: Engine, default_limit: int, now: float | None = None) 
         rejected=rejected,
         endpoints=endpoints,
         accounts=len(accounts),
+        week=outcomes.read_week(engine, now),
     )
 
 
@@ -188,6 +301,15 @@ async def overview(request: Request) -> Response:
         "overview.html",
         title="Overview",
         o=seen,
+        funnels=[funnel_chart(f) for f in seen.week.funnels] if seen.week else [],
+        hours=hours_chart(seen.week) if seen.week else None,
+        chart_width=CHART_WIDTH,
+        funnel_label=FUNNEL_LABEL,
+        funnel_bar=FUNNEL_BAR,
+        funnel_row=FUNNEL_ROW,
+        hours_left=HOURS_LEFT,
+        hours_height=HOURS_HEIGHT,
+        day_label=lambda epoch: time.strftime("%a %d", time.gmtime(epoch)),
         provider_labels=[providers.get(name).label for name in providers.names()],
         statuses=STATUSES,
         dead_days=DEAD_DAYS,

@@ -68,9 +68,12 @@ def upgrade() -> None:
     op.create_index("ix_loops_events_delivery_id", "loops_events", ["delivery_id"])
     op.create_index("ix_loops_events_email_id", "loops_events", ["account_id", "email_id"])
     op.create_index("ix_loops_events_received", "loops_events", ["event_name", "received_at"])
+    # Loops names some contacts by userId: the join finds their deliveries by it.
+    op.create_index("ix_delivery_user_id", "deliveries", ["user_id", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_delivery_user_id", table_name="deliveries")
     op.drop_table("loops_events")
     op.drop_table("loops_webhook_secrets")
     op.drop_index("ix_accounts_loops_webhook_token", table_name="accounts")

@@ -1,0 +1,499 @@
+"""``POST /loops-webhooks/{token}``: Loops' own webhooks, what happened to each email.
+
+Loops posts an event to one URL per Loops account (Settings → Webhooks) when an email is
+sent, delivered, bounces, is opened... (https://loops.so/docs/webhooks). The bridge gives
+each account such a URL, ``/loops-webhooks/lw_<128 random bits>``
+(:func:`bridge.registry.loops_webhook_url`), checks Loops' signature, and stores the event
+as a :class:`bridge.models.LoopsEvent` row before it answers. Nothing else happens on this
+path: Loops is never called from it, and what the event means for a delivery is decided by
+:func:`bridge.outcomes.link` in the same transaction.
+
+Verification is Standard Webhooks' (https://www.standardwebhooks.com/), as Loops signs:
+``Webhook-Id``, ``Webhook-Timestamp`` (unix seconds) and ``Webhook-Signature`` (one or more
+space-separated ``v1,<base64>``), HMAC-SHA256 over ``f"{id}.{timestamp}.{body}"`` keyed
+with the base64-decoded part of the ``whsec_...`` secret. The maintained ``standardwebhooks``
+library does the check (constant time), once per secret of the account (several while one
+is rolled), and refuses a timestamp more than :data:`TOLERANCE` seconds off either way.
+Loops' own sample code applies no window; the bridge does, as for every other platform.
+
+Answers, as JSON ``{"status": ..., "id" / "reason": ...}``, the same limits and refusals
+as the Stripe route (:mod:`bridge.webhooks`)::
+
+    200  stored (a new event, any eventName, testing.testEvent too) or duplicate (the
+         account already has this Webhook-Id)
+    400  rejected: a signature header missing or malformed, a timestamp out of the window,
+         no signing secret, a signature no secret makes, a body that is not a JSON object
+         with eventName and eventTime, a Content-Length not the body's
+    404  rejected: no such URL. An unknown token and a malformed one get the same bytes
+    405  rejected: a method other than POST, whatever the token, with Allow: POST
+    408, 413, 415, 431  as on the Stripe route: slow body, too large, compressed, headers
+    503  unavailable: storage unavailable, Loops retries later
+
+A refusal for a known account is logged (at most :data:`webhooks.REFUSALS_RECORDED_PER_SECOND`
+a second per account) with the reason and the redacted headers. The rejected-requests log
+of the admin (``rejections``) is kept per endpoint, so these are in the log only.
+
+The app puts a :class:`Receiver` in ``app.state.loops_webhooks``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
+from starlette.endpoints import HTTPEndpoint
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bridge import metrics, outcomes, webhooks
+from bridge.inbox import redact
+from bridge.models import Account, LoopsEvent, LoopsWebhookSecret
+from providers import Rejected
+from providers.fields import MAX_ID_CHARS, BodyReasons, is_id, is_name, load_object
+
+__all__ = ["ROUTE", "TOKEN", "TOLERANCE", "Receiver", "secret_problem"]
+
+log = logging.getLogger("bridge.loops_webhooks")
+
+TOLERANCE = 300  # seconds either way: the standardwebhooks library's window
+MAX_SIGNATURES = 10  # v1 entries in one Webhook-Signature header
+MAX_HEADER_CHARS = 2048  # room for them (a v1 entry is 47 characters)
+# What bridge.registry makes: "lw_" and 128 random bits in base64url. Nothing else is looked up.
+TOKEN = re.compile(r"lw_[A-Za-z0-9_-]{22}")
+EVENT_TIMES = range(0, 2**31)  # eventTime is an SQL INTEGER: PostgreSQL's holds no more
+MAX_EMAIL_CHARS = 320
+MAX_TEXT_CHARS = 1000  # a subject or a loop's name is cut here
+SOURCE_TYPES = ("campaign", "loop", "transactional")
+
+_LOOPS_WEBHOOKS = "Loops, Settings → Webhooks"
+_NOT_FOUND = (
+    404,
+    {"status": "rejected", "reason": "unknown Loops webhook URL: copy it again from the bridge"},
+)
+_USE_POST = {"status": "rejected", "reason": "send webhooks with POST"}
+_UNAVAILABLE = {"status": "unavailable", "reason": "storage unavailable; retry later"}
+
+# --- Why a request is refused. Shown to the sender and logged; never holds a secret. ---
+
+_NO_SECRET = (
+    "This Loops account has no signing secret in the bridge yet: copy the signing secret "
+    f"(whsec_...) from {_LOOPS_WEBHOOKS}, and add it to the account in the bridge."
+)
+_UNUSABLE_SECRETS = (
+    "None of this account's signing secrets is a Loops signing secret (whsec_ followed by "
+    f"base64), so no signature can be checked: copy it again from {_LOOPS_WEBHOOKS}."
+)
+_NO_HEADER = (
+    "The request has no {} header: is this request from Loops? Loops signs every webhook "
+    "with the Webhook-Id, Webhook-Timestamp and Webhook-Signature headers. Send only Loops "
+    "webhooks to this URL, and check that no proxy drops those headers."
+)
+_BAD_ID = (
+    f"The Webhook-Id header is longer than {MAX_ID_CHARS} characters or holds characters "
+    "other than printable ASCII. Send the header exactly as Loops sent it."
+)
+_BAD_TIMESTAMP = (
+    "The Webhook-Timestamp header is not a unix time in whole seconds. Send the header "
+    "exactly as Loops sent it."
+)
+_MALFORMED = (
+    "The Webhook-Signature header is malformed: expected 'v1,<base64 signature>', several "
+    "separated by single spaces. Send the header exactly as Loops sent it."
+)
+_NO_V1 = (
+    "The Webhook-Signature header has no v1 signature ('v1,<base64>'; other schemes are "
+    "ignored). Loops signs every webhook with v1: check that the request comes from Loops."
+)
+_TOO_LONG = (
+    f"The Webhook-Signature header is longer than {MAX_HEADER_CHARS} characters or holds "
+    f"more than {MAX_SIGNATURES} signatures; Loops sends one."
+)
+_NOT_UTF8 = "The request body is not UTF-8 text, so it is not a Loops event as Loops sent it."
+_NO_MATCH = (
+    "The signature does not match any of this account's Loops signing secrets: copy the "
+    f"signing secret (whsec_...) from {_LOOPS_WEBHOOKS}, and add it to the account in the "
+    "bridge. Each Loops account has its own. A proxy that rewrites the body (even its "
+    "whitespace) also breaks the signature."
+)
+_STALE = (
+    f"The Webhook-Timestamp is more than {TOLERANCE} s old, so the request was refused as a "
+    "possible replay. If Loops sent it just now, this server's clock is off: check it (sync "
+    "it with NTP)."
+)
+_FUTURE = (
+    f"The Webhook-Timestamp is more than {TOLERANCE} s in the future, so the request was "
+    "refused: a signature is only accepted within that window of this server's clock. If "
+    "Loops sent it just now, this server's clock is behind: check it (sync it with NTP)."
+)
+# standardwebhooks 1.1 WebhookVerificationError messages -> our reason.
+_LIBRARY_REASONS = {
+    "Message timestamp too old": _STALE,
+    "Message timestamp too new": _FUTURE,
+    "Invalid Signature Headers": _BAD_TIMESTAMP,
+}
+_NO_MATCH_MESSAGE = "No matching signature found"
+_BODY = BodyReasons(
+    not_json="The body is not JSON, so it is not a Loops event.",
+    not_object="The body is JSON but not an object, so it is not a Loops event.",
+    too_deep="The body is JSON nested more than 254 levels deep, so it is not a Loops event.",
+    repeated_keys="The body has an object with the same key twice.",  # not checked
+)
+_NO_FIELDS = (
+    "The body is a JSON object without a valid {}, so it is not a Loops event: Loops sends "
+    "eventName (e.g. email.delivered) and eventTime (unix seconds) in every webhook."
+)
+
+
+def secret_problem(secret: str) -> str | None:
+    """What is wrong with a Loops signing secret a person pasted, or None."""
+    if secret.startswith("whsec_") and _strict_base64(secret.removeprefix("whsec_")):
+        return None
+    return (
+        "That does not look like a Loops signing secret: it is whsec_ followed by base64 "
+        f"(letters, digits, + and /). Copy it from {_LOOPS_WEBHOOKS} → the signing secret."
+    )
+
+
+def _strict_base64(key: str) -> bool:
+    try:
+        return bool(base64.b64decode(key + "=" * (-len(key) % 4), validate=True))
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _webhook(secret: str) -> Webhook | None:
+    try:
+        return Webhook(secret)
+    except (ValueError, EmptyWebhookSecretError):  # not base64, or nothing after whsec_
+        return None
+
+
+def verify(body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> str:
+    """The Webhook-Id of a request signed by one of ``secrets`` within the window; Rejected
+    with the reason otherwise. ``headers``: names in lower case (a starlette ``Headers``)."""
+    if not secrets:
+        raise Rejected(_NO_SECRET)
+    names = ("webhook-id", "webhook-timestamp", "webhook-signature")
+    msg_id, timestamp, signature = (headers.get(name) or "" for name in names)
+    for name, value in zip(("Webhook-Id", "Webhook-Timestamp", "Webhook-Signature"), (
+        msg_id, timestamp, signature
+    ), strict=True):  # fmt: skip
+        if not value:
+            raise Rejected(_NO_HEADER.format(name))
+    if not is_id(msg_id):
+        raise Rejected(_BAD_ID)
+    # The library reads float(): "1.7e9" or " 17..." would pass it, signed as another string.
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise Rejected(_BAD_TIMESTAMP)
+    if len(signature) > MAX_HEADER_CHARS or signature.count("v1,") > MAX_SIGNATURES:
+        raise Rejected(_TOO_LONG)
+    if not (signature.isascii() and signature.isprintable()):
+        raise Rejected(_MALFORMED)
+    if not any(entry.startswith("v1,") for entry in signature.split(" ")):
+        raise Rejected(_NO_V1)
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected(_NOT_UTF8) from None
+    checks = [webhook for webhook in map(_webhook, secrets) if webhook is not None]
+    if not checks:
+        raise Rejected(_UNUSABLE_SECRETS)
+    standard = dict(zip(names, (msg_id, timestamp, signature), strict=True))
+    for webhook in checks:
+        try:
+            webhook.verify(payload, standard, json_parse=False)
+        except WebhookVerificationError as error:
+            message = str(error)
+            if message != _NO_MATCH_MESSAGE:  # every other failure is the request's
+                raise Rejected(
+                    _LIBRARY_REASONS.get(message, f"The signature check failed: {message}")
+                ) from None
+        except ValueError:  # an entry without exactly one comma, or not base64
+            raise Rejected(_MALFORMED) from None
+        else:
+            return msg_id
+    raise Rejected(_NO_MATCH)
+
+
+# --- The body: Loops' payload into the columns of a LoopsEvent. ---
+
+
+def _text(value: Any, limit: int = MAX_ID_CHARS) -> str | None:
+    """A string field as stored: trimmed, cut to ``limit``, without NUL (PostgreSQL refuses
+    it in text); None for an empty one or anything else."""
+    if not isinstance(value, str):
+        return None
+    value = value.replace("\x00", "").strip()[:limit]
+    return value or None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def parse(body: bytes) -> dict[str, Any]:
+    """The LoopsEvent columns of a Loops webhook body (not its ids or times of receipt);
+    Rejected if it is not a JSON object with eventName and eventTime.
+
+    Every Loops event but testing.testEvent names its contact (``contactIdentity``); the
+    email events name the email (``email``) and where it came from: ``sourceType`` and its
+    ``campaignId`` / ``loopId`` / ``transactionalId``. ``*.email.sent`` carry no sourceType:
+    it is the event's first word. Names (``loopName``...) are in the Go SDK's types, not in
+    Loops' docs: kept when present."""
+    event = load_object(body, _BODY)
+    name, at = event.get("eventName"), event.get("eventTime")
+    if not is_name(name):
+        raise Rejected(_NO_FIELDS.format("eventName"))
+    if isinstance(at, float) and math.isfinite(at):
+        at = math.floor(at)
+    if isinstance(at, bool) or not isinstance(at, int) or at not in EVENT_TIMES:
+        raise Rejected(_NO_FIELDS.format("eventTime"))
+    contact, email = _object(event.get("contactIdentity")), _object(event.get("email"))
+    source_type = event.get("sourceType")
+    if source_type not in SOURCE_TYPES:
+        first = name.split(".", 1)[0]
+        source_type = first if first in SOURCE_TYPES and name.endswith(".email.sent") else None
+    address = _text(contact.get("email"), MAX_EMAIL_CHARS)
+    return {
+        "event_name": name,
+        "event_time": at,
+        "contact_id": _text(contact.get("id")),
+        "email": address.lower() if address else None,
+        "user_id": _text(contact.get("userId")),
+        "source_type": source_type,
+        "source_id": _text(event.get(f"{source_type}Id")) if source_type else None,
+        "source_name": _text(event.get(f"{source_type}Name"), MAX_TEXT_CHARS)
+        if source_type
+        else None,
+        "email_id": _text(email.get("id")),
+        "email_message_id": _text(email.get("emailMessageId")),
+        "subject": _text(email.get("subject"), MAX_TEXT_CHARS),
+    }
+
+
+# --- The route. ---
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    id: int
+    name: str
+    secrets: tuple[str, ...]
+
+
+class Receiver:
+    """What the route keeps between requests: the database, the body limit, accounts by
+    token (cached for ``ttl`` seconds, so a burst reads the database once), and the count
+    of refusals logged per account."""
+
+    def __init__(self, engine: Engine, max_body_bytes: int, ttl: float = 2.0) -> None:
+        self.engine = engine
+        self.max_body_bytes = max_body_bytes
+        self._ttl = ttl
+        self._accounts: dict[str, tuple[float, _Account | None]] = {}
+        self._refusals: dict[int, list[int]] = {}  # [second, logged in it, not logged since]
+        table = LoopsEvent.__table__  # type: ignore[attr-defined]
+        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[engine.dialect.name]
+        self._insert = (
+            insert(table)
+            .on_conflict_do_nothing(index_elements=["account_id", "webhook_id"])
+            .returning(table.c.id)
+        )
+        self._existing = sa.select(table.c.id).where(
+            table.c.account_id == sa.bindparam("account_id"),
+            table.c.webhook_id == sa.bindparam("webhook_id"),
+        )
+
+    async def account(self, token: str) -> _Account | None:
+        now = time.monotonic()
+        cached = self._accounts.get(token)
+        if cached and cached[0] > now:
+            return cached[1]
+        found = await anyio.to_thread.run_sync(self._load, token)
+        if len(self._accounts) > 10_000:  # unknown tokens must not grow the cache for ever
+            self._accounts.clear()
+        self._accounts[token] = (time.monotonic() + self._ttl, found)
+        return found
+
+    def _load(self, token: str) -> _Account | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(Account.id, Account.name).where(Account.loops_webhook_token == token)
+            ).first()
+            if row is None:
+                return None
+            values = conn.execute(
+                sa.select(LoopsWebhookSecret.value)
+                .where(LoopsWebhookSecret.account_id == row.id)
+                .order_by(LoopsWebhookSecret.id)  # type: ignore[arg-type]
+            ).scalars()
+            return _Account(row.id, row.name, tuple(values))
+
+    def store(
+        self, account_id: int, webhook_id: str, columns: dict, body: bytes
+    ) -> tuple[int, bool]:
+        """In a thread: store the event, committed; (its id, whether it is new)."""
+        row = {
+            **columns,
+            "account_id": account_id,
+            "webhook_id": webhook_id,
+            "received_at": time.time(),
+            "payload": body,
+        }
+        with self.engine.begin() as conn:
+            new_id = conn.execute(self._insert, row).scalar()
+            if new_id is None:  # Loops sent it again
+                return conn.execute(self._existing, row).scalar_one(), False
+            _link(conn, new_id)
+        return new_id, True
+
+    def to_log(self, account_id: int) -> int | None:
+        """Whether to log this refusal: None if the account had its share this second, else
+        how many went unlogged before it."""
+        second = int(time.monotonic())
+        window = self._refusals.get(account_id)
+        if window is None or window[0] != second:
+            self._refusals[account_id] = [second, 1, 0]
+            return window[2] if window else 0
+        if window[1] < webhooks.REFUSALS_RECORDED_PER_SECOND:
+            window[1] += 1
+            unlogged, window[2] = window[2], 0
+            return unlogged
+        window[2] += 1
+        return None
+
+
+def _link(conn: sa.Connection, event_id: int) -> None:
+    """Link the event to the delivery behind it (:func:`bridge.outcomes.link`), in a
+    savepoint of the transaction that stores it: a failure there is logged and loses
+    nothing, the event is stored without its link."""
+    try:
+        with conn.begin_nested():
+            outcomes.link(conn, event_id)
+    except Exception:
+        log.exception("Loops event %s stored, but could not be linked to a delivery", event_id)
+
+
+class _Shown:
+    """How the log shows Loops' own headers: the id and time as they are, a signature as
+    its scheme only (``v1,…``). Any other header: bridge.inbox.redact's rules."""
+
+    @staticmethod
+    def redact(name: str, value: str) -> str | None:
+        if name in ("webhook-id", "webhook-timestamp"):
+            return value[:100]
+        if name != "webhook-signature":
+            return None
+        return " ".join(
+            f"{entry[:2]},…" if entry.startswith("v1,") else "…" for entry in value.split()
+        )
+
+
+_SHOWN = _Shown()
+
+
+async def receive(request: Request) -> Response:
+    """``POST /loops-webhooks/{token}``."""
+    receiver: Receiver = request.app.state.loops_webhooks
+    token: str = request.path_params["token"]
+    try:
+        account = await receiver.account(token) if TOKEN.fullmatch(token) else None
+    except Exception as exc:
+        log.error("Loops webhook: could not read the account of a token: %s", exc)
+        return webhooks._JSON(
+            {"status": "unavailable", "reason": "storage unavailable; retry later"}, 503
+        )
+    if account is None:
+        return webhooks._JSON(_NOT_FOUND[1], _NOT_FOUND[0])
+    try:
+        status, answer = await _receive(receiver, account, request)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    if answer["status"] == "rejected" and (unlogged := receiver.to_log(account.id)) is not None:
+        also = f" ({unlogged} more refused before this one, not logged)" if unlogged else ""
+        log.info(
+            "Loops account %s: a Loops webhook was refused (%s): %s%s; headers %s",
+            account.name,
+            status,
+            answer["reason"],
+            also,
+            redact(request.headers, _SHOWN),  # type: ignore[arg-type]
+            extra={"account": account.name, "status": "rejected"},
+        )
+    return webhooks._JSON(answer, status)
+
+
+async def _receive(
+    receiver: Receiver, account: _Account, request: Request
+) -> tuple[int, dict[str, Any]]:
+    try:
+        size, declared, encoding = 0, None, None
+        for name, value in request.headers.raw:
+            size += len(name) + len(value)
+            if name == b"content-length":
+                declared = value
+            elif name == b"content-encoding":
+                encoding = value
+        if size > webhooks.MAX_HEADER_BYTES:
+            return webhooks._HEADERS_TOO_LARGE
+        if encoding and encoding.strip().lower() != b"identity":
+            reason = (
+                f"Content-Encoding {encoding[:40].decode('latin-1')!r} is not accepted: send "
+                "the body uncompressed (turn off request compression in any proxy in between)"
+            )
+            return 415, {"status": "rejected", "reason": reason}
+        try:
+            async with asyncio.timeout(webhooks.BODY_SECONDS):
+                body = await webhooks._read_body(request, declared, receiver.max_body_bytes)
+        except webhooks._TooLarge:
+            reason = f"body larger than BRIDGE_MAX_BODY_BYTES ({receiver.max_body_bytes})"
+            return 413, {"status": "rejected", "reason": reason}
+        except webhooks._BadLength:
+            return webhooks._BAD_LENGTH
+        except TimeoutError:
+            reason = (
+                f"the body did not arrive within {webhooks.BODY_SECONDS:g} seconds; a "
+                "Content-Length larger than the body has the same effect"
+            )
+            return 408, {"status": "rejected", "reason": reason}
+        webhook_id = verify(body, request.headers, account.secrets)
+        columns = parse(body)
+        event_id, new = await anyio.to_thread.run_sync(
+            receiver.store, account.id, webhook_id, columns, body
+        )
+    except Rejected as exc:
+        return 400, {"status": "rejected", "reason": str(exc)}
+    except ClientDisconnect:
+        raise
+    except Exception:  # never a 500: make Loops retry instead
+        log.exception("Loops account %s: could not store a Loops webhook", account.name)
+        return 503, _UNAVAILABLE
+    if not new:
+        reason = "this Loops account already received this event (same Webhook-Id)"
+        return 200, {"status": "duplicate", "id": event_id, "reason": reason}
+    metrics.loops_webhook_received(columns["event_name"])
+    return 200, {"status": "stored", "id": event_id}
+
+
+class _LoopsWebhooks(HTTPEndpoint):
+    post = staticmethod(receive)
+
+    async def method_not_allowed(self, request: Request) -> Response:
+        return webhooks._JSON(_USE_POST, 405, headers={"allow": "POST"})
+
+
+ROUTE = Route("/loops-webhooks/{token:path}", _LoopsWebhooks)

@@ -54,9 +54,9 @@ from bridge.models import (
     Endpoint,
 )
 from bridge.registry import Invalid, NotFound, livemode_seen
-from bridge.stripe_api import StripeAPI, StripeAPIError
+from bridge.stripe_api import KeyCheck, StripeAPI, StripeAPIError
 
-__all__ = ["Run", "Status", "cancel", "estimate", "run", "status"]
+__all__ = ["Run", "Status", "cancel", "check_key", "estimate", "run", "status"]
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 _INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
@@ -478,15 +478,21 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def mode_problem(engine: Engine, endpoint_id: str, hint: str, livemode: bool | None) -> str | None:
-    """Why a Stripe key of mode ``livemode`` (from its prefix; None: unknown) does not fit
-    the endpoint: it receives events of the other mode, whose customers such a key cannot
-    see. None when it fits, or before the endpoint's first webhook says its mode. The CLI's
-    set-stripe-key and the admin add this to the problems of ``StripeAPI.check``."""
+def check_key(
+    engine: Engine, endpoint_id: str, key: str, base_url: str
+) -> tuple[KeyCheck, list[str]]:
+    """Stripe's answer on ``key`` (:meth:`StripeAPI.check`) and every problem that keeps the
+    endpoint from it: Stripe's, and a key of the other mode than the events the endpoint
+    receives, whose customers such a key cannot see (not known before its first webhook
+    says its mode). Raises StripeAPIError when Stripe cannot be asked. The CLI's
+    set-stripe-key and the admin ask this before they save a key."""
+    check = StripeAPI(key, base_url).check()
     seen = livemode_seen(engine, endpoint_id)
-    if livemode is None or seen is None or livemode == seen:
-        return None
-    return (
-        f"The key {hint} is a {'live' if livemode else 'test'}-mode key, but this endpoint "
-        f"receives {'live' if seen else 'test'}-mode events: paste a key of the same mode."
+    if check.livemode is None or seen is None or check.livemode == seen:
+        return check, list(check.problems)
+    mismatch = (
+        f"The key {check.hint} is a {'live' if check.livemode else 'test'}-mode key, but this "
+        f"endpoint receives {'live' if seen else 'test'}-mode events: paste a key of the same "
+        "mode."
     )
+    return check, [*check.problems, mismatch]

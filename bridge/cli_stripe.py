@@ -23,7 +23,7 @@ from tqdm import tqdm
 from bridge import backfill, recover, registry
 from bridge.models import Backfill
 from bridge.settings import Settings
-from bridge.stripe_api import StripeAPI, StripeAPIError
+from bridge.stripe_api import StripeAPIError
 
 __all__ = ["add_parsers", "run_backfill", "run_recover", "set_key"]
 
@@ -76,13 +76,11 @@ def set_key(
     about = ""
     if not args.no_check:
         try:
-            check = StripeAPI(key, settings.stripe_api_url).check()
+            check, problems = backfill.check_key(engine, args.id, key, settings.stripe_api_url)
         except StripeAPIError as exc:
             raise registry.Invalid(
                 f"{exc} (--no-check saves the key without checking it)"
             ) from None
-        mismatch = backfill.mode_problem(engine, args.id, check.hint, check.livemode)
-        problems = [*check.problems, *([mismatch] if mismatch else [])]
         if problems:
             raise registry.Invalid(" ".join(problems))
         for warning in check.warnings:

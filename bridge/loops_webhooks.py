@@ -11,10 +11,10 @@ path: Loops is never called from it, and what the event means for a delivery is 
 Verification is Standard Webhooks' (https://www.standardwebhooks.com/), as Loops signs:
 ``Webhook-Id``, ``Webhook-Timestamp`` (unix seconds) and ``Webhook-Signature`` (one or more
 space-separated ``v1,<base64>``), HMAC-SHA256 over ``f"{id}.{timestamp}.{body}"`` keyed
-with the base64-decoded part of the ``whsec_...`` secret. The maintained ``standardwebhooks``
-library does the check (constant time), once per secret of the account (several while one
-is rolled), and refuses a timestamp more than :data:`TOLERANCE` seconds off either way.
-Loops' own sample code applies no window; the bridge does, as for every other platform.
+with the base64-decoded part of the ``whsec_...`` secret. :mod:`providers.standard_webhooks`
+checks it as it does Clerk's (constant time), once per secret of the account (several while
+one is rolled), and refuses a timestamp more than 300 s off either way. Loops' own sample
+code applies no window; the bridge does, as for every other platform.
 
 Answers, as JSON ``{"status": ..., "id" / "reason": ...}``, the same limits and refusals
 as the Stripe route (:mod:`bridge.webhooks`)::
@@ -38,9 +38,6 @@ The app puts a :class:`Receiver` in ``app.state.loops_webhooks``.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import logging
 import math
 import re
@@ -53,7 +50,6 @@ import anyio.to_thread
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -63,15 +59,13 @@ from bridge import metrics, outcomes, webhooks
 from bridge.inbox import redact
 from bridge.models import Account, LoopsEvent, LoopsWebhookSecret
 from providers import Rejected
-from providers.fields import MAX_ID_CHARS, BodyReasons, is_id, is_name, load_object
+from providers.fields import MAX_ID_CHARS, BodyReasons, is_name, load_object
+from providers.standard_webhooks import Scheme, is_secret
 
-__all__ = ["ROUTE", "TOKEN", "TOLERANCE", "Receiver", "secret_problem"]
+__all__ = ["ROUTE", "TOKEN", "Receiver", "secret_problem"]
 
 log = logging.getLogger("bridge.loops_webhooks")
 
-TOLERANCE = 300  # seconds either way: the standardwebhooks library's window
-MAX_SIGNATURES = 10  # v1 entries in one Webhook-Signature header
-MAX_HEADER_CHARS = 2048  # room for them (a v1 entry is 47 characters)
 # What bridge.registry makes: "lw_" and 128 random bits in base64url. Nothing else is looked up.
 TOKEN = re.compile(r"lw_[A-Za-z0-9_-]{22}")
 EVENT_TIMES = range(0, 2**31)  # eventTime is an SQL INTEGER: PostgreSQL's holds no more
@@ -89,63 +83,24 @@ _UNAVAILABLE = {"status": "unavailable", "reason": "storage unavailable; retry l
 
 # --- Why a request is refused. Shown to the sender and logged; never holds a secret. ---
 
-_NO_SECRET = (
-    "This Loops account has no signing secret in the bridge yet: copy the signing secret "
-    f"(whsec_...) from {_LOOPS_WEBHOOKS}, and add it to the account in the bridge."
+_LOOPS = Scheme(
+    "Loops",
+    ("Webhook-Id", "Webhook-Timestamp", "Webhook-Signature"),
+    no_secret=(
+        "This Loops account has no signing secret in the bridge yet: copy the signing secret "
+        f"(whsec_...) from {_LOOPS_WEBHOOKS}, and add it to the account in the bridge."
+    ),
+    unusable_secrets=(
+        "None of this account's signing secrets is a Loops signing secret (whsec_ followed by "
+        f"base64), so no signature can be checked: copy it again from {_LOOPS_WEBHOOKS}."
+    ),
+    no_match=(
+        "The signature does not match any of this account's Loops signing secrets: copy the "
+        f"signing secret (whsec_...) from {_LOOPS_WEBHOOKS}, and add it to the account in the "
+        "bridge. Each Loops account has its own. A proxy that rewrites the body (even its "
+        "whitespace) also breaks the signature."
+    ),
 )
-_UNUSABLE_SECRETS = (
-    "None of this account's signing secrets is a Loops signing secret (whsec_ followed by "
-    f"base64), so no signature can be checked: copy it again from {_LOOPS_WEBHOOKS}."
-)
-_NO_HEADER = (
-    "The request has no {} header: is this request from Loops? Loops signs every webhook "
-    "with the Webhook-Id, Webhook-Timestamp and Webhook-Signature headers. Send only Loops "
-    "webhooks to this URL, and check that no proxy drops those headers."
-)
-_BAD_ID = (
-    f"The Webhook-Id header is longer than {MAX_ID_CHARS} characters or holds characters "
-    "other than printable ASCII. Send the header exactly as Loops sent it."
-)
-_BAD_TIMESTAMP = (
-    "The Webhook-Timestamp header is not a unix time in whole seconds. Send the header "
-    "exactly as Loops sent it."
-)
-_MALFORMED = (
-    "The Webhook-Signature header is malformed: expected 'v1,<base64 signature>', several "
-    "separated by single spaces. Send the header exactly as Loops sent it."
-)
-_NO_V1 = (
-    "The Webhook-Signature header has no v1 signature ('v1,<base64>'; other schemes are "
-    "ignored). Loops signs every webhook with v1: check that the request comes from Loops."
-)
-_TOO_LONG = (
-    f"The Webhook-Signature header is longer than {MAX_HEADER_CHARS} characters or holds "
-    f"more than {MAX_SIGNATURES} signatures; Loops sends one."
-)
-_NOT_UTF8 = "The request body is not UTF-8 text, so it is not a Loops event as Loops sent it."
-_NO_MATCH = (
-    "The signature does not match any of this account's Loops signing secrets: copy the "
-    f"signing secret (whsec_...) from {_LOOPS_WEBHOOKS}, and add it to the account in the "
-    "bridge. Each Loops account has its own. A proxy that rewrites the body (even its "
-    "whitespace) also breaks the signature."
-)
-_STALE = (
-    f"The Webhook-Timestamp is more than {TOLERANCE} s old, so the request was refused as a "
-    "possible replay. If Loops sent it just now, this server's clock is off: check it (sync "
-    "it with NTP)."
-)
-_FUTURE = (
-    f"The Webhook-Timestamp is more than {TOLERANCE} s in the future, so the request was "
-    "refused: a signature is only accepted within that window of this server's clock. If "
-    "Loops sent it just now, this server's clock is behind: check it (sync it with NTP)."
-)
-# standardwebhooks 1.1 WebhookVerificationError messages -> our reason.
-_LIBRARY_REASONS = {
-    "Message timestamp too old": _STALE,
-    "Message timestamp too new": _FUTURE,
-    "Invalid Signature Headers": _BAD_TIMESTAMP,
-}
-_NO_MATCH_MESSAGE = "No matching signature found"
 _BODY = BodyReasons(
     not_json="The body is not JSON, so it is not a Loops event.",
     not_object="The body is JSON but not an object, so it is not a Loops event.",
@@ -160,7 +115,7 @@ _NO_FIELDS = (
 
 def secret_problem(secret: str) -> str | None:
     """What is wrong with a Loops signing secret a person pasted, or None."""
-    if secret.startswith("whsec_") and _strict_base64(secret.removeprefix("whsec_")):
+    if is_secret(secret):
         return None
     return (
         "That does not look like a Loops signing secret: it is whsec_ followed by base64 "
@@ -168,65 +123,10 @@ def secret_problem(secret: str) -> str | None:
     )
 
 
-def _strict_base64(key: str) -> bool:
-    try:
-        return bool(base64.b64decode(key + "=" * (-len(key) % 4), validate=True))
-    except (binascii.Error, ValueError):
-        return False
-
-
-def _webhook(secret: str) -> Webhook | None:
-    try:
-        return Webhook(secret)
-    except (ValueError, EmptyWebhookSecretError):  # not base64, or nothing after whsec_
-        return None
-
-
 def verify(body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> str:
     """The Webhook-Id of a request signed by one of ``secrets`` within the window; Rejected
-    with the reason otherwise. ``headers``: names in lower case (a starlette ``Headers``)."""
-    if not secrets:
-        raise Rejected(_NO_SECRET)
-    names = ("webhook-id", "webhook-timestamp", "webhook-signature")
-    msg_id, timestamp, signature = (headers.get(name) or "" for name in names)
-    for name, value in zip(("Webhook-Id", "Webhook-Timestamp", "Webhook-Signature"), (
-        msg_id, timestamp, signature
-    ), strict=True):  # fmt: skip
-        if not value:
-            raise Rejected(_NO_HEADER.format(name))
-    if not is_id(msg_id):
-        raise Rejected(_BAD_ID)
-    # The library reads float(): "1.7e9" or " 17..." would pass it, signed as another string.
-    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
-        raise Rejected(_BAD_TIMESTAMP)
-    if len(signature) > MAX_HEADER_CHARS or signature.count("v1,") > MAX_SIGNATURES:
-        raise Rejected(_TOO_LONG)
-    if not (signature.isascii() and signature.isprintable()):
-        raise Rejected(_MALFORMED)
-    if not any(entry.startswith("v1,") for entry in signature.split(" ")):
-        raise Rejected(_NO_V1)
-    try:
-        payload = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Rejected(_NOT_UTF8) from None
-    checks = [webhook for webhook in map(_webhook, secrets) if webhook is not None]
-    if not checks:
-        raise Rejected(_UNUSABLE_SECRETS)
-    standard = dict(zip(names, (msg_id, timestamp, signature), strict=True))
-    for webhook in checks:
-        try:
-            webhook.verify(payload, standard, json_parse=False)
-        except WebhookVerificationError as error:
-            message = str(error)
-            if message != _NO_MATCH_MESSAGE:  # every other failure is the request's
-                raise Rejected(
-                    _LIBRARY_REASONS.get(message, f"The signature check failed: {message}")
-                ) from None
-        except ValueError:  # an entry without exactly one comma, or not base64
-            raise Rejected(_MALFORMED) from None
-        else:
-            return msg_id
-    raise Rejected(_NO_MATCH)
+    with the reason otherwise."""
+    return _LOOPS.verify(body, headers, secrets)
 
 
 # --- The body: Loops' payload into the columns of a LoopsEvent. ---
@@ -414,11 +314,9 @@ async def receive(request: Request) -> Response:
         account = await receiver.account(token) if TOKEN.fullmatch(token) else None
     except Exception as exc:
         log.error("Loops webhook: could not read the account of a token: %s", exc)
-        return webhooks._JSON(
-            {"status": "unavailable", "reason": "storage unavailable; retry later"}, 503
-        )
+        return webhooks.JSONAnswer(_UNAVAILABLE, 503)
     if account is None:
-        return webhooks._JSON(_NOT_FOUND[1], _NOT_FOUND[0])
+        return webhooks.JSONAnswer(_NOT_FOUND[1], _NOT_FOUND[0])
     try:
         status, answer = await _receive(receiver, account, request)
     except ClientDisconnect:
@@ -434,47 +332,21 @@ async def receive(request: Request) -> Response:
             redact(request.headers, _SHOWN),  # type: ignore[arg-type]
             extra={"account": account.name, "status": "rejected"},
         )
-    return webhooks._JSON(answer, status)
+    return webhooks.JSONAnswer(answer, status)
 
 
 async def _receive(
     receiver: Receiver, account: _Account, request: Request
 ) -> tuple[int, dict[str, Any]]:
     try:
-        size, declared, encoding = 0, None, None
-        for name, value in request.headers.raw:
-            size += len(name) + len(value)
-            if name == b"content-length":
-                declared = value
-            elif name == b"content-encoding":
-                encoding = value
-        if size > webhooks.MAX_HEADER_BYTES:
-            return webhooks._HEADERS_TOO_LARGE
-        if encoding and encoding.strip().lower() != b"identity":
-            reason = (
-                f"Content-Encoding {encoding[:40].decode('latin-1')!r} is not accepted: send "
-                "the body uncompressed (turn off request compression in any proxy in between)"
-            )
-            return 415, {"status": "rejected", "reason": reason}
-        try:
-            async with asyncio.timeout(webhooks.BODY_SECONDS):
-                body = await webhooks._read_body(request, declared, receiver.max_body_bytes)
-        except webhooks._TooLarge:
-            reason = f"body larger than BRIDGE_MAX_BODY_BYTES ({receiver.max_body_bytes})"
-            return 413, {"status": "rejected", "reason": reason}
-        except webhooks._BadLength:
-            return webhooks._BAD_LENGTH
-        except TimeoutError:
-            reason = (
-                f"the body did not arrive within {webhooks.BODY_SECONDS:g} seconds; a "
-                "Content-Length larger than the body has the same effect"
-            )
-            return 408, {"status": "rejected", "reason": reason}
+        body = await webhooks.read_body(request, receiver.max_body_bytes)
         webhook_id = verify(body, request.headers, account.secrets)
         columns = parse(body)
         event_id, new = await anyio.to_thread.run_sync(
             receiver.store, account.id, webhook_id, columns, body
         )
+    except webhooks.Refused as refused:
+        return refused.status, refused.answer
     except Rejected as exc:
         return 400, {"status": "rejected", "reason": str(exc)}
     except ClientDisconnect:
@@ -493,7 +365,7 @@ class _LoopsWebhooks(HTTPEndpoint):
     post = staticmethod(receive)
 
     async def method_not_allowed(self, request: Request) -> Response:
-        return webhooks._JSON(_USE_POST, 405, headers={"allow": "POST"})
+        return webhooks.JSONAnswer(_USE_POST, 405, headers={"allow": "POST"})
 
 
 ROUTE = Route("/loops-webhooks/{token:path}", _LoopsWebhooks)

@@ -50,6 +50,7 @@ from bridge.models import (
     Endpoint,
     LoopsEvent,
 )
+from bridge.outcomes import EMAIL_EVENTS, SENT_EVENTS
 
 __all__ = [
     "CONTENT_TYPE",
@@ -85,17 +86,8 @@ LOOPS_EVENTS = (
     "contact.deleted",
     "contact.mailingList.subscribed",
     "contact.mailingList.unsubscribed",
-    "campaign.email.sent",
-    "loop.email.sent",
-    "transactional.email.sent",
-    "email.delivered",
-    "email.softBounced",
-    "email.hardBounced",
-    "email.opened",
-    "email.clicked",
-    "email.unsubscribed",
-    "email.resubscribed",
-    "email.spamReported",
+    *SENT_EVENTS,
+    *EMAIL_EVENTS,
     "testing.testEvent",
 )
 # Loops events counted per account from the database: eventName -> (family, labels after

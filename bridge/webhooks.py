@@ -31,7 +31,8 @@ most :data:`REFUSALS_RECORDED_PER_SECOND` times a second per endpoint, so a floo
 requests costs no more than that in log lines and database writes.
 
 The app puts a :class:`Receiver` in ``app.state.webhooks``: the inbox, the body limit, and
-the count of refusals recorded per endpoint.
+the count of refusals recorded per endpoint. :func:`read_body` (the 408, 413, 415, 431 and
+the Content-Length 400) serves Loops' own webhooks too (:mod:`bridge.loops_webhooks`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "REFUSALS_RECORDED_PER_SECOND",
     "ROUTE",
+    "JSONAnswer",
     "Receiver",
+    "Refused",
+    "read_body",
     "receive_webhook",
 ]
 
@@ -83,20 +87,12 @@ _OUTCOME_BY_CODE = {404: "not_found", 413: "too_large"}
 _NOT_FOUND = (404, {"status": "rejected", "reason": "unknown endpoint: check the URL"})
 _USE_POST = {"status": "rejected", "reason": "send webhooks with POST"}
 _BAD_LENGTH = (
-    400,
-    {
-        "status": "rejected",
-        "reason": "the body's length is not its Content-Length: send the body exactly as it "
-        "was signed, with its own length",
-    },
+    "the body's length is not its Content-Length: send the body exactly as it was signed, "
+    "with its own length"
 )
 _HEADERS_TOO_LARGE = (
-    431,
-    {
-        "status": "rejected",
-        "reason": f"the request headers are larger than {MAX_HEADER_BYTES} bytes together; "
-        "webhook platforms send about 1 KB of them: check what a proxy in between adds",
-    },
+    f"the request headers are larger than {MAX_HEADER_BYTES} bytes together; webhook "
+    "platforms send about 1 KB of them: check what a proxy in between adds"
 )
 
 
@@ -125,19 +121,22 @@ class Receiver:
         return None
 
 
-class _JSON(Response):
+class JSONAnswer(Response):
+    """A webhook route's answer: ``{"status": ..., "id" / "reason": ...}`` as JSON."""
+
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
 
 
-class _TooLarge(Exception):
-    pass
+class Refused(Exception):
+    """A request :func:`read_body` refuses: the HTTP status, and the reason for the sender."""
 
-
-class _BadLength(Exception):
-    pass
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.answer = {"status": "rejected", "reason": reason}
 
 
 async def receive_webhook(request: Request) -> Response:
@@ -152,19 +151,19 @@ async def receive_webhook(request: Request) -> Response:
     refused = answer["status"] == "rejected" and status != 404
     unrecorded = receiver.to_record(endpoint_id) if refused else None
     if unrecorded is None:
-        return _JSON(answer, status)
+        return JSONAnswer(answer, status)
     record = BackgroundTask(
         _record_refusal, receiver.inbox, endpoint_id, status, answer["reason"], unrecorded,
         request.headers,
     )  # fmt: skip
-    return _JSON(answer, status, background=record)
+    return JSONAnswer(answer, status, background=record)
 
 
 class _Webhooks(HTTPEndpoint):
     post = staticmethod(receive_webhook)
 
     async def method_not_allowed(self, request: Request) -> Response:
-        return _JSON(_USE_POST, 405, headers={"allow": "POST"})
+        return JSONAnswer(_USE_POST, 405, headers={"allow": "POST"})
 
 
 ROUTE = Route("/webhooks/{endpoint_id:path}", _Webhooks)
@@ -179,40 +178,12 @@ async def _receive(
         route = await receiver.inbox.route(endpoint_id) if known else None
         if route is None:
             return _NOT_FOUND
-        # One pass over the headers (ASGI names are lower-case) for what the body needs.
-        size, declared, encoding = 0, None, None
-        for name, value in request.headers.raw:
-            size += len(name) + len(value)
-            if name == b"content-length":
-                declared = value
-            elif name == b"content-encoding":
-                encoding = value
-        if size > MAX_HEADER_BYTES:
-            return _HEADERS_TOO_LARGE
-        if encoding and encoding.strip().lower() != b"identity":
-            reason = (
-                f"Content-Encoding {encoding[:40].decode('latin-1')!r} is not accepted: "
-                "send the body uncompressed, as webhook platforms do (turn off request compression "
-                "in any proxy in between)"
-            )
-            return 415, {"status": "rejected", "reason": reason}
-        try:
-            async with asyncio.timeout(BODY_SECONDS):
-                body = await _read_body(request, declared, receiver.max_body_bytes)
-        except _TooLarge:
-            reason = f"body larger than BRIDGE_MAX_BODY_BYTES ({receiver.max_body_bytes})"
-            return 413, {"status": "rejected", "reason": reason}
-        except _BadLength:
-            return _BAD_LENGTH
-        except TimeoutError:
-            reason = (
-                f"the body did not arrive within {BODY_SECONDS:g} seconds; a "
-                "Content-Length larger than the body has the same effect"
-            )
-            return 408, {"status": "rejected", "reason": reason}
+        body = await read_body(request, receiver.max_body_bytes)
         route.provider.verify(body, request.headers, route.secrets)
         event = route.provider.parse(body, request.headers)
         receipt = await receiver.inbox.accept(route, event, body)
+    except Refused as refused:
+        return refused.status, refused.answer
     except providers.Rejected as exc:
         return 400, {"status": "rejected", "reason": str(exc)}
     except StorageUnavailable:
@@ -241,23 +212,60 @@ async def _receive(
     return 200, {"status": receipt.status, "id": receipt.delivery_id, "reason": receipt.reason}
 
 
-async def _read_body(request: Request, declared: bytes | None, limit: int) -> bytes:
-    """The body, refused as soon as it is past ``limit`` (so it is never whole in memory)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body of a webhook request, read within the limits of every webhook route, or
+    :class:`Refused`: 431 headers over :data:`MAX_HEADER_BYTES` together, 415 a
+    Content-Encoding other than identity, 400 a Content-Length not the body's length, 413
+    larger than ``limit`` (refused while reading, so never whole in memory), 408 not all
+    there within :data:`BODY_SECONDS`. ClientDisconnect passes: the sender hung up."""
+    # One pass over the headers (ASGI names are lower-case) for what the body needs.
+    size, declared, encoding = 0, None, None
+    for name, value in request.headers.raw:
+        size += len(name) + len(value)
+        if name == b"content-length":
+            declared = value
+        elif name == b"content-encoding":
+            encoding = value
+    if size > MAX_HEADER_BYTES:
+        raise Refused(431, _HEADERS_TOO_LARGE)
+    if encoding and encoding.strip().lower() != b"identity":
+        raise Refused(
+            415,
+            f"Content-Encoding {encoding[:40].decode('latin-1')!r} is not accepted: send the "
+            "body uncompressed, as webhook platforms do (turn off request compression in any "
+            "proxy in between)",
+        )
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            return await _read_within(request, declared, limit)
+    except TimeoutError:
+        raise Refused(
+            408,
+            f"the body did not arrive within {BODY_SECONDS:g} seconds; a Content-Length "
+            "larger than the body has the same effect",
+        ) from None
+
+
+async def _read_within(request: Request, declared: bytes | None, limit: int) -> bytes:
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
-            raise _BadLength
+            raise Refused(400, _BAD_LENGTH)
         if len(declared) > 15 or int(declared) > limit:
-            raise _TooLarge
+            raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _TooLarge
+            raise _too_large(limit)
         chunks.append(chunk)
     # The server holds a request to its Content-Length; this is for one that does not.
     if declared is not None and size != int(declared):
-        raise _BadLength
+        raise Refused(400, _BAD_LENGTH)
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Refused:
+    return Refused(413, f"body larger than BRIDGE_MAX_BODY_BYTES ({limit})")
 
 
 async def _record_refusal(

@@ -40,21 +40,13 @@ waitlistStatus            waitlistEntry.*         ``data.status`` (pending, invi
 ========================= ======================= ============================================
 
 Verification is Standard Webhooks' (https://www.standardwebhooks.com/), which Svix's is
-(https://docs.svix.com/receiving/verifying-payloads/how-manual): ``v1,`` + base64
-HMAC-SHA256 over ``f"{svix-id}.{svix-timestamp}.{body}"``, keyed with the base64-decoded part
-of the ``whsec_...`` secret, one space-separated ``v1,`` entry per signing secret while one
-is rolled. The maintained ``standardwebhooks`` library does the check (constant-time, with
-:func:`hmac.compare_digest`), once per configured secret, and refuses a ``svix-timestamp``
-more than :data:`TOLERANCE` (300 s) from this server's clock either way. Before that, headers
-that Svix never sends are refused with a reason: missing, not printable ASCII, a
-``svix-signature`` longer than :data:`MAX_HEADER_CHARS` or with more than
-:data:`MAX_SIGNATURES` entries, a ``svix-timestamp`` that is not whole seconds.
+(https://docs.svix.com/receiving/verifying-payloads/how-manual), under Svix's header names:
+:mod:`providers.standard_webhooks` checks it (constant-time, a ``svix-timestamp`` within
+300 s of this server's clock either way).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import string
@@ -64,25 +56,16 @@ from datetime import UTC, datetime
 from secrets import choice
 from typing import Any
 
-from standardwebhooks.webhooks import (
-    EmptyWebhookSecretError,
-    Webhook,
-    WebhookVerificationError,
-)
-
 from providers import Details, Event, Rejected, loops_properties
 from providers.fields import MAX_ID_CHARS, BodyReasons, load_object, refuse_repeated_keys
-from providers.fields import is_id as _is_id
 from providers.fields import is_int as _is_int
 from providers.fields import is_name as _is_name
 from providers.fields import object_kind as _object_kind
 from providers.fields import text as _text
+from providers.standard_webhooks import Scheme, is_secret, webhook
 
 __all__ = ["provider"]
 
-TOLERANCE = 300  # seconds either way: standardwebhooks' window (5 minutes), Svix's too
-MAX_SIGNATURES = 10  # v1, entries in one svix-signature header: one per signing secret
-MAX_HEADER_CHARS = 2048  # room for them (a v1 entry is 47 characters)
 MILLISECONDS_FROM = 10**11  # a Clerk time at least this large is in milliseconds
 
 
@@ -91,72 +74,25 @@ _SECRET_PLACE = "Clerk's dashboard: Webhooks → your endpoint → Signing Secre
 
 # --- Why a request is refused. Shown to the sender and the admin; never holds a secret. ---
 
-_NO_SECRET = (
-    "This endpoint has no signing secret yet: paste the endpoint's Signing Secret (whsec_...) "
-    f"from {_SECRET_PLACE}, into the bridge."
+_SVIX = Scheme(
+    "Clerk",
+    (_ID_HEADER, _TIMESTAMP_HEADER, _SIGNATURE_HEADER),
+    no_secret=(
+        "This endpoint has no signing secret yet: paste the endpoint's Signing Secret "
+        f"(whsec_...) from {_SECRET_PLACE}, into the bridge."
+    ),
+    unusable_secrets=(
+        "None of this endpoint's signing secrets is a Clerk signing secret (whsec_ followed by "
+        "base64), so no signature can be checked: paste the endpoint's Signing Secret "
+        f"(whsec_...) from {_SECRET_PLACE}."
+    ),
+    no_match=(
+        "The signature does not match any of the endpoint's signing secrets: paste the "
+        f"endpoint's Signing Secret (whsec_...) from {_SECRET_PLACE}. Each Clerk instance "
+        "(development, production) and each endpoint has its own. A proxy that rewrites the "
+        "body (even its whitespace) also breaks the signature."
+    ),
 )
-_UNUSABLE_SECRETS = (
-    "None of this endpoint's signing secrets is a Clerk signing secret (whsec_ followed by "
-    "base64), so no signature can be checked: paste the endpoint's Signing Secret (whsec_...) "
-    f"from {_SECRET_PLACE}."
-)
-_NO_HEADER = (
-    "The request has no {} header: is this request from Clerk? Clerk signs every webhook "
-    "with the svix-id, svix-timestamp and svix-signature headers. Send only Clerk webhooks to "
-    "this URL, and check that no proxy drops those headers."
-)
-_BAD_ID = (
-    f"The svix-id header is longer than {MAX_ID_CHARS} characters or holds characters other "
-    "than printable ASCII; Svix's message ids look like msg_2dQp... Send the header exactly "
-    "as Clerk sent it."
-)
-_BAD_TIMESTAMP = (
-    "The svix-timestamp header is not a unix time in whole seconds. Send the header exactly "
-    "as Clerk sent it."
-)
-_MALFORMED = (
-    "The svix-signature header is malformed: expected 'v1,<base64 signature>', several "
-    "separated by single spaces while a secret is rolled. Send the header exactly as Clerk "
-    "sent it."
-)
-_NO_V1 = (
-    "The svix-signature header has no v1 signature ('v1,<base64>'; other schemes are "
-    "ignored). Clerk signs every webhook with v1: check that the request really comes from "
-    "Clerk."
-)
-_TOO_LONG = (
-    f"The svix-signature header is longer than {MAX_HEADER_CHARS} characters or holds more "
-    f"than {MAX_SIGNATURES} signatures. Clerk sends one v1 signature per signing secret of "
-    "the endpoint (two while a secret is being rolled)."
-)
-_NOT_UTF8 = (
-    "The request body is not UTF-8 text, so it is not a Clerk event as Clerk sent it "
-    "(a proxy may have re-encoded or compressed it)."
-)
-_NO_MATCH = (
-    "The signature does not match any of the endpoint's signing secrets: paste the endpoint's "
-    f"Signing Secret (whsec_...) from {_SECRET_PLACE}. Each Clerk instance (development, "
-    "production) and each endpoint has its own. A proxy that rewrites the body (even its "
-    "whitespace) also breaks the signature."
-)
-_STALE = (
-    f"The svix-timestamp is more than {TOLERANCE} s old, so the request was refused as a "
-    "possible replay. If Clerk sent it just now, this server's clock is off: check it (sync "
-    "it with NTP). Svix signs each delivery attempt as it sends it, so real retries are "
-    "never too old."
-)
-_FUTURE = (
-    f"The svix-timestamp is more than {TOLERANCE} s in the future, so the request was "
-    "refused: a signature is only accepted within that window of this server's clock. If "
-    "Clerk sent it just now, this server's clock is behind: check it (sync it with NTP)."
-)
-# standardwebhooks 1.1 WebhookVerificationError messages (webhooks.py) -> our reason.
-_LIBRARY_REASONS = {
-    "Message timestamp too old": _STALE,
-    "Message timestamp too new": _FUTURE,
-    "Invalid Signature Headers": _BAD_TIMESTAMP,
-}
-_NO_MATCH_MESSAGE = "No matching signature found"
 
 _NOT_JSON = "The body is not JSON, so it is not a Clerk event."
 _NOT_OBJECT = "The body is JSON but not an object, so it is not a Clerk event."
@@ -192,30 +128,6 @@ def _iso(clerk_time: Any) -> str | None:
     try:
         return datetime.fromtimestamp(_seconds(clerk_time), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """``name`` (lower case) in any case: a starlette ``Headers`` finds it itself, a plain
-    dict is searched."""
-    value = headers.get(name)
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value
-
-
-def _decodes(key: str) -> bool:
-    """``key`` is non-empty strict base64, padded or not."""
-    try:
-        return bool(base64.b64decode(key + "=" * (-len(key) % 4), validate=True))
-    except (binascii.Error, ValueError):
-        return False
-
-
-def _webhook(secret: str) -> Webhook | None:
-    try:
-        return Webhook(secret)
-    except (ValueError, EmptyWebhookSecretError):  # not base64, or nothing after whsec_
         return None
 
 
@@ -372,7 +284,7 @@ class ClerkProvider:
     )
 
     def secret_problem(self, secret: str) -> str | None:
-        if secret.startswith("whsec_") and _decodes(secret.removeprefix("whsec_")):
+        if is_secret(secret):
             return None
         return (
             "That does not look like a Clerk signing secret: it is whsec_ followed by base64 "
@@ -397,61 +309,10 @@ class ClerkProvider:
         return " ".join(shown)
 
     def verify(self, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> None:
-        usable = [secret for secret in secrets if secret.strip()]
-        if not usable:
-            raise Rejected(_NO_SECRET)
-        names = (_ID_HEADER, _TIMESTAMP_HEADER, _SIGNATURE_HEADER)
-        msg_id, timestamp, signature = (_header(headers, name) or "" for name in names)
-        for name, value in zip(names, (msg_id, timestamp, signature), strict=True):
-            if not value:
-                raise Rejected(_NO_HEADER.format(name))
-        if len(signature) > MAX_HEADER_CHARS or signature.count("v1,") > MAX_SIGNATURES:
-            raise Rejected(_TOO_LONG)
-        if not (signature.isascii() and signature.isprintable()):
-            raise Rejected(_MALFORMED)
-        if not any(entry.startswith("v1,") for entry in signature.split(" ")):
-            raise Rejected(_NO_V1)
-        if not _is_id(msg_id):
-            raise Rejected(_BAD_ID)
-        # The library reads float(): "1.7e9" or " 17..." would pass it, and be signed as
-        # another string than the one sent.
-        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
-            raise Rejected(_BAD_TIMESTAMP)
-        try:
-            payload = body.decode("utf-8")  # once, not once per secret inside the library
-        except UnicodeDecodeError:
-            raise Rejected(_NOT_UTF8) from None
-        webhooks = [webhook for webhook in map(_webhook, usable) if webhook is not None]
-        if not webhooks:
-            raise Rejected(_UNUSABLE_SECRETS)
-        # The library reads Standard Webhooks' names; Svix's are the same headers, branded.
-        standard = {
-            "webhook-id": msg_id,
-            "webhook-timestamp": timestamp,
-            "webhook-signature": signature,
-        }
-        for webhook in webhooks:
-            try:
-                webhook.verify(payload, standard, json_parse=False)
-            except WebhookVerificationError as error:
-                message = str(error)
-                # Only "no match" depends on the secret; every other failure is the request's.
-                if message != _NO_MATCH_MESSAGE:
-                    raise Rejected(
-                        _LIBRARY_REASONS.get(message, f"The Svix signature check failed: {message}")
-                    ) from None
-            except ValueError:  # an entry without exactly one comma, or not base64
-                raise Rejected(_MALFORMED) from None
-            else:
-                return
-        raise Rejected(_NO_MATCH)
+        _SVIX.verify(body, headers, secrets)
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> Event:
-        msg_id = _header(headers, _ID_HEADER)
-        if not msg_id:
-            raise Rejected(_NO_HEADER.format(_ID_HEADER))
-        if not _is_id(msg_id):
-            raise Rejected(_BAD_ID)
+        msg_id = _SVIX.message_id(headers)
         event = _load(body)
         event_type, data = event["type"], event["data"]
         email = user_id = None
@@ -505,8 +366,8 @@ class ClerkProvider:
             raise ValueError(
                 f"Clerk has no sample for {event_type!r}; known: {', '.join(self.event_types)}"
             )
-        webhook = _webhook(secret)
-        if webhook is None:
+        signer = webhook(secret)
+        if signer is None:
             raise ValueError("The signing secret is not a Clerk one (whsec_ followed by base64).")
         now = int(time.time())
         if event_type.startswith("user."):
@@ -527,7 +388,7 @@ class ClerkProvider:
         return payload.encode("utf-8"), {
             _ID_HEADER: msg_id,
             _TIMESTAMP_HEADER: str(now),
-            _SIGNATURE_HEADER: webhook.sign(msg_id, signed_at, payload),
+            _SIGNATURE_HEADER: signer.sign(msg_id, signed_at, payload),
             "content-type": "application/json",
         }
 

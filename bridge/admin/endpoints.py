@@ -70,7 +70,7 @@ from bridge import backfill, inbox, registry
 from bridge.admin.formats import count, row_id, when
 from bridge.admin.state import Admin
 from bridge.public_url import unreachable
-from bridge.stripe_api import KeyCheck, StripeAPI, StripeAPIError
+from bridge.stripe_api import StripeAPI, StripeAPIError
 
 log = logging.getLogger("bridge.admin")
 
@@ -428,25 +428,32 @@ async def delete(request: Request, endpoint_id: str) -> Response:
 # -- the Stripe API key and the import of Stripe's customers (Stripe endpoints) -------------
 
 
-def _stripe_only(request: Request, view: registry.EndpointView) -> Response | None:
-    """The error page for a Stripe-only action on another provider's endpoint."""
-    if view.provider == "stripe":
-        return None
-    return Admin.of(request).error(
-        request,
-        400,
-        "Not a Stripe endpoint",
-        f"The endpoint {view.name!r} receives {providers.get(view.provider).label} webhooks: "
-        "only a Stripe endpoint has a Stripe API key and imports Stripe's customers.",
-    )
+def _stripe_only(handler: _Handler) -> Callable[[Request], Awaitable[Response]]:
+    """As :func:`_existing`, for an action only a Stripe endpoint has: another provider's
+    endpoint gets an error page instead."""
+
+    @_existing
+    @functools.wraps(handler)
+    async def endpoint(request: Request, endpoint_id: str) -> Response:
+        admin = Admin.of(request)
+        view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
+        if view.provider == "stripe":
+            return await handler(request, endpoint_id)
+        return admin.error(
+            request,
+            400,
+            "Not a Stripe endpoint",
+            f"The endpoint {view.name!r} receives {providers.get(view.provider).label} "
+            "webhooks: only a Stripe endpoint has a Stripe API key and imports Stripe's "
+            "customers.",
+        )
+
+    return endpoint
 
 
-@_existing
+@_stripe_only
 async def set_stripe_key(request: Request, endpoint_id: str) -> Response:
     admin = Admin.of(request)
-    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
-    if refused := _stripe_only(request, view):
-        return refused
     form = await request.form()
     key = str(form.get("stripe_key") or "").strip()
     if not key:
@@ -460,7 +467,7 @@ async def set_stripe_key(request: Request, endpoint_id: str) -> Response:
     if "no_check" not in form:
         try:
             check, problems = await admin.run(
-                _check_key, admin.engine, endpoint_id, key, admin.settings.stripe_api_url
+                backfill.check_key, admin.engine, endpoint_id, key, admin.settings.stripe_api_url
             )
         except StripeAPIError as exc:
             return await _show_page(
@@ -488,12 +495,9 @@ async def set_stripe_key(request: Request, endpoint_id: str) -> Response:
     )
 
 
-@_existing
+@_stripe_only
 async def remove_stripe_key(request: Request, endpoint_id: str) -> Response:
     admin = Admin.of(request)
-    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
-    if refused := _stripe_only(request, view):
-        return refused
     try:
         await admin.run(registry.set_stripe_key, admin.engine, endpoint_id, None)
     except registry.NotFound:
@@ -509,12 +513,9 @@ async def remove_stripe_key(request: Request, endpoint_id: str) -> Response:
     )
 
 
-@_existing
+@_stripe_only
 async def start_import(request: Request, endpoint_id: str) -> Response:
     admin = Admin.of(request)
-    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
-    if refused := _stripe_only(request, view):
-        return refused
     before = await admin.run(
         backfill.status, admin.engine, endpoint_id, admin.settings.loops_rate_limit
     )
@@ -537,12 +538,9 @@ async def start_import(request: Request, endpoint_id: str) -> Response:
     )
 
 
-@_existing
+@_stripe_only
 async def cancel_import(request: Request, endpoint_id: str) -> Response:
     admin = Admin.of(request)
-    view = await admin.run(registry.endpoint_view, admin.engine, endpoint_id)  # 404 first
-    if refused := _stripe_only(request, view):
-        return refused
     try:
         set_aside = await admin.run(backfill.cancel, admin.engine, endpoint_id)
     except registry.Invalid as exc:
@@ -605,17 +603,6 @@ def _create(engine: Engine, form: registry.EndpointForm, secret: str | None) -> 
 
 def _page(endpoint_id: str) -> str:
     return f"/admin/endpoints/{endpoint_id}"
-
-
-def _check_key(
-    engine: Engine, endpoint_id: str, key: str, base_url: str
-) -> tuple[KeyCheck, list[str]]:
-    """Stripe's answer on ``key`` (``StripeAPI.check``) and every problem that keeps the
-    endpoint from it, as ``loops-bridge endpoints set-stripe-key`` finds them. Raises
-    StripeAPIError when Stripe cannot be asked."""
-    check = StripeAPI(key, base_url).check()
-    mismatch = backfill.mode_problem(engine, endpoint_id, check.hint, check.livemode)
-    return check, [*check.problems, *([mismatch] if mismatch else [])]
 
 
 def _about_time(seconds: float) -> str:

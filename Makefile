@@ -20,9 +20,12 @@ run: $(VENV)/.run
 	BRIDGE_DATABASE_URL="$${BRIDGE_DATABASE_URL:-sqlite:///$(CURDIR)/data/bridge.db}" \
 	  $(VENV)/bin/loops-bridge serve
 
+# On every core (pytest-xdist, see pyproject.toml). Bytecode is written even where
+# PYTHONDONTWRITEBYTECODE is set (as in many containers): else each worker and each
+# `loops-bridge` process the tests start compiles the same modules again.
 test: $(VENV)/.test
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest
 
 # dist/loops_bridge-<version>-py3-none-any.whl: what `pip install`, pipx, uv and the
 # Dockerfile install.

@@ -3,15 +3,15 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests import leaks
-from tests.harness import Harness
+from tests import leaks, servers
+from tests.harness import Harness, Served
 from tests.servers import Bridge, Sandbox, bridge_env
 
 # The PostgreSQL tests use the server BRIDGE_TEST_POSTGRES names or, when it is unset, this
@@ -24,9 +24,30 @@ POSTGRES_ELSEWHERE = (
 POSTGRES_SKIPPED = "PostgreSQL tests skipped: "
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """The workers of ``-n auto`` (pyproject's addopts): one more than the cores, as many
+    tests wait on a process, a socket or the disk. A worker takes whole files, so a run of a
+    few files has no more workers than files, and one file runs in this process.
+    PYTEST_XDIST_AUTO_NUM_WORKERS, if set, decides instead."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    workers = len(os.sched_getaffinity(0)) + 1
+    named = {Path(arg.split("::")[0]) for arg in config.args}
+    if named and all(path.is_file() for path in named):
+        workers = min(workers, len(named))
+    return workers if workers > 1 else 0
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # No secret the tests use may come back out in a log, a CLI output or a page.
     leaks.install(config)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test() -> Iterator[None]:
+    before = servers.running()
+    yield
+    servers.stop_leftovers(keep=before)
 
 
 @pytest.fixture
@@ -65,6 +86,21 @@ def bridge(env: dict[str, str], sandbox: Sandbox) -> Iterator[Bridge]:
     # uvicorn re-raises SIGTERM after a graceful shutdown, so -15 is a clean stop too.
     assert server.stop() in (0, -15)
     assert "Application shutdown complete" in server.log(), server.log()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Any], Served]]:
+    """Serve an ASGI app in uvicorn on loopback (:class:`tests.harness.Served`) until the test
+    ends, however it ends."""
+    started: list[Served] = []
+
+    def start(app: Any) -> Served:
+        started.append(Served(app))
+        return started[-1]
+
+    yield start
+    for served in reversed(started):
+        served.stop()
 
 
 @functools.cache

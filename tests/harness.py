@@ -189,7 +189,7 @@ class Harness:
 
         return [r.json() for r in self.run(all_())]
 
-    def until(self, check: Callable[[], Any], timeout: float = 20.0, what: str = "it") -> Any:
+    def until(self, check: Callable[[], Any], timeout: float = 30.0, what: str = "it") -> Any:
         """Run the bridge until ``check()`` is truthy; its value. ``check`` runs between
         turns of the loop, so it may read the database or call :meth:`loops_get`."""
         deadline = time.monotonic() + timeout
@@ -348,9 +348,12 @@ class Served:
         sock = sock or self.bound_socket()
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]})
+        # A daemon: a test that fails before stop() cannot keep pytest from exiting.
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
         self._thread.start()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60  # a deadline, not a measure: see servers.STARTUP
         while not self._server.started:
             assert self._thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.02)

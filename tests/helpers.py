@@ -394,3 +394,34 @@ def read_with(provider: Any, body: bytes, headers: Mapping[str, str] | None = No
         assert not isinstance(value, str) or 0 < len(value.strip()) <= len(value) <= 498, key
     assert details.lookup == event.lookup  # delivery looks up the customer ingest saw
     return Read(**{**asdict(details), **asdict(event)})
+
+
+EVERY_TYPE_KEY = "rk_test_51EveryTypeKeyNotChecked000zz99"  # never sent to Stripe
+
+
+def without_key_types(provider: Any) -> list[str]:
+    """The provider's event types that an endpoint without an API key may accept."""
+    needing = getattr(provider, "needs_api_key", ())
+    return [t for t in provider.event_types if t not in needing]
+
+
+def every_event_type(engine: Engine, endpoint_id: str) -> None:
+    """Give the endpoint every event type of its provider, as an admin does who first sets
+    the endpoint's API key (unchecked here) for the types that need one, then ticks them."""
+    from sqlmodel import Session
+
+    import providers
+    from bridge import registry
+    from bridge.models import Endpoint
+
+    with Session(engine) as session:
+        endpoint = session.get(Endpoint, endpoint_id)
+        assert endpoint is not None
+        provider = providers.get(endpoint.provider)
+    if getattr(provider, "needs_api_key", ()):
+        registry.set_stripe_key(engine, endpoint_id, EVERY_TYPE_KEY)
+    with Session(engine) as session:
+        endpoint = session.get(Endpoint, endpoint_id)
+        endpoint.event_types = ",".join(provider.event_types)
+        session.add(endpoint)
+        session.commit()

@@ -49,13 +49,14 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import html
 import logging
 import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -75,6 +76,7 @@ __all__ = [
     "Leak",
     "Scanned",
     "Scanner",
+    "Tally",
     "Text",
     "check",
     "command",
@@ -160,7 +162,8 @@ def hint(value: str) -> str:
     return f"…{value[-4:]}, {len(value)} characters"
 
 
-def pieces(value: str) -> list[str]:
+@functools.cache  # a secret is searched for in every text after it is learned
+def pieces(value: str) -> tuple[str, ...]:
     """The runs of ``PIECE`` characters that show part of ``value``: taken from each of its
     words (a value split by whitespace, or by an escaped line break) of ``PIECES_FROM``
     characters or more, with enough different characters to mean something."""
@@ -169,7 +172,7 @@ def pieces(value: str) -> list[str]:
         if len(word) >= PIECES_FROM:
             runs = (word[i : i + PIECE] for i in range(len(word) - PIECE + 1))
             found += [run for run in runs if len(set(run)) >= _VARIED]
-    return found
+    return tuple(found)
 
 
 class Scanner:
@@ -182,7 +185,7 @@ class Scanner:
         self.texts: Counter[str] = Counter()  # category -> texts searched
         self.lines = 0
         self.characters = 0
-        self._index: dict[str, set[str]] | None = None  # 12 characters -> secrets holding them
+        self._index: dict[str, set[str]] = {}  # 12 characters -> secrets holding them
         self._short: list[str] = []  # secrets shorter than PIECE, searched whole
         self._lock = threading.RLock()
 
@@ -193,7 +196,11 @@ class Scanner:
         with self._lock:
             if value not in self.secrets:
                 self.secrets[value] = (kind, learned)
-                self._index = None
+                if len(value) < PIECE:
+                    self._short.append(value)
+                else:
+                    for run in (value[:PIECE], *pieces(value)):
+                        self._index.setdefault(run, set()).add(value)
 
     def kinds(self) -> Counter[str]:
         return Counter(kind for kind, _ in self.secrets.values())
@@ -260,16 +267,6 @@ class Scanner:
         return found
 
     def _indexed(self) -> tuple[dict[str, set[str]], list[str]]:
-        if self._index is None:
-            index: dict[str, set[str]] = {}
-            short = []
-            for value in self.secrets:
-                if len(value) < PIECE:
-                    short.append(value)
-                    continue
-                for run in (value[:PIECE], *pieces(value)):
-                    index.setdefault(run, set()).add(value)
-            self._index, self._short = index, short
         return self._index, self._short
 
     def _leak(self, value: str, how: str, text: Text, body: str, at: int) -> Leak:
@@ -306,13 +303,51 @@ class Scanner:
                 i += 1
         return "".join(out)
 
+    def tally(self, tests: int) -> Tally:
+        """What this scanner did, in a form that crosses to the xdist controller."""
+        return Tally(
+            tests=tests,
+            texts=dict(self.texts),
+            lines=self.lines,
+            characters=self.characters,
+            # Digests, not values: the controller only counts them.
+            secrets={
+                hashlib.sha256(v.encode()).hexdigest(): k for v, (k, _) in self.secrets.items()
+            },
+            leaks=[asdict(leak) for leak in self.leaks],
+        )
+
+
+@dataclass
+class Tally:
+    """The counts of one or more scanners (one per xdist worker) and their leaks, as plain
+    values: a worker hands its own to the controller, which adds them up for the summary."""
+
+    tests: int = 0
+    texts: dict[str, int] = field(default_factory=dict)
+    lines: int = 0
+    characters: int = 0
+    secrets: dict[str, str] = field(default_factory=dict)  # sha256 of a value -> its kind
+    leaks: list[dict[str, str]] = field(default_factory=list)  # Leak's fields
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(
+            self.tests + other.tests,
+            dict(Counter(self.texts) + Counter(other.texts)),
+            self.lines + other.lines,
+            self.characters + other.characters,
+            {**self.secrets, **other.secrets},
+            self.leaks + other.leaks,
+        )
+
     def summary(self) -> str:
         texts = "".join(f"{n} {category}, " for category, n in sorted(self.texts.items()))
-        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.kinds().items()))
+        kinds = Counter(self.secrets.values())
+        kinds_ = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
         return (
             f"{sum(self.texts.values())} texts ({texts}{self.lines} lines, "
             f"{self.characters / 1e6:.1f} MB) searched for {len(self.secrets)} secrets "
-            f"({kinds})"
+            f"({kinds_}) after {self.tests} tests"
         )
 
 
@@ -357,14 +392,25 @@ def _given_secrets(args: Sequence[str], stdin: str | None) -> Iterator[tuple[str
     def value(given: str) -> str:
         return (stdin or "").splitlines()[0] if given == "-" and stdin else given
 
-    for option, kind in (("--api-key", API_KEY), ("--signing-secret", SIGNING_SECRET)):
+    options = (
+        ("--api-key", API_KEY),
+        ("--signing-secret", SIGNING_SECRET),
+        ("--loops-webhook-secret", SIGNING_SECRET),
+    )
+    for option, kind in options:
         for i, arg in enumerate(args[:-1]):
             if arg == option:
                 yield value(args[i + 1]), kind, option
-    if list(args[:2]) in (["endpoints", "add-secret"], ["endpoints", "remove-secret"]):
-        positional = [a for a in args[2:] if not a.startswith("--")]
-        if len(positional) >= 2:
-            yield value(positional[1]), SIGNING_SECRET, args[1]
+    positional = [a for a in args if not a.startswith("--")]
+    # endpoints add-secret|remove-secret|set-stripe-key ID SECRET;
+    # accounts|connections loops-webhook NAME add-secret|remove-secret SECRET
+    if positional[:1] == ["endpoints"] and len(positional) >= 4:
+        kind = API_KEY if positional[1] == "set-stripe-key" else SIGNING_SECRET
+        if positional[1] in ("add-secret", "remove-secret", "set-stripe-key"):
+            yield value(positional[3]), kind, positional[1]
+    if positional[:1] in (["accounts"], ["connections"]) and len(positional) >= 5:
+        if positional[1] == "loops-webhook" and positional[3] in ("add-secret", "remove-secret"):
+            yield value(positional[4]), SIGNING_SECRET, f"loops-webhook {positional[3]}"
 
 
 # -- the session ----------------------------------------------------------------------------
@@ -654,14 +700,30 @@ def _spy_on_the_bridge(undo: list[Callable[[], None]]) -> None:
 # -- the pytest plugin ----------------------------------------------------------------------
 
 
+@functools.cache
+def _constants() -> list[tuple[str, str, str]]:
+    return list(constants(Path(__file__).parent))
+
+
 class _Plugin:
+    """The leak check of one pytest process. Under pytest-xdist each worker searches the texts
+    of its own tests for the secrets it learned, and hands its :class:`Tally` to the
+    controller, which runs no test: the controller adds them up, prints the one summary line
+    and fails the session on any worker's leak."""
+
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
+        self._controller = False  # xdist's controller: its workers run the tests
+        self._workers: list[Tally] = []
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._controller = session.config.pluginmanager.has_plugin("dsession")
+        if self._controller:
+            return
         factory = getattr(session.config, "_tmp_path_factory", None)
         _session.basetemp = factory.getbasetemp() if factory is not None else None
-        for value, kind, where in constants(Path(__file__).parent):
+        workerinput = getattr(session.config, "workerinput", {})
+        for value, kind, where in workerinput.get("leak check constants") or _constants():
             _session.scanner.secret(value, kind, where)
         _spy_on_httpx(self._undo)
         _spy_on_the_bridge(self._undo)
@@ -686,34 +748,55 @@ class _Plugin:
             _session.test = ""
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self._controller:
+            return  # the worker that ran the test has searched its output
         # A report repeats the sections of the phases before it: take this phase's only.
         for name, content in report.sections:
             if name in (f"Captured stdout {report.when}", f"Captured stderr {report.when}"):
                 where = f"{name[len('Captured ') :]} of the test process"
                 _session.text("captured output", where, content)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """An xdist worker starts: it takes the test modules' constants from the controller,
+        rather than each parsing every module again."""
+        node.workerinput["leak check constants"] = _constants()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object | None) -> None:
+        """An xdist worker finished (its pytest_sessionfinish ran): take its tally."""
+        if tally := getattr(node, "workeroutput", {}).get("leak check"):
+            self._workers.append(Tally(**tally))
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        _session.test = "(after the last test)"
-        _session.check()
-        if _session.scanner.leaks and session.exitstatus == pytest.ExitCode.OK:
+        if not self._controller:
+            _session.test = "(after the last test)"
+            _session.check()
+        tally = self._tally()
+        if workeroutput := getattr(session.config, "workeroutput", None):
+            workeroutput["leak check"] = asdict(tally)
+        if tally.leaks and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
+    def _tally(self) -> Tally:
+        if self._controller:
+            return sum(self._workers, Tally())
+        return _session.scanner.tally(_session.tests)
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        scanner = _session.scanner
-        if not scanner.leaks:
-            terminalreporter.write_line(
-                f"leak check: {scanner.summary()} after {_session.tests} tests: no secret found."
-            )
+        tally = self._tally()
+        workers = f" on {len(self._workers)} workers" if self._controller else ""
+        if not tally.leaks:
+            terminalreporter.write_line(f"leak check: {tally.summary()}{workers}: no secret found.")
             return
         terminalreporter.section("secrets leaked", sep="=", red=True, bold=True)
-        for leak in scanner.leaks[:50]:
-            terminalreporter.write_line(str(leak))
-        if len(scanner.leaks) > 50:
-            terminalreporter.write_line(f"... and {len(scanner.leaks) - 50} more")
+        for leak in tally.leaks[:50]:
+            terminalreporter.write_line(str(Leak(**leak)))
+        if len(tally.leaks) > 50:
+            terminalreporter.write_line(f"... and {len(tally.leaks) - 50} more")
         terminalreporter.write_line(
-            f"leak check: {len(scanner.leaks)} leaks in {scanner.summary()} after "
-            f"{_session.tests} tests (tests/leaks.py)",
+            f"leak check: {len(tally.leaks)} leaks in {tally.summary()}{workers} (tests/leaks.py)",
             red=True,
         )
 

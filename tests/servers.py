@@ -20,6 +20,7 @@ from tests import leaks
 
 BIN = Path(sys.executable).parent / "loops-bridge"
 ADMIN_PASSWORD = "correct horse battery staple"
+STARTUP = 60.0  # seconds a process may take to come up before its test fails
 
 
 def free_port() -> int:
@@ -28,7 +29,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -38,6 +39,24 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+_started: list[Process] = []  # see running() and stop_leftovers()
+
+
+def running() -> list[Process]:
+    """The server processes started here that still run."""
+    _started[:] = [process for process in _started if process.proc.poll() is None]
+    return list(_started)
+
+
+def stop_leftovers(keep: list[Process]) -> None:
+    """Kill the processes running but those in ``keep`` (what ran before the test, such as a
+    module's shared server): a test that fails before it stops what it started leaves
+    nothing running, to load the machine or hold a port."""
+    for process in running():
+        if process not in keep:
+            process.kill()
 
 
 class Process:
@@ -51,6 +70,7 @@ class Process:
         self.proc = subprocess.Popen(
             [str(BIN), *args], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
+        _started.append(self)
 
         def up() -> bool:
             if self.proc.poll() is not None:
@@ -60,7 +80,17 @@ class Process:
             except httpx.TransportError:
                 return False
 
-        wait_until(up, what=f"{args[0]} to listen on {url}")
+        self._started(up, f"{args[0]} to listen on {url}")
+
+    def _started(self, up: Callable[[], bool], what: str) -> None:
+        """Wait for ``up()``; a process that does not come up is killed, its log closed.
+        The wait is long because a start is a deadline, not a measure: on a loaded machine
+        (the suite runs on every core) importing the bridge alone can take seconds."""
+        try:
+            wait_until(up, timeout=STARTUP, what=what)
+        except BaseException:
+            self.kill()
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -115,7 +145,7 @@ class Bridge(Process):
         return client
 
 
-class Worker:
+class Worker(Process):
     """A ``loops-bridge worker`` process (no HTTP port): ready when it says it started."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
@@ -125,19 +155,13 @@ class Worker:
         self.proc = subprocess.Popen(
             [str(BIN), "worker"], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
-        wait_until(lambda: "delivery worker" in self.log(), what="the worker to start")
+        _started.append(self)
+        self._started(lambda: "delivery worker" in self.log(), "the worker to start")
 
     def log(self) -> str:
         if self.proc.poll() is not None and "started" not in self.log_path.read_text():
             raise AssertionError(f"worker exited early:\n{self.log_path.read_text()}")
         return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=20)
-        finally:
-            self._log.close()
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True) -> Any:

@@ -25,9 +25,11 @@ from tests.harness import PUBLIC_URL, Harness
 from tests.helpers import (
     Page,
     account_state,
+    every_event_type,
     fixture_bytes,
     stored_delivery,
     stored_endpoint,
+    without_key_types,
     words,
 )
 
@@ -189,24 +191,35 @@ def test_each_account_state_is_said_in_plain_words(offline: Harness):
     account_state(engine, ids["busy"], held_until=now + 40)
     account_state(engine, ids["recovered"], held_until=now - 5)  # a 429 hold that is over
 
-    said = {
-        name: words(offline.page(f"/admin/accounts/{i}")["account-state"]["text"])
-        for name, i in ids.items()
-    }
+    said, made = {}, {}
+    for name, i in ids.items():
+        start = time.time()
+        said[name] = words(offline.page(f"/admin/accounts/{i}")["account-state"]["text"])
+        made[name] = (start, time.time())
+
+    def left(name: str, until: float) -> int:
+        """The "(in N s)" of ``name``'s page: N is counted from when the page was made, a
+        moment after ``now`` (more than a second on a loaded machine)."""
+        (shown,) = map(int, re.findall(r"\(in (\d+) s\)", said[name]))
+        start, end = made[name]
+        assert round(until - end) <= shown <= round(until - start), (shown, until - end)
+        return shown
+
     assert said["revoked"] == words(
         f"Loops refused this API key since {when(now - 3600)}: Loops answered 401: Invalid API "
         "key. Its deliveries are paused; the bridge checks again at "
-        f"{when(now + 25)} (in 25 s). Replace the key below if it was revoked."
+        f"{when(now + 25)} (in {left('revoked', now + 25)} s). Replace the key below if it was "
+        "revoked."
     )
     assert said["down"].startswith(
         words(
             f"Loops could not be reached since {when(now - 600)}: no answer (ConnectError); next "
-            f"try at {when(now + 8)} (in 8 s) (6 tries failed in a row)."
+            f"try at {when(now + 8)} (in {left('down', now + 8)} s) (6 tries failed in a row)."
         )
     )
     assert said["busy"] == words(
-        f"Rate-limited by Loops (429) until {when(now + 40)} (in 40 s): no delivery starts "
-        "before then."
+        f"Rate-limited by Loops (429) until {when(now + 40)} (in {left('busy', now + 40)} s): "
+        "no delivery starts before then."
     )
     assert said["fine"].startswith("Healthy") and said["recovered"].startswith("Healthy")
 
@@ -909,8 +922,9 @@ def test_endpoint_page_has_its_providers_own_set_up_steps(offline: Harness, name
     plugin = providers.get(name)
     secret = plugin.new_secret() or None
     endpoint_id = offline.endpoint(
-        ",".join(plugin.event_types), provider=name, name=f"{plugin.label} e", secret=secret
+        ",".join(without_key_types(plugin)), provider=name, name=f"{plugin.label} e", secret=secret
     )
+    every_event_type(offline.engine, endpoint_id)
     page = offline.page(f"/admin/endpoints/{endpoint_id}")
     text = setup_steps(page)
     for said in SETUP[name]:

@@ -45,6 +45,16 @@ def started() -> Iterator[list[Admin]]:
         assert admin.bridge.stop() in (0, -15)
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+    """One ``serve`` with nothing but its admin port set, for the tests that only need such a
+    server: none of them changes what another sees (the wrong passwords of
+    test_forwarded_addresses... lock 127.0.0.1 out of signing in, which no other tries)."""
+    admin = Admin(tmp_path_factory.mktemp("plain"))
+    yield admin
+    assert admin.bridge.stop() in (0, -15)
+
+
 def guesses(url: str, forwarded_for: list[str], password: str = "") -> list[httpx.Response]:
     """A wrong password (or ``password``) sent from each forwarded address, all at once, each
     on a connection of its own."""
@@ -100,9 +110,8 @@ def test_guessing_through_any_number_of_connections_checks_30_a_minute(started, 
     assert "30 wrong passwords in the last minute" in log
 
 
-def test_forwarded_addresses_are_ignored_unless_from_a_trusted_proxy(started, tmp_path):
-    admin = Admin(tmp_path)  # BRIDGE_TRUSTED_PROXIES unset
-    started.append(admin)
+def test_forwarded_addresses_are_ignored_unless_from_a_trusted_proxy(plain: Admin):
+    admin = plain  # BRIDGE_TRUSTED_PROXIES unset
     answers = [r for i in range(11) for r in guesses(admin.url, [f"198.51.100.{i}"])]
     assert [r.status_code for r in answers] == [401] * 10 + [429]
     log = admin.bridge.log()
@@ -110,9 +119,8 @@ def test_forwarded_addresses_are_ignored_unless_from_a_trusted_proxy(started, tm
     assert "198.51.100." not in log
 
 
-def test_a_forged_host_is_refused_so_dns_rebinding_gets_nothing(started, tmp_path):
-    admin = Admin(tmp_path)
-    started.append(admin)
+def test_a_forged_host_is_refused_so_dns_rebinding_gets_nothing(plain: Admin):
+    admin = plain
     rebound = f"evil.example:{admin.port}"
     page = httpx.get(f"{admin.url}/admin/login", headers={"Host": rebound})
     assert page.status_code == 400 and "Unknown host name" in page.text
@@ -133,9 +141,8 @@ def test_a_forged_host_is_refused_so_dns_rebinding_gets_nothing(started, tmp_pat
     assert webhook.status_code == 404 and webhook.json()["status"] == "rejected"
 
 
-def test_a_header_of_megabytes_is_refused_on_both_ports(started, tmp_path):
-    admin = Admin(tmp_path)
-    started.append(admin)
+def test_a_header_of_megabytes_is_refused_on_both_ports(plain: Admin):
+    admin = plain
     for url in (f"{admin.url}/admin/login", f"{admin.bridge.url}/webhooks/ep_x"):
         answer = httpx.get(url, headers={"X-Padding": "a" * 5_000_000}, timeout=30)
         assert answer.status_code == 431, url

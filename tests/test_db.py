@@ -42,8 +42,8 @@ from starlette.routing import Route
 
 from bridge import db, logs, registry, sandbox, vault
 from tests import leaks
-from tests.harness import Served, settings_env, stripe_event
 from tests.harness import run_cli as cli
+from tests.harness import settings_env, stripe_event
 from tests.helpers import (
     OLD_ENDPOINT,
     alembic,
@@ -361,10 +361,10 @@ def test_a_bad_log_format_is_reported_in_text(tmp_path):
     assert done.stderr.startswith("error: BRIDGE_LOG_FORMAT='xml' is not valid")
 
 
-def test_serve_logs_json_lines_uvicorn_included_and_no_secret(tmp_path):
+def test_serve_logs_json_lines_uvicorn_included_and_no_secret(tmp_path, serve):
     """``loops-bridge serve``'s own output, as a process writes it, while it takes webhooks
     and delivers one to a Loops sandbox (on a socket, served by this process)."""
-    loops = Served(sandbox.create_app())
+    loops = serve(sandbox.create_app())
     env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="json", BRIDGE_LOOPS_API_URL=f"{loops.url}/api/v1")
     cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", "--no-check", stdin=KEY)
     created = cli(
@@ -397,7 +397,6 @@ def test_serve_logs_json_lines_uvicorn_included_and_no_secret(tmp_path):
         wait_until(contact_created, what="the contact in Loops")
     finally:
         assert bridge.stop() in (0, -15)
-        loops.stop()
     output = bridge.log()
     entries = json_lines(output)
     assert any(e["logger"].startswith("uvicorn") for e in entries), output
@@ -408,7 +407,7 @@ def test_serve_logs_json_lines_uvicorn_included_and_no_secret(tmp_path):
     assert KEY not in output and SECRET not in output
 
 
-def test_a_customers_name_cannot_write_a_line_of_the_text_log(tmp_path):
+def test_a_customers_name_cannot_write_a_line_of_the_text_log(tmp_path, serve):
     """A name holding a line break, an escape sequence and a right-to-left override, which
     Loops quotes back when it refuses it: ``serve``'s text log keeps all of it on the
     delivery's own line, escaped."""
@@ -418,7 +417,7 @@ def test_a_customers_name_cannot_write_a_line_of_the_text_log(tmp_path):
         message = f"Invalid lastName: {contact.get('lastName')}"
         return JSONResponse({"success": False, "message": message}, 400)
 
-    loops = Served(Starlette(routes=[Route("/api/v1/contacts/create", refuse, methods=["POST"])]))
+    loops = serve(Starlette(routes=[Route("/api/v1/contacts/create", refuse, methods=["POST"])]))
     env = bridge_env(tmp_path, BRIDGE_LOG_FORMAT="text", BRIDGE_LOOPS_API_URL=f"{loops.url}/api/v1")
     cli(env, "accounts", "add", "--name", "acme", "--api-key", "-", "--no-check", stdin=KEY)
     created = cli(
@@ -437,7 +436,6 @@ def test_a_customers_name_cannot_write_a_line_of_the_text_log(tmp_path):
         wait_until(lambda: "Invalid lastName" in bridge.log(), what="the delivery to fail")
     finally:
         assert bridge.stop() in (0, -15)
-        loops.stop()
     output = bridge.log()
     assert "\x1b" not in output and "\u202e" not in output
     lines = output.splitlines()

@@ -137,8 +137,13 @@ def test_kill_9_mid_drain_loses_nothing_and_a_restart_takes_up_the_claims(env, s
     endpoint = make_endpoint(env, "customer.created", **{"loops-event": "signedUp"})
     post_all(bridge, endpoint, customers(count))
     wait_until(lambda: len(loops.get("events")) >= 15, what="delivery to be under way")
+    # Killed while a call is in flight (Loops slow to answer), not between two claims.
+    sent = len(loops.get("requests"))
+    loops.fault(delay=5.0)
+    wait_until(lambda: len(loops.get("requests")) > sent, what="a call to be in flight")
 
     bridge.kill()
+    loops.clear_faults()
     assert statuses(engine).get(DELIVERED, 0) < count
     assert claimed(engine) > 0  # what it was delivering stays claimed until the lease lapses
     bridge = Bridge(env)

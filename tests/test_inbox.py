@@ -235,8 +235,8 @@ def test_storage_failure_answers_503_and_acknowledges_nothing(url, engine):
 def test_a_dropped_table_answers_storage_unavailable(engine):
     endpoint = invoice_endpoint(engine, SECRET)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE loops_calls"))
-        conn.execute(text("DROP TABLE deliveries"))
+        for table in ("loops_calls", "loops_events", "deliveries"):  # those that refer to it
+            conn.execute(text(f"DROP TABLE {table}"))
     outcomes = asyncio.run(accept_all(Inbox(engine), endpoint, [event("evt_1"), event("evt_2")]))
     assert all(isinstance(o, StorageUnavailable) for o in outcomes), outcomes
 

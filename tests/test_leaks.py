@@ -29,7 +29,7 @@ from bridge.admin.auth import COOKIE
 from bridge.delivery import Worker
 from bridge.models import Account
 from tests import leaks
-from tests.harness import FAST, Harness, Served, settings_env
+from tests.harness import FAST, Harness, settings_env
 from tests.harness import run_cli as cli
 from tests.helpers import fixture_bytes
 
@@ -115,9 +115,12 @@ def test_a_secret_shown_on_purpose_is_allowed_once():
     ]
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist workers"])
 def test_a_leak_fails_the_session_with_a_report_that_never_shows_it(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]
 ):
+    """In one process, and on xdist's workers (the leak is found in a worker, reported by
+    the controller)."""
     leaked = "whsec_" + secrets.token_hex(16)  # known to the inner session only
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
     pytester.makeconftest(
@@ -137,7 +140,8 @@ def test_a_leak_fails_the_session_with_a_report_that_never_shows_it(
             leaks.text("CLI", "an output", "Added signing secret whsec_…{leaked[-4:]}.")
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    quick = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]  # not used in there
+    result = pytester.runpytest_subprocess(*quick, *workers)
 
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.assert_outcomes(passed=2)  # every test passed; the session failed
@@ -148,7 +152,8 @@ def test_a_leak_fails_the_session_with_a_report_that_never_shows_it(
             f"  the whole value: signing secret …{leaked[-4:]}, 38 characters*",
             "  in a made-up log:",
             "    refused: no signature matches [[]secret]",
-            "leak check: 1 leaks in *",
+            f"leak check: 1 leaks in * after 2 tests{' on 2 workers' * bool(workers)} "
+            "(tests/leaks.py)",
         ]
     )
     assert leaked not in result.stdout.str() + result.stderr.str()
@@ -331,13 +336,13 @@ def test_an_api_key_that_cannot_go_into_a_header_is_refused_without_being_echoed
     assert cli(env, "accounts", "list", "--json") == []
 
 
-def test_a_stored_key_that_cannot_be_sent_is_never_quoted(tmp_path):
+def test_a_stored_key_that_cannot_be_sent_is_never_quoted(tmp_path, serve):
     """A key with a line break, stored before keys were checked for one: the HTTP library
     refuses the header and quotes it in its error, which must not reach the delivery's
     reason, the log or the admin. Only a real HTTP connection refuses such a header, so the
     worker here calls a Loops sandbox on a socket rather than through the ASGI transport."""
     stored = "loops_key_storedEarlier_0a1b\nloops_key_storedEarlier_2c3d"
-    loops = Served(sandbox.create_app())
+    loops = serve(sandbox.create_app())
     bridge = Harness(
         tmp_path,
         worker=False,
@@ -369,7 +374,6 @@ def test_a_stored_key_that_cannot_be_sent_is_never_quoted(tmp_path):
         worker.stop()
         bridge.run(working)
         bridge.close()
-        loops.stop()
     scanned = leaks.check()
     logged = "\n".join(t.body for t in scanned.texts if t.category == "log record")
     assert '"logger": "bridge.delivery"' in logged and "storedEarlier" not in logged

@@ -21,6 +21,7 @@ internet) are served from ``templates/static``.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -96,7 +97,14 @@ def create_admin(settings: Settings, engine: Engine, inbox: Inbox) -> Starlette:
         ],
         exception_handlers={Exception: failed},
     )
+    app.state.admin = Admin(settings, engine, inbox, guard, _templates())
+    return app
+
+
+@functools.cache
+def _templates() -> Jinja2Templates:
+    """One set of compiled templates per process, shared by every admin app made in it
+    (nothing in it depends on the app's settings)."""
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.finalize = shown  # set before any template is compiled, which reads it
-    app.state.admin = Admin(settings, engine, inbox, guard, templates)
-    return app
+    return templates

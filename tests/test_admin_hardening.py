@@ -24,7 +24,7 @@ import uvicorn
 from bridge import server
 from bridge.app import create_apps
 from tests.harness import Harness, Served
-from tests.servers import ADMIN_PASSWORD, Bridge, bridge_env, free_port
+from tests.servers import ADMIN_PASSWORD, Bridge, answers, bridge_env, free_port, wait_until
 
 
 class Admin:
@@ -34,6 +34,8 @@ class Admin:
         self.port = free_port()
         self.bridge = Bridge(bridge_env(tmp_path, BRIDGE_ADMIN=str(self.port), **env))
         self.url = f"http://127.0.0.1:{self.port}"
+        # Bridge() waits for the public port; the admin's may start listening a moment later.
+        wait_until(lambda: answers(self.url + "/admin/login"), what="the admin port")
 
 
 @pytest.fixture

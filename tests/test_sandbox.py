@@ -541,7 +541,7 @@ def test_an_injected_401_is_loops_refusing_the_key(clock: FakeClock) -> None:
     client = Client(create_app(api_keys=[KEY, OTHER_KEY], clock=clock))
     client.post("/_sandbox/faults", json={"status": 401, "key": HINT})
     injected = client.get("/api/v1/api-key")
-    real = client.get("/api/v1/api-key", key="sk_test_unknown_00000000ffff")
+    real = client.get("/api/v1/api-key", key="sk_test_Zq81xV4r00000000ffff")
     assert injected.status_code == real.status_code == 401
     refused = {"success": False, "message": "Invalid API key", "error": "Invalid API key"}
     assert injected.json() == real.json() == refused

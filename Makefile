@@ -39,6 +39,7 @@ smoke: $(VENV)/.run
 
 bench: $(VENV)/.test
 	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/backfill.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache build dist *.egg-info

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from tests import leaks, servers
 from tests.harness import Harness, Served
 from tests.servers import Bridge, Sandbox, bridge_env
+from tests.stripe_standin import StripeStandin
 
 # The PostgreSQL tests use the server BRIDGE_TEST_POSTGRES names or, when it is unset, this
 # one if it answers; without either they are skipped, and pytest's summary says why.
@@ -48,6 +49,22 @@ def _no_process_outlives_its_test() -> Iterator[None]:
     before = servers.running()
     yield
     servers.stop_leftovers(keep=before)
+
+
+@pytest.fixture(scope="module")
+def _stripe_served() -> Iterator[StripeStandin]:
+    stand_in = StripeStandin()
+    with stand_in.serve():
+        yield stand_in
+
+
+@pytest.fixture
+def stripe_standin(_stripe_served: StripeStandin) -> Iterator[StripeStandin]:
+    """The Stripe API stand-in (tests/stripe_standin.py) served on loopback, its base URL in
+    ``.url``: one server per test module, emptied for each test."""
+    _stripe_served.reset()
+    yield _stripe_served
+    _stripe_served.release_all()  # a test that failed mid-import lets its thread finish
 
 
 @pytest.fixture

@@ -359,7 +359,8 @@ class StripeStandin:
                 if not thread.is_alive():
                     raise RuntimeError("the Stripe stand-in did not start")
                 threading.Event().wait(0.01)
-            yield f"http://127.0.0.1:{port}"
+            self.url = f"http://127.0.0.1:{port}"
+            yield self.url
         finally:
             self.release_all()
             server.should_exit = True

@@ -26,29 +26,22 @@ UNKNOWN_KEY = "rk_test_51AdminStripeKeyNobodyKnows0ii55"
 SECRET = "whsec_admin_stripe_test_secret_0123456789"
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[StripeStandin, str]]:
-    stand_in = StripeStandin()
-    with stand_in.serve() as url:
-        yield stand_in, url
+@pytest.fixture
+def stripe(stripe_standin: StripeStandin) -> StripeStandin:
+    stripe_standin.add_key(KEY)
+    stripe_standin.add_key(NO_EVENTS_KEY, {"rak_customer_read"})
+    stripe_standin.add_key(SECRET_KEY)
+    return stripe_standin
 
 
 @pytest.fixture
-def stripe(served: tuple[StripeStandin, str]) -> Iterator[StripeStandin]:
-    stand_in, _ = served
-    stand_in.reset()
-    stand_in.add_key(KEY)
-    stand_in.add_key(NO_EVENTS_KEY, {"rak_customer_read"})
-    stand_in.add_key(SECRET_KEY)
-    yield stand_in
-    stand_in.release_all()  # a test that failed mid-import lets its thread finish
-
-
-@pytest.fixture
-def admin(tmp_path: Path, served: tuple[StripeStandin, str]) -> Iterator[Harness]:
+def admin(tmp_path: Path, stripe_standin: StripeStandin) -> Iterator[Harness]:
     # Loops at 200 requests/s: an import's hundreds of contacts go through in a second or two.
     with Harness(
-        tmp_path, rate_limit=200, BRIDGE_LOOPS_RATE_LIMIT="200", BRIDGE_STRIPE_API_URL=served[1]
+        tmp_path,
+        rate_limit=200,
+        BRIDGE_LOOPS_RATE_LIMIT="200",
+        BRIDGE_STRIPE_API_URL=stripe_standin.url,
     ) as harness:
         harness.sign_in()
         yield harness

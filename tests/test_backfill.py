@@ -24,26 +24,20 @@ KEY = "rk_test_51BackfillTestKeyReadOnly00aa11bb"
 SECRET = "whsec_backfill_test_secret_0123456789"
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[StripeStandin, str]]:
-    stand_in = StripeStandin()
-    with stand_in.serve() as url:
-        yield stand_in, url
+@pytest.fixture
+def stripe(stripe_standin: StripeStandin) -> StripeStandin:
+    stripe_standin.add_key(KEY)
+    return stripe_standin
 
 
 @pytest.fixture
-def stripe(served: tuple[StripeStandin, str]) -> StripeStandin:
-    stand_in, _ = served
-    stand_in.reset()
-    stand_in.add_key(KEY)
-    return stand_in
-
-
-@pytest.fixture
-def bridge(tmp_path: Path, served: tuple[StripeStandin, str]) -> Iterator[Harness]:
+def bridge(tmp_path: Path, stripe_standin: StripeStandin) -> Iterator[Harness]:
     # Loops at 200 requests/s: hundreds of customers go through in a second or two.
     with Harness(
-        tmp_path, rate_limit=200, BRIDGE_LOOPS_RATE_LIMIT="200", BRIDGE_STRIPE_API_URL=served[1]
+        tmp_path,
+        rate_limit=200,
+        BRIDGE_LOOPS_RATE_LIMIT="200",
+        BRIDGE_STRIPE_API_URL=stripe_standin.url,
     ) as harness:
         yield harness
 
@@ -115,9 +109,7 @@ def test_contacts_loops_or_the_bridge_already_has_are_left_as_they_are(bridge, s
     assert [e["eventName"] for e in bridge.loops_get("events")] == ["newStripeCustomer"]
 
 
-def test_stopped_midway_it_continues_where_it_stopped_and_imports_nothing_twice(
-    bridge, stripe, served
-):
+def test_stopped_midway_it_continues_where_it_stopped_and_imports_nothing_twice(bridge, stripe):
     stripe.add(stripe_standin.customers(250))
     endpoint_id = endpoint(bridge)
     stop = threading.Event()
@@ -128,7 +120,7 @@ def test_stopped_midway_it_continues_where_it_stopped_and_imports_nothing_twice(
         if len(pages) == 2:
             stop.set()  # as Ctrl-C does
 
-    api = StripeAPI(KEY, served[1])
+    api = StripeAPI(KEY, stripe.url)
     first = backfill.run(bridge.engine, endpoint_id, api, on_page=on_page, stop=stop)
     assert (first.state, first.customers, first.queued) == ("interrupted", 200, 200)
 
@@ -174,13 +166,13 @@ def test_a_dry_run_counts_and_estimates_without_changing_anything(bridge, stripe
     assert "Would import 120 customers" in text and "Nothing was changed" in text
 
 
-def test_stripe_rate_limits_are_waited_out(bridge, stripe, served):
+def test_stripe_rate_limits_are_waited_out(bridge, stripe):
     stripe.add(stripe_standin.customers(150))
     endpoint_id = endpoint(bridge)
     stripe.rate_limit(2, retry_after=3)
     waits: list[float] = []
 
-    done = backfill.run(bridge.engine, endpoint_id, StripeAPI(KEY, served[1], sleep=waits.append))
+    done = backfill.run(bridge.engine, endpoint_id, StripeAPI(KEY, stripe.url, sleep=waits.append))
 
     assert (done.state, done.queued) == ("done", 150)
     assert waits == [3, 3]

@@ -22,24 +22,15 @@ SECRET = "whsec_recover_test_secret_0123456789"
 DAY = 86_400
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[StripeStandin, str]]:
-    stand_in = StripeStandin()
-    with stand_in.serve() as url:
-        yield stand_in, url
+@pytest.fixture
+def stripe(stripe_standin: StripeStandin) -> StripeStandin:
+    stripe_standin.add_key(KEY)
+    return stripe_standin
 
 
 @pytest.fixture
-def stripe(served: tuple[StripeStandin, str]) -> StripeStandin:
-    stand_in, _ = served
-    stand_in.reset()
-    stand_in.add_key(KEY)
-    return stand_in
-
-
-@pytest.fixture
-def bridge(tmp_path: Path, served: tuple[StripeStandin, str]) -> Iterator[Harness]:
-    with Harness(tmp_path, BRIDGE_STRIPE_API_URL=served[1]) as harness:
+def bridge(tmp_path: Path, stripe_standin: StripeStandin) -> Iterator[Harness]:
+    with Harness(tmp_path, BRIDGE_STRIPE_API_URL=stripe_standin.url) as harness:
         yield harness
 
 

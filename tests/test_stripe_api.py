@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,17 +21,9 @@ ALL_KEYS = (SECRET_TEST_KEY, RESTRICTED_KEY, CUSTOMERS_ONLY_KEY, LIVE_KEY, UNKNO
 SINCE = 1_714_600_000
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[StripeStandin, str]]:
-    made = StripeStandin()
-    with made.serve() as url:
-        yield made, url
-
-
 @pytest.fixture
-def standin(served: tuple[StripeStandin, str]) -> StripeStandin:
-    made = served[0]
-    made.reset()
+def standin(stripe_standin: StripeStandin) -> StripeStandin:
+    made = stripe_standin
     made.add_key(SECRET_TEST_KEY)
     made.add_key(RESTRICTED_KEY)
     made.add_key(CUSTOMERS_ONLY_KEY, ["rak_customer_read"])
@@ -41,8 +32,8 @@ def standin(served: tuple[StripeStandin, str]) -> StripeStandin:
 
 
 @pytest.fixture
-def url(standin: StripeStandin, served: tuple[StripeStandin, str]) -> str:
-    return served[1]
+def url(standin: StripeStandin) -> str:
+    return standin.url
 
 
 def api(key: str, url: str, waits: list[float] | None = None, max_waits: int = 6) -> StripeAPI:

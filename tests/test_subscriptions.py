@@ -58,11 +58,12 @@ class Bridge:
 
 
 @pytest.fixture
-def bridge(tmp_path: Path) -> Iterator[Bridge]:
-    stripe = StripeStandin()
+def bridge(tmp_path: Path, stripe_standin: StripeStandin) -> Iterator[Bridge]:
+    stripe = stripe_standin
     stripe.add_key(STRIPE_KEY)
     waits: list[float] = []
-    with stripe.serve() as url, Harness(tmp_path, worker=False, BRIDGE_STRIPE_API_URL=url) as h:
+    url = stripe.url
+    with Harness(tmp_path, worker=False, BRIDGE_STRIPE_API_URL=url) as h:
         worker = Worker(
             h.engine,
             h.settings,

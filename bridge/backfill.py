@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from bridge import accounts
+from bridge.delivery import ALREADY_IN_LOOPS
 from bridge.models import (
     DEAD,
     DELIVERED,
@@ -139,11 +140,11 @@ def _endpoint(session: Session, endpoint_id: str) -> Endpoint:
     return endpoint
 
 
-def api_for(engine: Engine, endpoint_id: str, base_url: str, **options) -> StripeAPI:  # type: ignore[no-untyped-def]
+def api_for(engine: Engine, endpoint_id: str, base_url: str) -> StripeAPI:
     """The Stripe API as the endpoint's key reaches it; Invalid if it has no key."""
     with Session(engine) as session:
         key = _endpoint(session, endpoint_id).stripe_api_key
-    return StripeAPI(key or "", base_url, **options)
+    return StripeAPI(key or "", base_url)
 
 
 def _rate(session: Session, account_id: int, default_rate: int) -> int:
@@ -382,7 +383,7 @@ def status(
         assert endpoint is not None
         counts: dict[str, int] = {}
         already = sa.case(
-            (Delivery.reason.like("contact already in Loops%"), True),  # type: ignore[union-attr]
+            (Delivery.reason.like(f"{ALREADY_IN_LOOPS}%"), True),  # type: ignore[union-attr]
             else_=False,
         )
         for state, was_known, count in session.execute(

@@ -352,8 +352,7 @@ def _sandbox(args: argparse.Namespace, settings: Settings) -> int:
         if not (url and secret):
             message = "Loops webhooks need both --loops-webhook-url and --loops-webhook-secret."
             return _fail(settings, message, 2)
-        if secret == "-":
-            secret = sys.stdin.readline().strip()
+        secret = _secret_arg(secret)  # "-": typed unseen at a terminal, else stdin
         try:
             webhook = sandbox.LoopsWebhook.from_options(
                 url, secret, args.loops, args.contact_events

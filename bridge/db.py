@@ -192,11 +192,16 @@ def _engine(url: str) -> Engine:
             _create_owner_only(Path(parsed.database))
             pool = {"pool_size": 20, "max_overflow": 20}  # kept open: each costs its pragmas
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,  # an error's text never carries a key, token or email
+            **pool,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+    )
 
 
 def _create_owner_only(database: Path) -> None:

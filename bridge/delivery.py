@@ -78,6 +78,8 @@ __all__ = ["Worker", "backoff", "idempotency_key"]
 log = logging.getLogger("bridge.delivery")
 
 LONGEST_WAIT = 3600.0
+# How a delivery's reason starts when Loops already had the contact (409): backfill counts it.
+ALREADY_IN_LOOPS = "contact already in Loops"
 _LOOK_AGAIN_AFTER = 0.05
 _PRUNE_EVERY = 3600.0
 LOOKUP_SECONDS = 300.0  # how long a customer's email looked up from Stripe is reused
@@ -311,13 +313,13 @@ class Worker:
                 progress.names_sent = bool(names)
                 names, done, created = {}, ["contact created", *done], True
             elif answer.verdict is Verdict.ALREADY:
-                done.insert(0, "contact already in Loops")
+                done.insert(0, ALREADY_IN_LOOPS)
             else:
                 return self._failure(job, answer)
             progress.contact_known = True
         if job.backfill:  # an import leaves a contact Loops already has as it is
             if known:
-                done.insert(0, "contact already in Loops")
+                done.insert(0, ALREADY_IN_LOOPS)
             names = {}
         if event_name := job.loops_event_name:
             event = {

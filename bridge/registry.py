@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, delete, select
 
 import providers
-from bridge import accounts, loops_webhooks
+from bridge import accounts, loops_webhooks, stripe_api
 from bridge.models import (
     DEAD,
     DELIVERED,
@@ -59,7 +59,7 @@ class NotFound(Invalid):
 def mask(secret: str) -> str:
     """A hint that identifies a secret without revealing it: ``whsec_…c0ff``. Only a kind
     prefix of lower-case letters is kept, never the start of a random secret."""
-    kind = re.match(r"[a-z]{3,7}_|[rs]k_(?:live|test)_", secret)
+    kind = re.match(r"[a-z]{3,7}_", secret)
     prefix = kind.group() if kind else ""
     return f"{prefix}…{secret[-4:]}" if len(secret) > 12 else "…"
 
@@ -344,7 +344,7 @@ def set_stripe_key(engine: Engine, endpoint_id: str, api_key: str | None) -> str
         endpoint.stripe_api_key = api_key
         session.add(endpoint)
         session.commit()
-    return mask(api_key) if api_key else None
+    return stripe_api.key_hint(api_key) if api_key else None
 
 
 def livemode_seen(engine: Engine, endpoint_id: str) -> bool | None:
@@ -716,7 +716,7 @@ def _views(session: Session, endpoints: list[Endpoint]) -> list[EndpointView]:
             sync_names=e.sync_names,
             paused=e.paused,
             secret_hints=hints.get(e.id, []),
-            stripe_key_hint=mask(e.stripe_api_key) if e.stripe_api_key else None,
+            stripe_key_hint=stripe_api.key_hint(e.stripe_api_key) if e.stripe_api_key else None,
         )
         for e in endpoints
     ]

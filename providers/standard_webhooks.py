@@ -137,6 +137,22 @@ class Scheme:
             "check that no proxy drops those headers."
         )
 
+    def redact(self, name: str, value: str) -> str | None:
+        """How the rejected-requests log shows this scheme's headers: the id and timestamp
+        as they are, the signature as each entry's scheme only (``v1,…``); None for any
+        other header (``bridge.inbox.redact``'s rules)."""
+        name = name.lower()
+        if name in (self.headers[0].lower(), self.headers[1].lower()):
+            return value
+        if name != self.headers[2].lower():
+            return None
+        shown = []
+        for entry in value.split():
+            scheme = entry.split(",", 1)[0]
+            short = len(scheme) <= 3 and scheme.isascii() and scheme.isalnum() and "," in entry
+            shown.append(f"{scheme},…" if short else "…")
+        return " ".join(shown)
+
     def message_id(self, headers: Mapping[str, str]) -> str:
         """The id header, fit to dedupe on; Rejected if it is missing or could not be one."""
         msg_id = _header(headers, self.headers[0].lower())
@@ -156,7 +172,9 @@ class Scheme:
         for name, value in zip(self.headers, values, strict=True):
             if not value:
                 raise Rejected(self.no_header(name))
-        msg_id, timestamp, signature = self.message_id(headers), values[1], values[2]
+        msg_id, timestamp, signature = values
+        if not is_id(msg_id):
+            raise Rejected(self.bad_id)
         # The library reads float(): "1.7e9" or " 17..." would pass it, and be signed as
         # another string than the one sent.
         if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):

@@ -459,9 +459,7 @@ def _read_subscription(subscription: dict[str, Any]) -> Reading:
     items = _dig(subscription, "items", "data")
     items = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
     first = items[0] if items else {}
-    # `plan` is the older form of the same price, still sent beside `price`.
-    price = first.get("price") if isinstance(first.get("price"), dict) else first.get("plan")
-    price = price if isinstance(price, dict) else {}
+    price = _price(first) or {}
     recurring = price.get("recurring") if isinstance(price.get("recurring"), dict) else price
     currency = _currency(subscription) or _currency(price)
     amount = amount_text = None
@@ -496,8 +494,8 @@ def _read_subscription(subscription: dict[str, Any]) -> Reading:
 def _item_amount(item: dict[str, Any]) -> int | None:
     """One subscription item's price per interval in minor units: None when it depends on
     usage (metered), on tiers (no unit amount), or the item has no quantity."""
-    price = item.get("price") if isinstance(item.get("price"), dict) else item.get("plan")
-    if not isinstance(price, dict):
+    price = _price(item)
+    if price is None:
         return None
     # A price has `unit_amount` and `recurring.usage_type`; the older plan, `amount` and
     # `usage_type`.
@@ -507,6 +505,15 @@ def _item_amount(item: dict[str, Any]) -> int | None:
     if usage == "metered" or not (_is_int(unit) and _is_int(quantity)):
         return None
     return unit * quantity
+
+
+def _price(item: dict[str, Any]) -> dict[str, Any] | None:
+    """A subscription item's price: ``price``, else ``plan``, the older form of the same
+    price still sent beside it."""
+    for price in (item.get("price"), item.get("plan")):
+        if isinstance(price, dict):
+            return price
+    return None
 
 
 def _count(value: Any) -> int | None:
@@ -831,12 +838,7 @@ class StripeProvider:
     )
     # The types whose events carry no email, only a customer to look up: an endpoint that
     # accepts one needs a Stripe API key (bridge.registry refuses it without one).
-    needs_api_key = (
-        "customer.subscription.created",
-        "customer.subscription.updated",
-        "customer.subscription.deleted",
-        "customer.subscription.trial_will_end",
-    )
+    needs_api_key = tuple(t for t in event_types if t.startswith("customer.subscription."))
 
     def secret_problem(self, secret: str) -> str | None:
         if secret.startswith("whsec_") and len(secret) >= 16:

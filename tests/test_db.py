@@ -458,3 +458,15 @@ def test_a_postgres_url_as_hosts_hand_it_out_works(postgres_url, tmp_path, monke
     default = db.connect(bare.rsplit("/", 1)[0] + "/postgres", create_schema=False)
     default.dispose()
     assert "names the server's default database, postgres" in caplog.text
+
+
+def test_a_database_error_never_carries_the_values_it_was_given(tmp_path):
+    """A failed statement's text is logged and shown (503 reasons, CLI errors): it names the
+    statement, never its values, which may be an API key, a URL token or an email."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = db.connect(f"sqlite:///{tmp_path / 'hidden.db'}")
+    with pytest.raises(SQLAlchemyError) as failed, engine.begin() as conn:
+        conn.execute(text("INSERT INTO no_such_table VALUES (:value)"), {"value": "rk_live_s3cret"})
+    assert "rk_live_s3cret" not in str(failed.value)
+    assert "no_such_table" in str(failed.value)  # what failed is still said

@@ -338,3 +338,27 @@ def test_events_posted_by_loops_to_the_route_are_linked(harness):
     ]
     text = harness.cli("deliveries", "show", str(delivery)).stdout
     assert "what Loops reported after it:" in text and "email.delivered" in text
+
+
+def test_the_timeline_keeps_to_one_account_and_follows_an_email_to_a_new_address(harness):
+    harness.account("other", "loops_key_other_5678")
+    theirs = paid(harness, invoice_endpoint(harness, "other"))  # the same address, elsewhere
+    mine = paid(harness, invoice_endpoint(harness, "acme"))
+    acme, at = account_id(harness), event_sent_at(harness, mine)
+    sent = report(harness, "loop.email.sent", at + 1, account=acme, email_id="em_moved")
+    # Loops names the contact by an address it changed to since: the email id links it.
+    moved = report(
+        harness,
+        "email.delivered",
+        at + 2,
+        account=acme,
+        email="new@example.org",
+        email_id="em_moved",
+    )
+    assert linked(harness, moved) == mine
+
+    entries = outcomes.timeline(harness.engine, JO, acme)
+    assert [e.delivery_id for e in entries if e.kind == "delivery"] == [mine]
+    assert [e.report.id for e in entries if e.report] == [sent, moved]
+    everywhere = outcomes.timeline(harness.engine, JO)
+    assert [e.delivery_id for e in everywhere if e.kind == "delivery"] == [theirs, mine]

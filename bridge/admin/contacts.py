@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bridge import outcomes
-from bridge.admin.deliveries import REPORT_ALERTS, REPORT_LABELS, clock
+from bridge.admin.deliveries import REPORT_ALERTS, clock, said
 from bridge.admin.formats import row_id, when
 from bridge.admin.state import Admin
 from bridge.models import Account
@@ -34,14 +34,6 @@ EMAIL_LIMIT = 320  # the longest address (RFC 3696 erratum 1690 says 254; be gen
 def _accounts(engine: Engine) -> dict[int, str]:
     with Session(engine) as session:
         return {a.id: a.name for a in session.exec(select(Account).order_by(col(Account.name)))}  # type: ignore[misc]
-
-
-def _label(entry: outcomes.Entry) -> tuple[str, str]:
-    """What a Loops report says, and how it stands out ("bad", "warn" or "")."""
-    if entry.report and entry.what in outcomes.SENT_EVENTS:
-        kind = entry.what.split(".")[0]
-        return f"{kind} email sent", ""
-    return REPORT_LABELS.get(entry.what, (entry.what, ""))
 
 
 async def contact(request: Request) -> Response:
@@ -60,7 +52,7 @@ async def contact(request: Request) -> Response:
         account_id=account_id,
         accounts=accounts,
         entries=entries,
-        label=_label,
+        said=said,
         alerts=REPORT_ALERTS,
         when=when,
         clock=clock,

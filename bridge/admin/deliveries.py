@@ -373,6 +373,15 @@ REPORT_ALERTS = {
 }
 
 
+def said(event: str, title: str | None = None) -> tuple[str, str]:
+    """What a Loops event says, and how it stands out ("bad", "warn" or ""): "loop email
+    “Receipt” sent" (``title``: the email's subject or its loop's name), "hard bounced"."""
+    if event in outcomes.SENT_EVENTS:
+        kind = event.split(".")[0]
+        return (f"{kind} email “{title}” sent" if title else f"{kind} email sent"), ""
+    return REPORT_LABELS.get(event, (event, ""))
+
+
 def _outcome(conn: Db, delivery_id: int) -> Outcome:
     """The Loops event the delivery sent and what Loops reported of the email it started."""
     sent = conn.execute(
@@ -394,15 +403,8 @@ def _outcome(conn: Db, delivery_id: int) -> Outcome:
         at, body = (before or sent)[-1]
         steps.append(Step(f"{outcomes.event_name_sent(body) or 'event'} sent", at))
     for report in reported:
-        if report.event in outcomes.SENT_EVENTS:
-            kind = report.event.split(".")[0]
-            title = report.subject or report.source_name
-            steps.append(
-                Step(f"{kind} email “{title}” sent" if title else f"{kind} email sent", report.at)
-            )
-        else:
-            label, tone = REPORT_LABELS.get(report.event, (report.event, ""))
-            steps.append(Step(label, report.at, tone))
+        label, tone = said(report.event, report.subject or report.source_name)
+        steps.append(Step(label, report.at, tone))
     alerts = [REPORT_ALERTS[r.event] for r in reported if r.event in REPORT_ALERTS]
     return Outcome(steps, reported, list(dict.fromkeys(alerts)))
 

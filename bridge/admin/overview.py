@@ -89,7 +89,7 @@ class Overview:
     rejected: list[Rejected]  # endpoints that refused requests in the last 24 h, latest first
     endpoints: int
     accounts: int
-    week: outcomes.Week | None = None
+    week: outcomes.Week
 
 
 # --- the week's charts: geometry in viewBox units -------------------------------------------
@@ -301,8 +301,8 @@ async def overview(request: Request) -> Response:
         "overview.html",
         title="Overview",
         o=seen,
-        funnels=[funnel_chart(f) for f in seen.week.funnels] if seen.week else [],
-        hours=hours_chart(seen.week) if seen.week else None,
+        funnels=[funnel_chart(f) for f in seen.week.funnels],
+        hours=hours_chart(seen.week),
         chart_width=CHART_WIDTH,
         funnel_label=FUNNEL_LABEL,
         funnel_bar=FUNNEL_BAR,

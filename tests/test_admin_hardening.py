@@ -190,6 +190,10 @@ def test_slow_clients_are_cut_off(quick: int):
             assert lines < 500, "the server waited for the headers for over 50 s"
         answer = slow.recv(1000)
         assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer
-        assert slow.recv(1000) == b""
+        # Closed: with a FIN, or with a reset when our last header lines were still unread.
+        try:
+            assert slow.recv(1000) == b""
+        except ConnectionResetError:
+            pass
     # A request that is not slow is answered.
     assert httpx.get(f"http://127.0.0.1:{quick}/admin/login").status_code == 200

@@ -68,6 +68,19 @@ def stripe_standin(_stripe_served: StripeStandin) -> Iterator[StripeStandin]:
 
 
 @pytest.fixture
+def importing(tmp_path: Path, stripe_standin: StripeStandin) -> Iterator[Harness]:
+    """The bridge in-process (as :func:`harness`) reading Stripe from the stand-in, with
+    Loops at 200 requests/s: an import's hundreds of customers go through in a second or two."""
+    with Harness(
+        tmp_path,
+        rate_limit=200,
+        BRIDGE_LOOPS_RATE_LIMIT="200",
+        BRIDGE_STRIPE_API_URL=stripe_standin.url,
+    ) as started:
+        yield started
+
+
+@pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     """The bridge, its worker and the Loops sandbox, in-process (tests/harness.py)."""
     with Harness(tmp_path) as started:

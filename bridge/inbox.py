@@ -57,6 +57,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 import providers
+from bridge import metrics
 from bridge.models import (
     IGNORED,
     QUEUED,
@@ -251,7 +252,9 @@ class Inbox:
                     except queue.Empty:
                         break
                 if batch:
+                    started = time.perf_counter()
                     outcomes = self._write(batch)
+                    metrics.inbox_batch_written(time.perf_counter() - started)
                     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
                     for (_, future), outcome in zip(batch, outcomes, strict=True):
                         by_loop.setdefault(future.get_loop(), []).append((future, outcome))

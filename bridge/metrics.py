@@ -6,6 +6,7 @@ Two kinds, told apart by where they live::
       loops_bridge_webhooks_total{outcome}        every answer to POST /webhooks/...
       loops_bridge_loops_calls_total{status}      every Loops call; status "none": no answer
       loops_bridge_delivery_seconds               received -> delivered (histogram)
+      loops_bridge_inbox_write_seconds            each batch of webhooks written (histogram)
       loops_bridge_loops_webhooks_total{event}    Loops' own webhooks stored, by eventName
     read from the database at scrape time, shared by every process
       loops_bridge_deliveries{status}             deliveries in each state
@@ -59,6 +60,7 @@ __all__ = [
     "WEBHOOK_OUTCOMES",
     "Exposition",
     "delivery_finished",
+    "inbox_batch_written",
     "loops_call",
     "loops_webhook_received",
     "serve_http",
@@ -100,6 +102,9 @@ _REPORTED = {
 # Received -> delivered: well under a second when Loops answers at once, up to the 3 days a
 # delivery is retried for.
 DELIVERY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 259200)
+# One batch of the inbox's group commit: a few ms on a local disk; a webhook's 200 waits for
+# the batch being written, then for its own.
+INBOX_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 # A `_created` series beside every counter and histogram doubles the output for a timestamp
 # nobody graphs. The switch is process-wide; this process has no other metrics.
@@ -122,6 +127,13 @@ _delivery_seconds = Histogram(
     "loops_bridge_delivery_seconds",
     "Seconds from a delivery being received to it being delivered to Loops.",
     buckets=DELIVERY_BUCKETS,
+    registry=_PROCESS,
+)
+_inbox_write_seconds = Histogram(
+    "loops_bridge_inbox_write_seconds",
+    "Seconds each batch of webhooks took to be written and committed to the database "
+    "(group commit); every webhook answered 200 waited for one. The count is of batches.",
+    buckets=INBOX_BUCKETS,
     registry=_PROCESS,
 )
 _loops_webhooks = Counter(
@@ -160,6 +172,11 @@ def loops_webhook_received(event_name: str) -> None:
 def delivery_finished(seconds: float) -> None:
     """Record one delivery reaching ``delivered``, ``seconds`` after it was received."""
     _delivery_seconds.observe(seconds)
+
+
+def inbox_batch_written(seconds: float) -> None:
+    """Record one batch of the inbox written and committed (or failed) in ``seconds``."""
+    _inbox_write_seconds.observe(seconds)
 
 
 class _Database:

@@ -202,6 +202,9 @@ def test_metrics_count_loops_calls_and_time_deliveries(harness: Harness) -> None
         (s,): statuses.count(s) for s in set(statuses)
     }
     assert added(before, found, "loops_bridge_delivery_seconds_count") == {(): 1}
+    # The webhook waited for one batch of the inbox, and that batch took some time.
+    assert added(before, found, "loops_bridge_inbox_write_seconds_count") == {(): 1}
+    assert added(before, found, "loops_bridge_inbox_write_seconds_sum")[()] > 0
 
 
 # --- in-process: the database gauges' cache and fallback --------------------------------

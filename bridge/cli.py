@@ -634,15 +634,18 @@ def _loops_webhook(args: argparse.Namespace, settings: Settings, engine: Engine)
         f"none yet: copy it from Loops (Settings → Webhooks → signing secret), then "
         f"loops-bridge accounts loops-webhook {name} add-secret -"
     )
-    text = "\n".join(
-        [
-            url,
-            "  In Loops, Settings → Webhooks: paste this URL as the endpoint, toggle the events "
-            "to send, and copy the signing secret back into the bridge.",
-            f"  signing secrets: {secrets}",
-        ]
-    )
-    _print(args, {"account": name, "url": url, "signing_secrets": hints}, text)
+    lines = [
+        url,
+        "  In Loops, Settings → Webhooks: paste this URL as the endpoint, toggle the events "
+        "to send, and copy the signing secret back into the bridge.",
+        f"  signing secrets: {secrets}",
+    ]
+    refused = None
+    if found := registry.loops_webhook_refused(engine, name):
+        refused = {"at": outcomes.iso(found[0]), "reason": found[1]}
+        lines.append(f"  last refused: {refused['at']}: {refused['reason']}")
+    data = {"account": name, "url": url, "signing_secrets": hints, "last_refused": refused}
+    _print(args, data, "\n".join(lines))
     return 0
 
 

@@ -30,8 +30,9 @@ as the Stripe route (:mod:`bridge.webhooks`)::
     503  unavailable: storage unavailable, Loops retries later
 
 A refusal for a known account is logged (at most :data:`webhooks.REFUSALS_RECORDED_PER_SECOND`
-a second per account) with the reason and the redacted headers. The rejected-requests log
-of the admin (``rejections``) is kept per endpoint, so these are in the log only.
+a second per account) with the reason and the redacted headers, and the latest is kept on
+the account (``accounts.loops_webhook_refused_at`` / ``loops_webhook_refused``) for its page
+and ``accounts loops-webhook NAME``: a user whose test from Loops never shows sees why.
 
 The app puts a :class:`Receiver` in ``app.state.loops_webhooks``.
 """
@@ -50,6 +51,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from starlette.background import BackgroundTask
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -261,6 +263,22 @@ class Receiver:
             _link(conn, new_id)
         return new_id, True
 
+    def record_refusal(self, account_id: int, status: int, reason: str) -> None:
+        """In a thread: keep the refusal as the account's latest, for its page (the log has
+        each one). A failure here is only logged: the answer has gone already."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    sa.update(Account)
+                    .where(Account.id == account_id)  # type: ignore[arg-type]
+                    .values(
+                        loops_webhook_refused_at=time.time(),
+                        loops_webhook_refused=f"{status}: {reason}",
+                    )
+                )
+        except Exception as exc:
+            log.warning("could not keep a refused Loops webhook for the account's page: %s", exc)
+
     def to_log(self, account_id: int) -> int | None:
         """Whether to log this refusal: None if the account had its share this second, else
         how many went unlogged before it."""
@@ -317,6 +335,10 @@ async def receive(request: Request) -> Response:
             redact(request.headers, _LOOPS),  # type: ignore[arg-type]
             extra={"account": account.name, "status": "rejected"},
         )
+        keep = BackgroundTask(
+            anyio.to_thread.run_sync, receiver.record_refusal, account.id, status, answer["reason"]
+        )
+        return webhooks.JSONAnswer(answer, status, background=keep)
     return webhooks.JSONAnswer(answer, status)
 
 

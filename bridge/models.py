@@ -56,6 +56,10 @@ class Account(SQLModel, table=True):
     # The last part of the account's Loops webhook URL, /loops-webhooks/{token}: 128 random
     # bits, made when the URL is first shown.
     loops_webhook_token: str | None = None
+    # The latest Loops webhook this account refused, for its page: when (unix time) and
+    # "400: reason". Each refusal is in the log too.
+    loops_webhook_refused_at: float | None = None
+    loops_webhook_refused: str | None = Field(default=None, sa_column=Column(Text))
     created_at: float
 
 

@@ -748,6 +748,15 @@ def loops_webhook_url(engine: Engine, settings: Settings, account_name: str) -> 
     return f"{settings.public_url.rstrip('/')}/loops-webhooks/{token}"
 
 
+def loops_webhook_refused(engine: Engine, account_name: str) -> tuple[float, str] | None:
+    """The latest Loops webhook the account refused: (unix time, "400: reason"), or None."""
+    with Session(engine) as session:
+        account = _account_by_name(session, account_name)
+        if account.loops_webhook_refused_at is None:
+            return None
+        return account.loops_webhook_refused_at, account.loops_webhook_refused or ""
+
+
 def loops_webhook_secrets(engine: Engine, account_name: str) -> list[tuple[int, str]]:
     """(id, hint) of each signing secret of the account's Loops webhook, oldest first."""
     with Session(engine) as session:

@@ -388,6 +388,29 @@ def test_the_account_page_shows_the_url_the_steps_and_the_loops_test(h):
     assert page["loops-webhook-url"]["text"] == f"http://bridge.test{path}"
 
 
+def test_the_latest_refused_webhook_shows_on_the_page_and_in_the_cli(h):
+    # Loops' test never arriving, because the secret pasted was another account's: the page
+    # says why, where the test would have shown.
+    path = set_up(h, "acme")
+    account_id = registry.list_accounts(h.engine)[0].id
+    assert "loops-refused" not in h.page(f"/admin/accounts/{account_id}").by_id
+    body = fixture("testing.testEvent")
+    reason = refused(post(h, path, body, signed(body, ROLLED_SECRET)))
+    page = h.page(f"/admin/accounts/{account_id}")
+    assert words(page["loops-test"]["text"]) == "no test yet"
+    shown = words(page["loops-refused"]["text"])
+    assert shown.startswith("20") and shown.endswith(f"400: {words(reason)}")
+    assert ROLLED_SECRET not in page.text
+
+    # The latest replaces the one before.
+    late = refused(post(h, path, body, signed(body, at=int(time.time()) - 3600)))
+    assert late != reason
+    cli = h.cli("accounts", "loops-webhook", "acme", "--json")["last_refused"]
+    assert cli["reason"] == f"400: {late}" and cli["at"].startswith("20")
+    text = h.cli("accounts", "loops-webhook", "acme").stdout
+    assert f"last refused: {cli['at']}: 400: {late}" in text
+
+
 def test_secrets_are_added_and_removed_on_the_page_never_shown(h):
     account_id = h.account("acme", "loops_key_acme_00001234")
     url = f"/admin/accounts/{account_id}"
@@ -418,7 +441,12 @@ def test_secrets_are_added_and_removed_on_the_page_never_shown(h):
 def test_the_cli_prints_the_url_and_manages_the_secrets(h):
     h.account("acme", "loops_key_acme_00001234")
     shown = h.cli("accounts", "loops-webhook", "acme", "--json")
-    assert shown == {"account": "acme", "url": shown["url"], "signing_secrets": []}
+    assert shown == {
+        "account": "acme",
+        "url": shown["url"],
+        "signing_secrets": [],
+        "last_refused": None,
+    }
     token = shown["url"].removeprefix("http://bridge.test/loops-webhooks/")
     assert TOKEN.fullmatch(token)
     assert h.cli("connections", "loops-webhook", "acme", "--json")["url"] == shown["url"]

@@ -190,13 +190,20 @@ class LoopsWebhookView:
     secrets: list[tuple[int, str]]  # (id, hint), oldest first
     tested_at: float | None  # the latest testing.testEvent received; None: none yet
     week: int  # events Loops reported in the last 7 days, at most COUNT_CAP + 1
+    refused: tuple[float, str] | None  # the latest refused: when, "400: reason"; None: none
 
 
 def read_loops_webhook(engine: Engine, settings: Settings, name: str) -> LoopsWebhookView:
     url = registry.loops_webhook_url(engine, settings, name)
     secrets = registry.loops_webhook_secrets(engine, name)
     with engine.connect() as db:
-        account_id = db.execute(select(col(Account.id)).where(col(Account.name) == name)).scalar()
+        account_id, refused_at, refused = db.execute(
+            select(
+                col(Account.id),
+                col(Account.loops_webhook_refused_at),
+                col(Account.loops_webhook_refused),
+            ).where(col(Account.name) == name)
+        ).one()
         tested_at = db.execute(
             select(func.max(col(LoopsEvent.received_at))).where(
                 col(LoopsEvent.event_name) == "testing.testEvent",
@@ -213,7 +220,8 @@ def read_loops_webhook(engine: Engine, settings: Settings, name: str) -> LoopsWe
             .subquery()
         )
         week: int = db.execute(select(func.count()).select_from(recent)).scalar_one()
-    return LoopsWebhookView(url, secrets, tested_at, week)
+    last_refused = (refused_at, refused) if refused_at is not None else None
+    return LoopsWebhookView(url, secrets, tested_at, week, last_refused)
 
 
 def _read_account(engine: Engine, account_id: int) -> AccountView:

@@ -145,8 +145,16 @@ class Queue:
         from the index (endpoint_id, status, backfill, next_attempt_at): an account that is
         held or has no room left is not read at all, so its backlog neither costs the poll
         anything nor hides another account's due deliveries. Accounts with fewer
-        deliveries running go first."""
-        full = [account for account, count in running.items() if count >= per_account]
+        deliveries running go first.
+
+        An account is refilled once half of its share has finished, not as each delivery
+        finishes: one claim then takes several deliveries. A claim holds the database's write
+        lock (SQLite's), for about 20 ms while webhooks arrive, and the inbox's batches wait
+        for it: measured with bench/ingest.py while one account drained at 10 a second, 24
+        claims in 10 s instead of 98, the inbox's wait to begin a batch 3.4 instead of 4.7 ms,
+        and 2,010 instead of 1,790 webhooks a second (three pairs of runs). Half a share still
+        holds several of the account's next calls, each waiting for its slot of the pace."""
+        full = [account for account, count in running.items() if count > per_account // 2]
         # Most polls find nothing they may take, and then no write lock is taken: the
         # inbox's commits would wait for it (about 20 polls a second while a backlog waits
         # on an account's pace, measured with bench/ingest.py).

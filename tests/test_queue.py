@@ -107,6 +107,17 @@ def test_no_account_takes_more_than_its_share_of_a_worker(engine):
     assert [job.id for job in jobs] == ids[:2]
 
 
+def test_an_account_is_refilled_once_half_its_share_has_finished(engine):
+    ids = queue(engine, endpoint(engine), *(f"c{i}@example.com" for i in range(12)))
+    (acme,) = registry.list_accounts(engine)
+    one = worker(engine, "one")
+    # A share of 8: with 5 still running, nothing is claimed (one claim per delivery that
+    # finished would hold the write lock the inbox needs, once per delivery).
+    assert one.claim(16, {acme.id: 5}, 8) == []
+    # With 4 running, one claim takes the other half at once.
+    assert [job.id for job in one.claim(16, {acme.id: 4}, 8)] == ids[:4]
+
+
 def test_a_held_account_is_passed_over_and_another_is_claimed(engine):
     queue(engine, endpoint(engine, "acme"), "a@example.com", "b@example.com")
     beta = queue(engine, endpoint(engine, "beta"), "a@example.com")

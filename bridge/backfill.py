@@ -414,6 +414,28 @@ def status(
         )
 
 
+def duration(seconds: float) -> str:
+    """A time the import takes, as the CLI and the admin say it: ``16 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe(plan: dict[str, float | int]) -> str:
+    """What :func:`estimate` found, in words: the CLI's ``--dry-run``, the admin's Preview."""
+    takes = duration(float(plan["estimated_seconds"]))
+    return (
+        f"Would import {plan['would_import']:,} customers into Loops "
+        f"({'continuing the import: ' if plan['continues'] else ''}"
+        f"{plan['customers']:,} read from Stripe; {plan['skipped']:,} skipped: deleted or "
+        f"without an email; {plan['already_in_loops']:,} already in Loops). At the "
+        f"account's {plan['rate_limit']} requests/s that takes about {takes}. Nothing was "
+        "changed."
+    )
+
+
 def estimate(
     engine: Engine, endpoint_id: str, api: StripeAPI, default_rate: int
 ) -> dict[str, float | int]:

@@ -102,15 +102,7 @@ def run_backfill(
             plan = backfill.estimate(engine, args.id, api, rate)
         except StripeAPIError as exc:
             raise registry.Invalid(str(exc)) from None
-        text = (
-            f"Would import {plan['would_import']:,} customers into Loops "
-            f"({'continuing the import: ' if plan['continues'] else ''}"
-            f"{plan['customers']:,} read from Stripe; {plan['skipped']:,} skipped: deleted or "
-            f"without an email; {plan['already_in_loops']:,} already in Loops). At the "
-            f"account's {plan['rate_limit']} requests/s that takes about "
-            f"{_duration(float(plan['estimated_seconds']))}. Nothing was changed."
-        )
-        show(args, plan, text)
+        show(args, plan, backfill.describe(plan))
         return 0
     before = backfill.status(engine, args.id, rate)
     if before is not None and before.state != backfill.DONE and not args.json:
@@ -138,7 +130,7 @@ def run_backfill(
     if after.pending:
         text += (
             f"\n{after.pending:,} contacts are still to be created in Loops, at the account's "
-            f"{after.rate} requests/s: about {_duration(after.eta_seconds)} while "
+            f"{after.rate} requests/s: about {backfill.duration(after.eta_seconds)} while "
             "`loops-bridge serve` runs. `loops-bridge deliveries list --endpoint "
             f"{args.id}` shows them."
         )
@@ -219,14 +211,6 @@ def _progress(
 
 def _counts(state: Backfill) -> str:
     return f"{state.queued:,} imported, {state.skipped:,} skipped, {state.known:,} already in Loops"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _when(epoch: float) -> str:

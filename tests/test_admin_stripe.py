@@ -146,6 +146,34 @@ def import_status(page: Page) -> dict[str, str]:
     return {name: words(page[f"import-{name}"]["text"]) for name in fields}
 
 
+def test_a_preview_counts_what_an_import_would_do_and_changes_nothing(admin, stripe):
+    stripe.add(stripe_standin.customers(130, without_email_every=13))
+    endpoint_id = stripe_endpoint(admin)
+    page_url = f"/admin/endpoints/{endpoint_id}"
+    admin.cli("accounts", "set", "acme", "--rate-limit", "10")
+    assert "import-preview" not in admin.page(page_url).by_id  # no key yet: nothing to read
+    assert notice(posted(admin, f"{page_url}/import/preview")).startswith(
+        f"No preview. Endpoint {endpoint_id} has no Stripe API key"
+    )
+    set_key(admin, endpoint_id)
+    assert "import-preview" in admin.page(page_url).by_id
+
+    previewed = posted(admin, f"{page_url}/import/preview")
+
+    assert notice(previewed) == (
+        "Preview: Would import 120 customers into Loops (130 read from Stripe; 10 skipped: "
+        "deleted or without an email; 0 already in Loops). At the account's 10 requests/s "
+        "that takes about 12 s. Nothing was changed."
+    )
+    assert admin.deliveries() == [] and "import-status" not in previewed.by_id
+    # Stripe refusing the key: said, the key shown only as its hint.
+    revoked = "rk_test_51RevokedKeyNotKnown000000000hh66"
+    admin.cli("endpoints", "set-stripe-key", endpoint_id, "-", "--no-check", stdin=revoked)
+    refused = notice(posted(admin, f"{page_url}/import/preview"))
+    assert refused.startswith("No preview.") and "rk_test_…hh66" in refused
+    assert revoked not in refused
+
+
 def test_an_import_runs_is_cancelled_continues_and_finishes(admin, stripe):
     stripe.add(stripe_standin.customers(150, without_email_every=10))  # 2 pages
     endpoint_id = stripe_endpoint(admin)

@@ -17,6 +17,7 @@
     POST /endpoints/{id}/stripe-key/remove       forget it
     POST /endpoints/{id}/import                  start (or continue) importing the customers
                                                  Stripe has, in a thread of this server
+    POST /endpoints/{id}/import/preview          count what an import would do, writing nothing
     POST /endpoints/{id}/import/cancel           stop it at its next page
 
 Every change goes through ``bridge.registry`` and is followed by ``inbox.forget`` so the
@@ -539,6 +540,29 @@ async def start_import(request: Request, endpoint_id: str) -> Response:
 
 
 @_stripe_only
+async def preview_import(request: Request, endpoint_id: str) -> Response:
+    """Count what an import would do (``backfill --dry-run``), reading Stripe, writing
+    nothing; the page says it."""
+    admin = Admin.of(request)
+    try:
+        plan = await admin.run(
+            _estimate,
+            admin.engine,
+            endpoint_id,
+            admin.settings.stripe_api_url,
+            admin.settings.loops_rate_limit,
+        )
+    except (StripeAPIError, registry.Invalid) as exc:  # Stripe refused or is away; no key
+        return admin.redirect(_page(endpoint_id), f"No preview. {exc}")
+    return admin.redirect(_page(endpoint_id), f"Preview: {backfill.describe(plan)}")
+
+
+def _estimate(engine: Engine, endpoint_id: str, base_url: str, rate: int) -> dict:
+    api = backfill.api_for(engine, endpoint_id, base_url)
+    return backfill.estimate(engine, endpoint_id, api, rate)
+
+
+@_stripe_only
 async def cancel_import(request: Request, endpoint_id: str) -> Response:
     admin = Admin.of(request)
     try:
@@ -569,6 +593,7 @@ routes = [
     Route("/endpoints/{endpoint_id}/stripe-key", set_stripe_key, methods=["POST"]),
     Route("/endpoints/{endpoint_id}/stripe-key/remove", remove_stripe_key, methods=["POST"]),
     Route("/endpoints/{endpoint_id}/import", start_import, methods=["POST"]),
+    Route("/endpoints/{endpoint_id}/import/preview", preview_import, methods=["POST"]),
     Route("/endpoints/{endpoint_id}/import/cancel", cancel_import, methods=["POST"]),
 ]
 

@@ -87,8 +87,12 @@ def set_key(
             print(f"warning: {warning}", file=sys.stderr)
         account = check.account_name or check.account_id
         about = f" (Stripe account {account}, {check.mode} mode)" if account else ""
-    hint = registry.set_stripe_key(engine, args.id, key)
-    show(args, {"id": args.id, "stripe_api_key": hint}, f"Saved the Stripe API key {hint}{about}.")
+    hint, made_due = registry.set_stripe_key(engine, args.id, key)
+    show(
+        args,
+        {"id": args.id, "stripe_api_key": hint, "deliveries_resumed": made_due},
+        f"Saved the Stripe API key {hint}{about}.{registry.lookups_resumed(made_due)}",
+    )
     return 0
 
 

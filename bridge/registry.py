@@ -322,9 +322,11 @@ def _check_api_key_types(provider: providers.Provider, endpoint: Endpoint) -> No
         )
 
 
-def set_stripe_key(engine: Engine, endpoint_id: str, api_key: str | None) -> str | None:
-    """Store (or with None, remove) an endpoint's Stripe API key; its hint. Check the key
-    with :meth:`bridge.stripe_api.StripeAPI.check` first: this only stores it."""
+def set_stripe_key(engine: Engine, endpoint_id: str, api_key: str | None) -> tuple[str | None, int]:
+    """Store (or with None, remove) an endpoint's Stripe API key: its hint, and how many
+    queued deliveries waiting to look their customer's email up (retried on the backoff
+    schedule while Stripe refused the old key) were made due now. Check the key with
+    :meth:`bridge.stripe_api.StripeAPI.check` first: this only stores it."""
     with Session(engine) as session:
         endpoint = _endpoint(session, endpoint_id)
         if endpoint.provider != "stripe":
@@ -343,8 +345,29 @@ def set_stripe_key(engine: Engine, endpoint_id: str, api_key: str | None) -> str
                 )
         endpoint.stripe_api_key = api_key
         session.add(endpoint)
+        made_due = 0
+        if api_key is not None:
+            now = time.time()
+            made_due = session.execute(
+                update(Delivery)
+                .where(
+                    col(Delivery.endpoint_id) == endpoint_id,
+                    col(Delivery.status) == QUEUED,
+                    col(Delivery.email).is_(None),
+                    col(Delivery.next_attempt_at) > now,
+                )
+                .values(next_attempt_at=now)
+            ).rowcount
         session.commit()
-    return stripe_api.key_hint(api_key) if api_key else None
+    return (stripe_api.key_hint(api_key) if api_key else None), made_due
+
+
+def lookups_resumed(count: int) -> str:
+    """What :func:`set_stripe_key`'s second value means, as the CLI and the admin say it."""
+    if not count:
+        return ""
+    deliveries = "delivery" if count == 1 else "deliveries"
+    return f" {count:,} queued {deliveries} waiting to look a customer's email up in Stripe go now."
 
 
 def livemode_seen(engine: Engine, endpoint_id: str) -> bool | None:

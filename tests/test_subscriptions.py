@@ -13,6 +13,7 @@ product prod_Na6dGcTsmU0I4R.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,6 +329,33 @@ def test_a_refused_stripe_key_is_retried_and_says_what_to_fix(bridge):
     assert settled(h, answer.json())["status"] == DELIVERED
     (event,) = h.loops_get("events")
     assert event["email"] == "customer1@example.com"
+
+
+def test_a_new_key_sends_the_lookups_that_waited_on_the_backoff_at_once(offline):
+    # No worker: what the refused key's tries left stays as they left it.
+    h = offline
+    endpoint_id = endpoint(h, ["customer.subscription.created"])
+    waiting = h.webhook(
+        endpoint_id, subscription_event("customer.subscription.created", "cus_Q7f3Waiting"), SECRET
+    ).json()["id"]
+    invoice = fixture_json("captured-test-mode/invoice.paid.event.json")  # has an email
+    invoice.update(type="invoice.upcoming", id="evt_Q7f3k9x2WithAnEmail")
+    with_email = h.webhook(endpoint_id, json.dumps(invoice).encode(), SECRET).json()["id"]
+    hour_later = "next_attempt_at = strftime('%s', 'now') + 3600"
+    with h.engine.begin() as conn:  # as Stripe refusing the old key left them: an hour to go
+        conn.execute(text(f"UPDATE deliveries SET attempts = 4, {hour_later}"))
+    new_key = "rk_test_51Q7f3k9x2ReplacedKeyZ000002"
+
+    done = h.cli(
+        "endpoints", "set-stripe-key", endpoint_id, "-", "--no-check", "--json", stdin=new_key
+    )
+
+    assert done["deliveries_resumed"] == 1
+    with h.engine.connect() as conn:
+        due = dict(conn.execute(text("SELECT id, next_attempt_at FROM deliveries")).all())
+    assert due[waiting] <= time.time() < due[with_email]  # only the lookup goes now
+    again = h.cli("endpoints", "set-stripe-key", endpoint_id, "-", "--no-check", stdin=new_key)
+    assert "go now" not in again.stdout  # nothing waits any more
 
 
 # -- ignored, failed ------------------------------------------------------------------------------

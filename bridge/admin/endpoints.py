@@ -486,11 +486,12 @@ async def set_stripe_key(request: Request, endpoint_id: str) -> Response:
     else:
         said = ", without checking it with Stripe: an import or a lookup tells if it works."
     try:
-        hint = await admin.run(registry.set_stripe_key, admin.engine, endpoint_id, key)
+        hint, made_due = await admin.run(registry.set_stripe_key, admin.engine, endpoint_id, key)
     except registry.NotFound:
         raise
     except registry.Invalid as exc:
         return await _show_page(request, endpoint_id, key_error=str(exc))
+    said += registry.lookups_resumed(made_due)
     return _changed(
         request, endpoint_id, _page(endpoint_id), f"Saved the Stripe API key {hint}{said}"
     )

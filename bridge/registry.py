@@ -366,8 +366,10 @@ def lookups_resumed(count: int) -> str:
     """What :func:`set_stripe_key`'s second value means, as the CLI and the admin say it."""
     if not count:
         return ""
-    deliveries = "delivery" if count == 1 else "deliveries"
-    return f" {count:,} queued {deliveries} waiting to look a customer's email up in Stripe go now."
+    deliveries, go = ("delivery", "goes") if count == 1 else ("deliveries", "go")
+    return (
+        f" {count:,} queued {deliveries} waiting to look a customer's email up in Stripe {go} now."
+    )
 
 
 def livemode_seen(engine: Engine, endpoint_id: str) -> bool | None:

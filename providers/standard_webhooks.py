@@ -202,8 +202,27 @@ class Scheme:
                 if message != _NO_MATCH_MESSAGE:
                     failed = f"The {self.label} signature check failed: {message}"
                     raise Rejected(self._library_reasons.get(message, failed)) from None
-            except ValueError:  # an entry without exactly one comma, or not base64
+            except ValueError:  # standardwebhooks 1.1: an entry it could not read
                 raise Rejected(self.malformed) from None
             else:
                 return msg_id
-        raise Rejected(self.no_match)
+        raise Rejected(self.no_match if _well_formed(signature) else self.malformed)
+
+
+def _well_formed(signature: str) -> bool:
+    """Whether every space-separated entry is ``version,signature`` with one comma, each v1
+    signature read as base64 the way standardwebhooks 1.1 read it. That version refused
+    any other entry it reached with a ValueError; 1.3 skips it and answers "no matching
+    signature", which would send the sender after a wrong secret instead of a mangled
+    header. Asked only when no secret matched: an entry after a matching one is never
+    read, by either version."""
+    for entry in signature.split(" "):
+        version, comma, value = entry.partition(",")
+        if not comma or "," in value:
+            return False
+        if version == "v1":
+            try:
+                base64.b64decode(value)
+            except binascii.Error:
+                return False
+    return True

@@ -100,9 +100,9 @@ function done(summary, latency, _)
   local out = assert(io.open(os.getenv("BENCH_RESULT"), "w"))
   out:write(string.format(
     '{"duration_us": %d, "requests": %d, "sent": %d, "p50_us": %d, "p99_us": %d, '
-      .. '"socket_errors": %d, "answers": {%s}, "acked": [%s]}\n',
+      .. '"max_us": %d, "socket_errors": %d, "answers": {%s}, "acked": [%s]}\n',
     summary.duration, summary.requests, sent,
-    latency:percentile(50), latency:percentile(99),
+    latency:percentile(50), latency:percentile(99), latency.max,
     e.connect + e.read + e.write + e.timeout,
     table.concat(answers, ", "), table.concat(ids, ",")))
   out:close()

@@ -147,14 +147,16 @@ def record(
     verdict: Verdict | None,
     message: str,
     api_key: str,
-    current_key: str,
+    current_key: Callable[[], str],
     was_probe: bool,
     intervals: Intervals,
 ) -> None:
     """What an attempt's last answer (``verdict``; None: no call was made) shows of the
     account. Only the first sign of a problem and the probes' answers count: the attempts
     that were in flight when a problem began say nothing new, and an answer through a key
-    that was replaced meanwhile says nothing at all."""
+    that was replaced meanwhile says nothing at all. ``current_key`` reads the account's
+    key as stored now; it is asked only for an answer that shows a problem, so recording a
+    delivery that went through reads (and decrypts) nothing more."""
     if verdict is None:  # no call was made: nothing learned of Loops
         if was_probe:  # the next delivery probes instead, at once
             conn.execute(
@@ -167,7 +169,7 @@ def record(
         if was_probe:  # Loops answered: the problem is over (a 429's wait still holds)
             _healthy(conn, account_id, keep_hold=verdict is Verdict.RETRY_AFTER)
         return
-    if current_key != api_key:
+    if current_key() != api_key:
         return
     ensure(conn, account_id)
     where = _STATE.account_id == account_id

@@ -406,14 +406,14 @@ class Queue:
 
     def _account_seen(self, conn: sa.Connection, job: Job, settled: Settled) -> None:
         last = settled.last
-        current_key = conn.execute(select(Account.api_key).where(Account.id == job.account_id))
+        key = select(Account.api_key).where(Account.id == job.account_id)
         accounts.record(
             conn,
             job.account_id,
             verdict=last.verdict if last else None,
             message=last.message if last else "",
             api_key=job.api_key,
-            current_key=current_key.scalar_one(),
+            current_key=lambda: conn.execute(key).scalar_one(),
             was_probe=job.account_problem is not None,
             intervals=self._intervals,
         )

@@ -190,7 +190,7 @@ def record(
             verdict=verdict,
             message=message,
             api_key=api_key,
-            current_key=current_key,
+            current_key=lambda: current_key,
             was_probe=was_probe,
             intervals=intervals,
         )

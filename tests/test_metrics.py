@@ -102,7 +102,7 @@ def test_metrics_count_every_answer_and_mirror_the_database(tmp_path: Path) -> N
                 verdict=Verdict.KEY_REFUSED,
                 message="Loops answered 401: Invalid API key",
                 api_key="loops_key_gamma_00001234",
-                current_key="loops_key_gamma_00001234",
+                current_key=lambda: "loops_key_gamma_00001234",
                 was_probe=False,
                 intervals=accounts.Intervals(),
             )

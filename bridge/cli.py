@@ -30,7 +30,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -152,8 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     hook.add_argument("name", help="the Loops account's name")
     hook.add_argument(
         "secret_action",
-        nargs="?",
-        choices=("add-secret", "remove-secret"),
+        nargs="?",  # checked in _loops_webhook: argparse's choices would echo a secret
         metavar="add-secret|remove-secret",
         help="add or remove a signing secret (several may be active while one is rolled)",
     )
@@ -284,8 +282,8 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _when(epoch: float | None) -> str:
-    """ISO 8601 in UTC, to the second: 2025-01-31T09:30:00Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else "-"
+    """ISO 8601 in UTC, to the second (:func:`bridge.outcomes.iso`); "-" for none."""
+    return outcomes.iso(epoch) if epoch else "-"
 
 
 def _count(number: int, noun: str) -> str:
@@ -606,6 +604,11 @@ def _set_account(args: argparse.Namespace, settings: Settings, engine: Engine) -
 
 def _loops_webhook(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:
     name = args.name
+    if args.secret_action not in (None, "add-secret", "remove-secret"):
+        raise registry.Invalid(  # never echoed: it may be the secret, given without its action
+            f"Give add-secret or remove-secret before the secret: loops-bridge accounts "
+            f"loops-webhook {name} add-secret - (then paste the secret)."
+        )
     if args.secret_action:
         if args.secret is None:
             raise registry.Invalid(
@@ -626,8 +629,6 @@ def _loops_webhook(args: argparse.Namespace, settings: Settings, engine: Engine)
         }
         _print(args, data, text)
         return 0
-    if args.secret is not None:
-        raise registry.Invalid("Give add-secret or remove-secret before the secret.")
     url = registry.loops_webhook_url(engine, settings, name)
     hints = [hint for _, hint in registry.loops_webhook_secrets(engine, name)]
     secrets = ", ".join(hints) or (

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
-from bridge import backfill, recover, registry
+from bridge import backfill, outcomes, recover, registry
 from bridge.models import Backfill
 from bridge.settings import Settings
 from bridge.stripe_api import StripeAPIError
@@ -111,7 +111,7 @@ def run_backfill(
     before = backfill.status(engine, args.id, rate)
     if before is not None and before.state != backfill.DONE and not args.json:
         print(
-            f"Continuing the import started {_when(before.started_at)}: "
+            f"Continuing the import started {outcomes.iso(before.started_at)}: "
             f"{before.customers:,} customers read so far, {before.queued:,} imported.",
             file=sys.stderr,
         )
@@ -152,8 +152,8 @@ def run_recover(args: argparse.Namespace, settings: Settings, engine: Engine, sh
     except StripeAPIError as exc:
         raise registry.Invalid(str(exc)) from None
     text = (
-        f"Since {_when(since)}: {counts['found']:,} events found in Stripe, {counts['new']:,} "
-        f"new (queued for Loops), {counts['duplicate']:,} already received, "
+        f"Since {outcomes.iso(since)}: {counts['found']:,} events found in Stripe, "
+        f"{counts['new']:,} new (queued for Loops), {counts['duplicate']:,} already received, "
         f"{counts['ignored']:,} ignored."
     )
     show(args, counts, text)
@@ -215,7 +215,3 @@ def _progress(
 
 def _counts(state: Backfill) -> str:
     return f"{state.queued:,} imported, {state.skipped:,} skipped, {state.known:,} already in Loops"
-
-
-def _when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))

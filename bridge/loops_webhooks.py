@@ -207,7 +207,7 @@ class Receiver:
         self.max_body_bytes = max_body_bytes
         self._ttl = ttl
         self._accounts: dict[str, tuple[float, _Account | None]] = {}
-        self._refusals: dict[int, list[int]] = {}  # [second, logged in it, not logged since]
+        self.refusals = webhooks.Refusals()
         table = LoopsEvent.__table__  # type: ignore[attr-defined]
         insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[engine.dialect.name]
         self._insert = (
@@ -279,21 +279,6 @@ class Receiver:
         except Exception as exc:
             log.warning("could not keep a refused Loops webhook for the account's page: %s", exc)
 
-    def to_log(self, account_id: int) -> int | None:
-        """Whether to log this refusal: None if the account had its share this second, else
-        how many went unlogged before it."""
-        second = int(time.monotonic())
-        window = self._refusals.get(account_id)
-        if window is None or window[0] != second:
-            self._refusals[account_id] = [second, 1, 0]
-            return window[2] if window else 0
-        if window[1] < webhooks.REFUSALS_RECORDED_PER_SECOND:
-            window[1] += 1
-            unlogged, window[2] = window[2], 0
-            return unlogged
-        window[2] += 1
-        return None
-
 
 def _link(conn: sa.Connection, event_id: int) -> None:
     """Link the event to the delivery behind it (:func:`bridge.outcomes.link`), in a
@@ -312,7 +297,7 @@ async def receive(request: Request) -> Response:
     token: str = request.path_params["token"]
     try:
         account = await receiver.account(token) if TOKEN.fullmatch(token) else None
-    except Exception as exc:  # the driver's error: SQLAlchemy's would show the token
+    except Exception as exc:  # named by the driver's error alone: never the statement's text
         log.error(
             "Loops webhook: could not read the account of a token: %s",
             getattr(exc, "orig", None) or type(exc).__name__,
@@ -324,7 +309,10 @@ async def receive(request: Request) -> Response:
         status, answer = await _receive(receiver, account, request)
     except ClientDisconnect:
         return Response(status_code=400)
-    if answer["status"] == "rejected" and (unlogged := receiver.to_log(account.id)) is not None:
+    if (
+        answer["status"] == "rejected"
+        and (unlogged := receiver.refusals.to_record(account.id)) is not None
+    ):
         also = f" ({unlogged} more refused before this one, not logged)" if unlogged else ""
         log.info(
             "Loops account %s: a Loops webhook was refused (%s): %s%s; headers %s",

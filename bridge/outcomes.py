@@ -393,7 +393,6 @@ def event_name_sent(request_body: str) -> str | None:
 
 # --- the week, per endpoint ---------------------------------------------------------------
 
-DAY = 24 * 3600.0
 HOUR = 3600.0
 WEEK_DAYS = 7
 

@@ -63,6 +63,7 @@ __all__ = [
     "ROUTE",
     "JSONAnswer",
     "Receiver",
+    "Refusals",
     "Refused",
     "read_body",
     "receive_webhook",
@@ -102,16 +103,25 @@ class Receiver:
     def __init__(self, inbox: Inbox, max_body_bytes: int) -> None:
         self.inbox = inbox
         self.max_body_bytes = max_body_bytes
-        # Per endpoint: [second, refusals recorded in it, refusals not recorded since].
-        self._refusals: dict[str, list[int]] = {}
+        self.refusals = Refusals()
 
-    def to_record(self, endpoint_id: str) -> int | None:
-        """Whether to log and keep this refusal: None if the endpoint has had its share this
+
+class Refusals:
+    """How many refusals are logged and kept, per endpoint (or Loops account): at most
+    :data:`REFUSALS_RECORDED_PER_SECOND` a second each. Only known endpoints and accounts
+    are counted, so the table never grows past them."""
+
+    def __init__(self) -> None:
+        # Per key: [second, refusals recorded in it, refusals not recorded since].
+        self._windows: dict[str | int, list[int]] = {}
+
+    def to_record(self, key: str | int) -> int | None:
+        """Whether to log and keep this refusal: None if ``key`` has had its share this
         second (it is only counted), else how many went unrecorded before it."""
         second = int(time.monotonic())
-        window = self._refusals.get(endpoint_id)
-        if window is None or window[0] != second:  # only known endpoints get here
-            self._refusals[endpoint_id] = [second, 1, 0]
+        window = self._windows.get(key)
+        if window is None or window[0] != second:
+            self._windows[key] = [second, 1, 0]
             return window[2] if window else 0
         if window[1] < REFUSALS_RECORDED_PER_SECOND:
             window[1] += 1
@@ -149,7 +159,7 @@ async def receive_webhook(request: Request) -> Response:
         return Response(status_code=400)
     metrics.webhook_answered(_OUTCOME_BY_CODE.get(status) or answer["status"])
     refused = answer["status"] == "rejected" and status != 404
-    unrecorded = receiver.to_record(endpoint_id) if refused else None
+    unrecorded = receiver.refusals.to_record(endpoint_id) if refused else None
     if unrecorded is None:
         return JSONAnswer(answer, status)
     record = BackgroundTask(

@@ -459,6 +459,10 @@ def test_the_cli_prints_the_url_and_manages_the_secrets(h):
     assert "signing secrets: whsec_…AAAA, whsec_…BBBB" in text
     assert SECRET not in text and ROLLED_SECRET not in text
 
+    # The secret without its action: refused, and the secret never echoed.
+    missing = h.cli("accounts", "loops-webhook", "acme", ROLLED_SECRET, check=False)
+    assert missing.returncode == 2 and ROLLED_SECRET not in missing.stderr + missing.stdout
+    assert "Give add-secret or remove-secret before the secret" in missing.stderr
     bad = h.cli("accounts", "loops-webhook", "acme", "add-secret", "whsec_!!", check=False)
     assert bad.returncode == 2
     assert "Copy it from Loops, Settings → Webhooks → the signing secret." in bad.stderr

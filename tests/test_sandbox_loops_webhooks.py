@@ -509,7 +509,15 @@ def test_a_configuration_given_at_creation_and_the_positional_signature() -> Non
 
     webhook = LoopsWebhook.from_options(URL, SECRET, ["successfulPayment=Payment received"])
     run(scenario, loops_webhook=webhook)
-    assert sandbox.create_app(None, 10, FakeClock()) is not None
+    # The positional form (API keys, rate limit, clock) still makes a working sandbox.
+    app = sandbox.create_app(None, 10, FakeClock())
+
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+            return await client.get("/")
+
+    assert asyncio.run(ask()).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -305,7 +305,6 @@ async def overview(request: Request) -> Response:
         hours=hours_chart(seen.week),
         chart_width=CHART_WIDTH,
         funnel_label=FUNNEL_LABEL,
-        funnel_bar=FUNNEL_BAR,
         funnel_row=FUNNEL_ROW,
         hours_left=HOURS_LEFT,
         hours_height=HOURS_HEIGHT,

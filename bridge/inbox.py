@@ -58,6 +58,7 @@ from sqlmodel import Session
 
 import providers
 from bridge import metrics
+from bridge.lookups import Lookups
 from bridge.models import (
     IGNORED,
     QUEUED,
@@ -116,9 +117,7 @@ class Inbox:
         on_queued: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
-        self._route_ttl = route_ttl
-        self._routes: dict[str, tuple[float, Route | None]] = {}
-        self._loading: dict[str, asyncio.Future[Route | None]] = {}
+        self._routes = Lookups(self._load_route, route_ttl)
         self._on_queued = on_queued
         self._insert = (
             _INSERT[engine.dialect.name](DELIVERIES)
@@ -131,29 +130,15 @@ class Inbox:
     # -- endpoints ------------------------------------------------------------------------
 
     async def route(self, endpoint_id: str) -> Route | None:
-        """The endpoint's route, cached for a moment so a burst reads the database once.
-        Changes made elsewhere (CLI, admin in another process) show within ``route_ttl``."""
-        now = time.monotonic()
-        cached = self._routes.get(endpoint_id)
-        if cached and cached[0] > now:
-            return cached[1]
-        # One read per endpoint however many requests are waiting for it.
-        loading = self._loading.get(endpoint_id)
-        if loading is None:
-            loading = asyncio.ensure_future(anyio.to_thread.run_sync(self._load_route, endpoint_id))
-            self._loading[endpoint_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(endpoint_id, None))
+        """The endpoint's route (None: no such endpoint), read once for a burst and kept for
+        ``route_ttl`` seconds (:mod:`bridge.lookups`)."""
         try:
-            route = await asyncio.shield(loading)
+            return await self._routes.get(endpoint_id)
         except Exception as exc:
             raise StorageUnavailable(str(exc)) from exc
-        if len(self._routes) > 10_000:  # unknown ids must not grow the cache without bound
-            self._routes.clear()
-        self._routes[endpoint_id] = (time.monotonic() + self._route_ttl, route)
-        return route
 
     def forget(self, endpoint_id: str) -> None:
-        self._routes.pop(endpoint_id, None)
+        self._routes.forget(endpoint_id)
 
     def _load_route(self, endpoint_id: str) -> Route | None:
         with self._engine.connect() as conn:

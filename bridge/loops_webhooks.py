@@ -59,6 +59,7 @@ from starlette.routing import Route
 
 from bridge import metrics, outcomes, webhooks
 from bridge.inbox import redact
+from bridge.lookups import Lookups
 from bridge.models import Account, LoopsEvent, LoopsWebhookSecret
 from providers import Rejected
 from providers.fields import MAX_ID_CHARS, BodyReasons, is_name, load_object
@@ -205,8 +206,7 @@ class Receiver:
     def __init__(self, engine: Engine, max_body_bytes: int, ttl: float = 2.0) -> None:
         self.engine = engine
         self.max_body_bytes = max_body_bytes
-        self._ttl = ttl
-        self._accounts: dict[str, tuple[float, _Account | None]] = {}
+        self._accounts = Lookups(self._load, ttl)
         self.refusals = webhooks.Refusals()
         table = LoopsEvent.__table__  # type: ignore[attr-defined]
         insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[engine.dialect.name]
@@ -221,15 +221,7 @@ class Receiver:
         )
 
     async def account(self, token: str) -> _Account | None:
-        now = time.monotonic()
-        cached = self._accounts.get(token)
-        if cached and cached[0] > now:
-            return cached[1]
-        found = await anyio.to_thread.run_sync(self._load, token)
-        if len(self._accounts) > 10_000:  # unknown tokens must not grow the cache for ever
-            self._accounts.clear()
-        self._accounts[token] = (time.monotonic() + self._ttl, found)
-        return found
+        return await self._accounts.get(token)
 
     def _load(self, token: str) -> _Account | None:
         with self.engine.connect() as conn:

@@ -25,6 +25,7 @@ not yet sent are set aside (``ignored``) until it runs again.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import socket
@@ -415,9 +416,10 @@ def status(
 
 
 def duration(seconds: float) -> str:
-    """A time the import takes, as the CLI and the admin say it: ``16 min``."""
+    """A time an import takes, or still needs, as the CLI and the admin say it: ``16 min``;
+    a part of a second counts as one."""
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{math.ceil(seconds)} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"

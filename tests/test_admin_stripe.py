@@ -203,7 +203,7 @@ def test_an_import_runs_is_cancelled_continues_and_finishes(admin, stripe):
         "failed": "0",
     }
     assert words(running["import-pending"]["text"]) == (
-        "90: less than a minute at the account's 200 requests/s, once you resume this "
+        "90: about 1 s at the account's 200 requests/s, once you resume this "
         "endpoint (it is paused)"
     )
     assert 'http-equiv="refresh" content="5; url=' in running.source

@@ -270,7 +270,7 @@ async def _show_page(
         stopping=imported is not None
         and imported.state == backfill.CANCELLED
         and _importing(endpoint_id),
-        about_time=_about_time,
+        duration=backfill.duration,
         **shown,
     )
 
@@ -629,15 +629,6 @@ def _create(engine: Engine, form: registry.EndpointForm, secret: str | None) -> 
 
 def _page(endpoint_id: str) -> str:
     return f"/admin/endpoints/{endpoint_id}"
-
-
-def _about_time(seconds: float) -> str:
-    """A wait as people say it: ``"about 16 min"``."""
-    if seconds < 60:
-        return "less than a minute"
-    if seconds < 5400:
-        return f"about {round(seconds / 60)} min"
-    return f"about {seconds / 3600:.1f} h"
 
 
 # endpoint id -> the thread of this server importing its customers (at most one each)

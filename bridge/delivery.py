@@ -66,7 +66,8 @@ from sqlalchemy.engine import Engine
 import providers
 from bridge import accounts, metrics
 from bridge.loops import Answer, LoopsClient, Verdict
-from bridge.models import DEAD, DELIVERED, FAILED, QUEUED
+from bridge.models import DEAD, DELIVERED, FAILED, IGNORED, QUEUED
+from bridge.outcomes import iso
 from bridge.pacing import Paces
 from bridge.queue import Job, Progress, Queue, Settled
 from bridge.settings import Settings
@@ -274,9 +275,9 @@ class Worker:
         done: list[str] = []
         provider = providers.get(job.provider)
         # The body is read for the delivery being made, not for every candidate polled.
-        payload, known, names_at = await anyio.to_thread.run_sync(
-            self._queue.payload_and_names_at, job
-        )
+        payload, known = await anyio.to_thread.run_sync(self._queue.payload_and_contact, job)
+        if known.deleted_at is not None and job.occurred_at <= known.deleted_at:
+            return Settled(IGNORED, _deleted_since(job, known.deleted_at))
         try:
             details = provider.details(payload)
         except Exception as exc:  # stored by an older version: no try would read it better
@@ -293,16 +294,18 @@ class Worker:
             names = {"firstName": details.first_name, "lastName": details.last_name}
             # A missing name never clears one; a long one is cut to what Loops takes.
             names = {k: v[: providers.LOOPS_STRING_LIMIT] for k, v in names.items() if v}
-            if names and names_at is not None and job.occurred_at < names_at:
+            if names and known.names_at is not None and job.occurred_at < known.names_at:
                 names = {}
                 done.append("names left alone: a newer event had set them")
         # Matched on userId where the platform has one: the email rides along, so a changed
-        # primary email reaches the contact.
+        # primary email reaches the contact, unless a newer event's email already has.
         identity = {"userId": job.user_id} if job.user_id else {}
-        if job.email:
+        if job.email and job.user_id and known.email_at and job.occurred_at < known.email_at:
+            done.append("email left alone: a newer event had set it")
+        elif job.email:
             identity["email"] = job.email
         created = False
-        if not known and job.email:  # Loops creates a contact only with an email
+        if not known.exists and job.email:  # Loops creates a contact only with an email
             contact = {**identity, "source": provider.contact_source}
             if job.user_group:
                 contact["userGroup"] = job.user_group
@@ -318,7 +321,7 @@ class Worker:
                 return self._failure(job, answer)
             progress.contact_known = True
         if job.backfill:  # an import leaves a contact Loops already has as it is
-            if known:
+            if known.exists:
                 done.insert(0, ALREADY_IN_LOOPS)
             names = {}
         if event_name := job.loops_event_name:
@@ -337,7 +340,7 @@ class Worker:
             else:
                 return self._failure(job, answer)
             progress.names_sent = progress.names_sent or bool(names)
-        elif names or (job.user_id and not created):
+        elif names or (job.user_id and not created and "email" in identity):
             answer = await self._call(
                 job, progress, self._client.update_contact, {**identity, **names}
             )
@@ -348,6 +351,8 @@ class Worker:
             done.append("contact updated" if job.user_id else "names updated")
         if customer is not None:
             done.insert(0, f"email looked up from Stripe customer {customer.id}")
+        # Every call made carried the identity, and went through.
+        progress.email_sent = bool(job.user_id and "email" in identity and progress.calls)
         reason = "; ".join(done) or "contact already known, nothing to change"
         return Settled(DELIVERED, reason, last=progress.calls[-1] if progress.calls else None)
 
@@ -357,13 +362,16 @@ class Worker:
         """The job with its email: as it came, or, for an event that names only a customer
         (``Details.lookup``), the customer's email from Stripe (then also the customer). A
         delivery that cannot get one is settled here: failed, or queued again."""
-        if job.email or job.user_id or job.deletion:
+        if job.user_id or job.deletion or (job.email and not job.lookup):
             return job, None
-        payload, _, _ = await anyio.to_thread.run_sync(self._queue.payload_and_names_at, job)
-        try:
-            customer_id = providers.get(job.provider).details(payload).lookup
-        except Exception:  # an unreadable event: the attempt says so
-            return job, None
+        # Looked up again on a retry, though the first try kept the email: for the names.
+        customer_id = job.lookup
+        if customer_id is None:  # received before the bridge kept it (schema 0013)
+            payload, _ = await anyio.to_thread.run_sync(self._queue.payload_and_contact, job)
+            try:
+                customer_id = providers.get(job.provider).details(payload).lookup
+            except Exception:  # an unreadable event: the attempt says so
+                return job, None
         if not customer_id:
             return job, None
         if not job.stripe_api_key:
@@ -456,6 +464,7 @@ class Worker:
         if found.verdict is not Verdict.DONE:
             return self._failure(job, found)
         if found.response_body.strip() in ("", "[]"):
+            progress.contact_gone = True
             return Settled(DELIVERED, "Loops has no such contact: nothing to unsubscribe")
         answer = await self._call(
             job, progress, self._client.update_contact, {**identity, "subscribed": False}
@@ -507,3 +516,11 @@ class Worker:
         later = f", next try in {delay:.{0 if delay >= 10 else 1}f} s" if delay > 0 else ""
         reason = f"{message}; try {attempts} failed{later}"
         return Settled(QUEUED, reason, time.time() + delay, answer)
+
+
+def _deleted_since(job: Job, deleted_at: int) -> str:
+    return (
+        f"not sent: a deletion of {iso(deleted_at)} took this contact out of Loops, and this "
+        f"event, of {iso(job.occurred_at)}, is no newer (it arrived late): sending it would "
+        "create the contact again"
+    )

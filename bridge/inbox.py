@@ -187,6 +187,7 @@ class Inbox:
             "occurred_at": event.occurred_at,
             "email": event.email,
             "user_id": event.user_id,
+            "lookup": event.lookup,
             "deletion": event.deletion,
             "payload": payload,
             "status": IGNORED if reason else QUEUED,

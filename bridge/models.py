@@ -122,6 +122,9 @@ class Delivery(SQLModel, table=True):
     occurred_at: int  # the provider's event time
     email: str | None = None
     user_id: str | None = None  # the platform's user id (Clerk, Supabase): Loops' userId
+    # The platform's customer whose email is looked up at delivery (an event naming only a
+    # Stripe customer): until its email is known, the delivery is that customer's.
+    lookup: str | None = None
     deletion: bool = Field(default=False, sa_column_kwargs={"server_default": sa_false()})
     # Made by an import of existing customers: it creates the contact, never sends a Loops
     # event, and goes after every other due delivery of its account.
@@ -171,6 +174,12 @@ class Contact(SQLModel, table=True):
     identity: str = Field(primary_key=True)  # the userId, else the lowercased email
     created_at: float
     names_at: int | None = None  # provider event time of the names last sent to Loops
+    # Provider event time of the email last sent with the contact's userId: an older event
+    # leaves the email alone.
+    email_at: int | None = None
+    # Provider event time of the deletion that took the contact out of Loops: an event no
+    # newer is not sent (it would create the contact again). None: not deleted.
+    deleted_at: int | None = None
 
 
 class AccountState(SQLModel, table=True):

@@ -61,6 +61,7 @@ class Job:
     occurred_at: int
     email: str | None
     user_id: str | None  # the platform's user id: the contact is matched on it in Loops
+    lookup: str | None  # the platform's customer whose email is looked up at delivery
     deletion: bool
     backfill: bool  # made by an import: creates the contact, never sends a Loops event
     attempts: int
@@ -84,7 +85,7 @@ class Job:
     @property
     def contact_key(self) -> tuple[int, str]:
         """The contact in its Loops account: by userId where the platform has one."""
-        return self.account_id, _identity(self.user_id, self.email)
+        return self.account_id, _identity(self.user_id, self.email, self.lookup)
 
     @property
     def loops_event_name(self) -> str | None:
@@ -96,8 +97,21 @@ class Job:
         return per_type.get(self.event_type) or self.loops_event
 
 
-def _identity(user_id: str | None, email: str | None) -> str:
-    return user_id or (email or "").lower()
+def _identity(user_id: str | None, email: str | None, lookup: str | None = None) -> str:
+    """What one contact's deliveries share: its userId, else its email (lowercased), else,
+    while its email is still to be looked up, the platform's customer id."""
+    return user_id or (email or "").lower() or (f"customer:{lookup}" if lookup else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What earlier deliveries left known of a contact in Loops (``contacts``). Times are
+    the provider's event times: an event older than them must not undo what they did."""
+
+    exists: bool  # Loops has it (created by the bridge, or it answered 409)
+    names_at: int | None = None  # of the names last sent
+    email_at: int | None = None  # of the email last sent with the contact's userId
+    deleted_at: int | None = None  # of the deletion that took it out of Loops
 
 
 @dataclass(slots=True)
@@ -108,6 +122,7 @@ class Progress:
     contact_known: bool = False  # Loops has the contact now (created, or 409)
     contact_gone: bool = False  # the contact was deleted in Loops
     names_sent: bool = False  # the event's names reached Loops
+    email_sent: bool = False  # its email reached Loops with the contact's userId
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +183,9 @@ class Queue:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             now = conn.execute(select(self._now)).scalar_one()
             busy = {
-                (account_id, _identity(user_id, email))
-                for account_id, user_id, email in conn.execute(
-                    select(Endpoint.account_id, Delivery.user_id, Delivery.email)
+                (account_id, _identity(user_id, email, lookup))
+                for account_id, user_id, email, lookup in conn.execute(
+                    select(Endpoint.account_id, Delivery.user_id, Delivery.email, Delivery.lookup)
                     .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
                     # "> ''" and not "IS NOT NULL": SQLite scans the whole table for the
                     # latter, and this runs up to 20 times a second (found by profiling).
@@ -272,6 +287,7 @@ class Queue:
                 Delivery.occurred_at,
                 Delivery.email,
                 Delivery.user_id,
+                Delivery.lookup,
                 Delivery.deletion,
                 Delivery.backfill,
                 Delivery.attempts,
@@ -337,19 +353,20 @@ class Queue:
 
     # -- one attempt --------------------------------------------------------------------------
 
-    def payload_and_names_at(self, job: Job) -> tuple[bytes, bool, int | None]:
-        """The raw event, whether the contact is known to exist in Loops, and the provider
-        event time of the names last sent for it."""
+    def payload_and_contact(self, job: Job) -> tuple[bytes, Known]:
+        """The raw event, and what earlier deliveries left known of its contact."""
         with self._engine.connect() as conn:
             payload = conn.execute(
                 select(Delivery.payload).where(Delivery.id == job.id)
             ).scalar_one()
-            contact = conn.execute(
-                select(Contact.names_at).where(
+            row = conn.execute(
+                select(Contact.names_at, Contact.email_at, Contact.deleted_at).where(
                     Contact.account_id == job.account_id, Contact.identity == job.contact_key[1]
                 )
             ).first()
-        return payload, contact is not None, contact.names_at if contact else None
+        if row is None:
+            return payload, Known(exists=False)
+        return payload, Known(row.deleted_at is None, row.names_at, row.email_at, row.deleted_at)
 
     def settle(self, job: Job, settled: Settled, progress: Progress) -> bool:
         """Record the attempt in one transaction: its Loops calls, the contact, the delivery's
@@ -359,15 +376,10 @@ class Queue:
         with self._engine.begin() as conn:
             if progress.calls:
                 conn.execute(insert(LoopsCall), [_call_row(job.id, a) for a in progress.calls])
-            if progress.contact_gone:  # deleted in Loops: a new one would be created again
-                conn.execute(
-                    sa.delete(Contact).where(
-                        Contact.account_id == job.account_id,
-                        Contact.identity == job.contact_key[1],
-                    )
-                )
+            if progress.contact_gone:
+                self._remember_deletion(conn, job)
             elif progress.contact_known:
-                self._remember_contact(conn, job, progress.names_sent)
+                self._remember_contact(conn, job, progress)
             looked_up = {"email": job.email} if job.email else {}  # from Stripe, if it was
             owned = conn.execute(
                 update(Delivery)
@@ -386,23 +398,46 @@ class Queue:
             self._account_seen(conn, job, settled)
         return owned == 1
 
-    def _remember_contact(self, conn: sa.Connection, job: Job, names_sent: bool) -> None:
-        insert_ = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
+    def _remember_contact(self, conn: sa.Connection, job: Job, progress: Progress) -> None:
+        """Loops has the contact: a deletion it outlived is forgotten, and the names and
+        email it was sent are dated, the last by the provider's event time winning."""
+        where = (Contact.account_id == job.account_id, Contact.identity == job.contact_key[1])
         conn.execute(
-            insert_(Contact)
+            _insert(conn)(Contact)
             .values(account_id=job.account_id, identity=job.contact_key[1], created_at=time.time())
-            .on_conflict_do_nothing()
-        )
-        if names_sent:  # last writer wins, by the provider's event time
-            conn.execute(
-                update(Contact)
-                .where(
-                    Contact.account_id == job.account_id,
-                    Contact.identity == job.contact_key[1],
-                    sa.or_(Contact.names_at.is_(None), Contact.names_at < job.occurred_at),  # type: ignore[union-attr, operator]
-                )
-                .values(names_at=job.occurred_at)
+            .on_conflict_do_update(
+                index_elements=["account_id", "identity"], set_={"deleted_at": None}
             )
+        )
+        for column, sent in (
+            (Contact.names_at, progress.names_sent),
+            (Contact.email_at, progress.email_sent),
+        ):
+            if sent:
+                conn.execute(
+                    update(Contact)
+                    .where(*where, sa.or_(column.is_(None), column < job.occurred_at))  # type: ignore[union-attr, operator]
+                    .values({column: job.occurred_at})
+                )
+
+    def _remember_deletion(self, conn: sa.Connection, job: Job) -> None:
+        """The contact is not in Loops since the deletion ``job`` (deleted, or found gone):
+        its row stays, dated, so that an event no newer is not sent (:class:`Known`)."""
+        values = {"deleted_at": job.occurred_at, "names_at": None, "email_at": None}
+        conn.execute(
+            _insert(conn)(Contact)
+            .values(
+                account_id=job.account_id,
+                identity=job.contact_key[1],
+                created_at=time.time(),
+                **values,
+            )
+            .on_conflict_do_update(
+                index_elements=["account_id", "identity"],
+                set_=values,
+                where=sa.or_(Contact.deleted_at.is_(None), Contact.deleted_at < job.occurred_at),  # type: ignore[union-attr, operator]
+            )
+        )
 
     def _account_seen(self, conn: sa.Connection, job: Job, settled: Settled) -> None:
         last = settled.last
@@ -455,6 +490,10 @@ class Queue:
                 if count < batch:
                     break
         return pruned
+
+
+def _insert(conn: sa.Connection):  # type: ignore[no-untyped-def]
+    return {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
 
 
 def _call_row(delivery_id: int, answer: Answer) -> dict:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from bridge.models import DELIVERED, IGNORED
 from tests.harness import Harness, stripe_event
@@ -36,8 +38,12 @@ INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
 CLERK_USER_TYPES = "user.created,user.updated,user.deleted"
 
 
-def clerk(event_type: str) -> bytes:
-    return (FIXTURES / "clerk" / f"{event_type}.json").read_bytes()
+def clerk(event_type: str, at: int | None = None) -> bytes:
+    """The Clerk fixture of ``event_type``; sent at unix time ``at`` if given."""
+    body = (FIXTURES / "clerk" / f"{event_type}.json").read_bytes()
+    if at is None:
+        return body
+    return json.dumps({**json.loads(body), "timestamp": at * 1000}).encode()
 
 
 def supabase(name: str) -> bytes:
@@ -72,15 +78,16 @@ def from_supabase(
     return post(h, endpoint, body, headers)
 
 
-def delivered(h: Harness, answer: httpx.Response) -> dict:
-    """Run the bridge until the delivery the sender was answered about is done; its row."""
+def delivered(h: Harness, answer: httpx.Response, status: str = DELIVERED) -> dict:
+    """Run the bridge until the delivery the sender was answered about is done; its row,
+    which must have come to ``status``."""
     assert answer.status_code == 200 and answer.json()["status"] == "queued", answer.text
     delivery_id = answer.json()["id"]
     (row,) = h.until(
         lambda: [r for r in h.deliveries(id=delivery_id) if r["status"] != "queued"],
         what=f"delivery {delivery_id}",
     )
-    assert row["status"] == DELIVERED, row
+    assert row["status"] == status, row
     return row
 
 
@@ -143,7 +150,19 @@ def test_a_clerk_user_created_renamed_and_deleted_ends_unsubscribed(harness):
         assert "mailingLists" not in (call["body"] or {}), call
 
 
-def test_a_clerk_user_deleted_on_an_endpoint_that_deletes_removes_the_contact(harness):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """The harness on SQLite, then on PostgreSQL: what the bridge keeps of a contact is
+    written with each database's own upsert."""
+    env = {}
+    if request.param == "postgresql":
+        env["BRIDGE_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    with Harness(tmp_path, **env) as started:
+        yield started
+
+
+def test_a_clerk_user_deleted_on_an_endpoint_that_deletes_removes_the_contact(either_database):
+    harness = either_database
     endpoint = harness.endpoint(
         CLERK_USER_TYPES, provider="clerk", secret=CLERK_SECRET, on_delete="delete"
     )
@@ -159,9 +178,22 @@ def test_a_clerk_user_deleted_on_an_endpoint_that_deletes_removes_the_contact(ha
     # Another deletion of a user Loops no longer has is done, not failed.
     again = delivered(harness, from_clerk(harness, endpoint, clerk("user.deleted"), "msg_del2"))
     assert again["reason"] == "nothing to delete in Loops"
-    # The bridge forgot the contact with it: the user coming back is a new contact again.
-    back = delivered(harness, from_clerk(harness, endpoint, clerk("user.created"), "msg_back"))
-    assert back["reason"] == "contact created"
+    # Events from before the deletion that arrive after it (Svix retrying them) are not
+    # sent: each would create the deleted user's contact again, and this one would send
+    # its sign-up event again.
+    sent_at = {"user.created": "2022-05-31T15:56:31Z", "user.updated": "2022-05-31T16:00:24Z"}
+    for late, at in sent_at.items():
+        kept_out = from_clerk(harness, endpoint, clerk(late), f"msg_late_{late}")
+        assert delivered(harness, kept_out, IGNORED)["reason"] == (
+            "not sent: a deletion of 2024-05-28T08:00:00Z took this contact out of Loops, and "
+            f"this event, of {at}, is no newer (it arrived late): sending it would create the "
+            "contact again"
+        )
+    assert harness.loops_get("contacts") == []
+    assert calls(harness)[-1] == ("POST", "/contacts/delete")  # nothing since
+    # A user signing up again after the deletion is a new contact.
+    back = from_clerk(harness, endpoint, clerk("user.created", at=1_790_000_000), "msg_back")
+    assert delivered(harness, back)["reason"] == "contact created"
     assert contacts(harness, userId=CLERK_USER, source="Clerk webhook")
 
 
@@ -389,7 +421,9 @@ def test_on_delete_ignore_leaves_the_contact_and_a_missing_one_is_done(harness):
     ignoring = harness.endpoint(
         "customer.created,customer.deleted", secret=STRIPE_SECRET, on_delete="ignore"
     )
-    unsubscribing = harness.endpoint("customer.deleted", secret=STRIPE_SECRET, name="other")
+    unsubscribing = harness.endpoint(
+        "customer.created,customer.deleted", secret=STRIPE_SECRET, name="other"
+    )
     delivered(harness, harness.webhook(ignoring, fixture_bytes(CUSTOMER_CREATED), STRIPE_SECRET))
     deleted = stripe_retyped(CUSTOMER_CREATED, "customer.deleted", "evt_deleted")
 
@@ -406,3 +440,39 @@ def test_on_delete_ignore_leaves_the_contact_and_a_missing_one_is_done(harness):
     assert row["reason"] == "Loops has no such contact: nothing to unsubscribe"
     assert calls(harness)[before:] == [("GET", "/contacts/find")]
     assert len(harness.loops_get("contacts")) == 1
+    # Its customer.created, from before the deletion, arriving after it: the customer is
+    # gone, and is not made a subscribed contact now.
+    late = stripe_retyped(CUSTOMER_CREATED, "customer.created", "evt_late", email="no@x.io")
+    row = delivered(harness, harness.webhook(unsubscribing, late, STRIPE_SECRET), IGNORED)
+    assert row["reason"].startswith("not sent: a deletion of ")
+    assert len(harness.loops_calls()) == before + 1
+    assert len(harness.loops_get("contacts")) == 1
+
+
+def test_a_late_older_clerk_event_leaves_a_changed_email_and_names_alone(either_database):
+    harness = either_database
+    endpoint = harness.endpoint(CLERK_USER_TYPES, provider="clerk", secret=CLERK_SECRET)
+    # user.updated: the user's primary email and names changed.
+    delivered(harness, from_clerk(harness, endpoint, clerk("user.updated"), "msg_updated"))
+    renamed = ("example.renamed@example.com", "Renamed", "Person")
+    (contact,) = harness.loops_get("contacts")
+    assert (contact["email"], contact["firstName"], contact["lastName"]) == renamed
+    sent = len(harness.loops_calls())
+
+    # user.created, from before that, arriving after it (Svix retried it): the old address
+    # and names are not put back, and there is nothing else to send.
+    late = delivered(harness, from_clerk(harness, endpoint, clerk("user.created"), "msg_created"))
+    assert late["reason"] == (
+        "names left alone: a newer event had set them; email left alone: a newer event had set it"
+    )
+    assert len(harness.loops_calls()) == sent
+    (contact,) = harness.loops_get("contacts")
+    assert (contact["email"], contact["firstName"], contact["lastName"]) == renamed
+
+    # A later change of address still reaches the contact.
+    newer = json.loads(clerk("user.updated", at=1_790_000_000))
+    newer["data"]["email_addresses"][1]["email_address"] = "example.third@example.com"
+    body = json.dumps(newer).encode()
+    delivered(harness, from_clerk(harness, endpoint, body, "msg_third"))
+    (contact,) = harness.loops_get("contacts")
+    assert contact["email"] == "example.third@example.com"

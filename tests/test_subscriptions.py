@@ -251,6 +251,47 @@ def test_deliveries_for_one_customer_at_once_share_one_stripe_call(bridge):
     assert [e["email"] for e in h.loops_get("events")] == ["customer1@example.com"] * 2
 
 
+def test_a_slow_lookup_keeps_no_other_customer_waiting(bridge):
+    """Deliveries whose email is still to be looked up are their customer's, one customer's
+    at a time, not the whole account's."""
+    h = bridge.h
+    endpoint_id = endpoint(h, ["customer.subscription.created"])
+    slow, other = customer(bridge, 1), customer(bridge, 2)
+    held = bridge.stripe.hold(f"/v1/customers/{slow}")
+    waiting = h.webhook(
+        endpoint_id, subscription_event("customer.subscription.created", slow), SECRET
+    ).json()
+    h.until(held.reached.is_set, what="the slow customer's lookup to reach Stripe")
+    also = h.webhook(
+        endpoint_id, subscription_event("customer.subscription.created", other), SECRET
+    ).json()
+    assert settled(h, also)["status"] == DELIVERED  # while the first lookup is still held
+    assert h.deliveries(id=waiting["id"])[0]["status"] == QUEUED
+    held.release()
+    assert settled(h, waiting)["status"] == DELIVERED
+    assert [e["email"] for e in h.loops_get("events")] == [
+        "customer2@example.com",
+        "customer1@example.com",
+    ]
+
+
+def test_a_lookup_retried_after_a_loops_error_still_names_the_contact(bridge):
+    h = bridge.h
+    endpoint_id = endpoint(h, ["customer.subscription.created"])
+    jenny = customer(bridge, 1, email="jenny.rosen@example.com", name="Jenny Rosen")
+    h.fault(status=503, count=1)  # the first try's first Loops call
+    body = subscription_event("customer.subscription.created", jenny)
+    row = settled(h, h.webhook(endpoint_id, body, SECRET).json())
+    assert (row["status"], row["attempts"]) == (DELIVERED, 2), row
+    assert row["reason"].startswith(f"email looked up from Stripe customer {jenny}; "), row
+    (contact,) = h.loops_get("contacts")
+    assert (contact["email"], contact["firstName"], contact["lastName"]) == (
+        "jenny.rosen@example.com",
+        "Jenny",
+        "Rosen",
+    )
+
+
 def test_an_upcoming_invoice_without_an_email_is_delivered_to_its_customers_email(bridge):
     h = bridge.h
     endpoint_id = endpoint(h, [])

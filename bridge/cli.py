@@ -931,8 +931,9 @@ def _rotate_secret_key(args: argparse.Namespace, _: Settings, engine: Engine) ->
         text = (
             f"Re-encrypted {_counted(done)} under a new key, now in {data['key_file']}. The "
             f"previous key is kept in {data['old_key_file']}: a backup of the database made "
-            "before now needs it. Back up the new key with the database, and start serve "
-            "and worker again."
+            "before now needs it. Back up the new key with the database. A serve or worker "
+            "running with this key file takes the new key up by itself; one with its own copy "
+            "of the file, elsewhere, needs this file and a restart."
         )
         _print(args, data, text)
         return 0

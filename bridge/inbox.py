@@ -118,6 +118,7 @@ class Inbox:
     ) -> None:
         self._engine = engine
         self._routes = Lookups(self._load_route, route_ttl)
+        self._route_failure_logged: dict[str, float] = {}  # endpoint id -> when, monotonic
         self._on_queued = on_queued
         self._insert = (
             _INSERT[engine.dialect.name](DELIVERIES)
@@ -135,7 +136,20 @@ class Inbox:
         try:
             return await self._routes.get(endpoint_id)
         except Exception as exc:
-            raise StorageUnavailable(str(exc)) from exc
+            problem = str(getattr(exc, "orig", None) or exc).strip().partition("\n")[0]
+            now = time.monotonic()
+            if self._route_failure_logged.get(endpoint_id, 0.0) <= now - 10:  # each 10 s
+                if len(self._route_failure_logged) > 10_000:  # ids made up by a flood
+                    self._route_failure_logged.clear()
+                self._route_failure_logged[endpoint_id] = now
+                log.error(
+                    "could not read endpoint %s, so its webhooks are answered 503 and the "
+                    "sender retries them: %s: %s",
+                    endpoint_id,
+                    type(exc).__name__,
+                    problem,
+                )
+            raise StorageUnavailable(problem) from exc
 
     def forget(self, endpoint_id: str) -> None:
         self._routes.forget(endpoint_id)

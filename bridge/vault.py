@@ -78,11 +78,13 @@ class Vault:
         self.source = source  # for messages: "BRIDGE_SECRET_KEY" or "the key file PATH"
         self.path = path  # the key file, if the keys came from one
         self._fernet = MultiFernet([Fernet(k) for k in self.keys])
+        self._seen = _stamp(path)
         # Each read of an account or a secret decrypts it: the delivery worker reads API keys
         # on every claim. A token never changes meaning, so its plaintext can be remembered.
         self._plain = lru_cache(maxsize=4096)(self._decrypt)
 
     def encrypt(self, plain: str) -> str:
+        self._follow_key_file()
         return self._fernet.encrypt(plain.encode()).decode("ascii")
 
     def decrypt(self, token: str) -> str:
@@ -95,7 +97,26 @@ class Vault:
             return False
         return True
 
+    def _follow_key_file(self) -> None:
+        """Take up the keys of a key file that changed since it was read: a
+        ``rotate-secret-key`` run while this process runs. The file's keys come first (its
+        newest encrypts), and the ones this process had still decrypt."""
+        if self.path is None or (stamp := _stamp(self.path)) == self._seen:
+            return
+        self._seen = stamp
+        try:
+            found = _read_key_file(self.path)
+        except VaultError as exc:  # mid-write, or unreadable: keep the keys held
+            log.warning("%s", exc)
+            return
+        if found is None or found.keys == self.keys[: len(found.keys)]:
+            return
+        self.keys = (*found.keys, *(k for k in self.keys if k not in found.keys))
+        self._fernet = MultiFernet([Fernet(k) for k in self.keys])
+        log.info("took up the new secret key from %s", self.path.absolute())
+
     def _decrypt(self, token: str) -> str:
+        self._follow_key_file()
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
@@ -265,6 +286,15 @@ def _parse(text: str, source: str) -> tuple[str, ...]:
                 "separated by commas (in a key file, one a line), newest first."
             ) from None
     return keys
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    """When and how the key file last changed (None: no file)."""
+    try:
+        found = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (found.st_mtime_ns, found.st_ino) if found else None
 
 
 def _read_key_file(path: Path) -> Vault | None:

@@ -26,7 +26,7 @@ from alembic import command
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import create_engine, inspect, text
 
-from bridge import db, vault
+from bridge import db, registry, vault
 from bridge.registry import mask
 from tests.harness import Harness, settings_env
 from tests.harness import run_cli as cli
@@ -43,6 +43,7 @@ from tests.servers import refusals
 KEY = "loops_key_vaultTest_7a6b5c4d3e"
 SECRET = "whsec_vaultTestSecretGGGGGGGGGGGGGGGG"
 SECOND = "whsec_vaultSecondSecretHHHHHHHHHHHHHH"
+THIRD = "whsec_vaultThirdSecretJJJJJJJJJJJJJJJJ"
 PLAIN = (KEY, SECRET, SECOND)
 INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
 CREATED = (
@@ -239,6 +240,42 @@ def test_rotate_secret_key_given_in_bridge_secret_key(tmp_path):
     for keys in (new, f"{new},{first}", f" {new} , {first} "):
         (listed,) = cli({**env, "BRIDGE_SECRET_KEY": keys}, "accounts", "list", "--json")
         assert listed["api_key"] == mask(KEY)
+
+
+def test_a_running_bridge_takes_up_a_key_file_rotated_under_it(env, tmp_path):
+    endpoint_id = add_account_and_endpoint(env)
+    body = fixture_bytes(INVOICE_PAID)
+    with Harness(tmp_path, sandbox_keys=[KEY], **env) as running:
+        first = running.webhook(endpoint_id, body, SECRET)
+        assert first.json()["status"] == "queued", first.text
+        cli(env, "rotate-secret-key")  # as an operator might, with serve still running
+        running.app.state.webhooks.inbox.forget(endpoint_id)  # read again, not from its cache
+        # What it stored under the old key opens with the new one it took from the file...
+        again = running.webhook(endpoint_id, body.replace(b"evt_", b"evt_2"), SECOND)
+        assert again.json()["status"] == "queued", again.text
+        assert {d["status"] for d in running.settled(2)} == {"delivered"}
+        # ...and a secret it adds now (the admin's form) is encrypted under the new key.
+        registry.add_secret(running.engine, endpoint_id, THIRD)
+    new = Fernet(key_file(env).read_text().strip())
+    assert [new.decrypt(t).decode() for t in stored(env)] == [*PLAIN, THIRD]
+
+
+def test_a_running_bridge_whose_key_was_rotated_away_says_why_it_answers_503(tmp_path, caplog):
+    first = vault.new_key()
+    env = settings_env(tmp_path, BRIDGE_SECRET_KEY=first)
+    endpoint_id = add_account_and_endpoint(env)
+    with Harness(tmp_path, **env) as running:
+        cli(env, "rotate-secret-key")  # prints a new key, which this bridge does not have
+        answer = running.webhook(endpoint_id, fixture_bytes(INVOICE_PAID), SECRET)
+    assert answer.status_code == 503, answer.text
+    assert answer.json() == {"status": "unavailable", "reason": "storage unavailable; retry later"}
+    logged = [r.getMessage() for r in caplog.records if r.name == "bridge.inbox"]
+    assert logged == [
+        f"could not read endpoint {endpoint_id}, so its webhooks are answered 503 and the "
+        "sender retries them: VaultError: A stored Loops API key or signing secret does not "
+        "open with the key from BRIDGE_SECRET_KEY. Stop serve and worker, and start them "
+        "again: start-up says which key the database needs."
+    ]
 
 
 # -- a database from before secrets were encrypted -------------------------------------------

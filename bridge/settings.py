@@ -7,7 +7,9 @@ so a new setting is added here and nowhere else.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -16,6 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import platformdirs
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 __all__ = ["DECLARED", "Settings", "load"]
 
@@ -30,16 +34,18 @@ class Declared:
 
 
 def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
+    if not (value.isascii() and value.isdigit() and int(value) > 0):
         raise ValueError("must be a positive whole number")
-    return number
+    return int(value)
 
 
 def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be a positive number")
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < math.inf:
+        raise ValueError("must be a positive number, such as 30 or 0.5")
     return number
 
 
@@ -104,11 +110,28 @@ def _addresses_of_mail(value: str) -> str:
 
 
 def _database_url(value: str) -> str:
-    """The URL given, else a SQLite file in the user's data folder: one database per user,
-    wherever a command runs (https://platformdirs.readthedocs.io)."""
-    if value:
+    """The URL given, if it names a database the bridge runs on, else a SQLite file in the
+    user's data folder: one database per user, wherever a command runs
+    (https://platformdirs.readthedocs.io)."""
+    if not value:
+        return f"sqlite:///{platformdirs.user_data_path('loops-bridge') / 'bridge.db'}"
+    use = "use sqlite:////path/to/bridge.db or postgresql://user:password@host/database"
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"is not a database URL: {use}") from None
+    backend, _, driver = url.drivername.partition("+")  # as written: no dialect loaded
+    if backend == "sqlite" and driver in ("", "pysqlite"):
         return value
-    return f"sqlite:///{platformdirs.user_data_path('loops-bridge') / 'bridge.db'}"
+    if backend not in ("postgresql", "postgres") or driver not in ("", "psycopg"):
+        name = f"{backend}+{driver}" if driver else backend
+        raise ValueError(f"names {name}, which the bridge does not run on: {use}")
+    if importlib.util.find_spec("psycopg") is None:
+        raise ValueError(
+            "names PostgreSQL, but its driver is not installed: install the bridge with it, "
+            "pip install 'loops-bridge[postgres]' (or pipx/uv the same way)"
+        )
+    return value
 
 
 DECLARED: tuple[Declared, ...] = (
@@ -297,6 +320,9 @@ class Settings:
         return f"{self.public_url.rstrip('/')}/webhooks/{endpoint_id}"
 
 
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")  # a URL's password, never repeated
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read every declared setting from the environment, failing with the variable's name."""
     env = os.environ if environ is None else environ
@@ -306,6 +332,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[item.env.removeprefix("BRIDGE_").lower()] = item.cast(raw)
         except ValueError as exc:
-            shown = "(not shown)" if item.secret else repr(raw)
+            shown = "(not shown)" if item.secret else repr(_PASSWORD.sub(r"\1***@", raw))
             raise SettingsError(f"{item.env}={shown} is not valid: {exc}") from None
     return Settings(**values)

@@ -35,6 +35,54 @@ def test_invalid_value_names_the_variable():
         load({"BRIDGE_PORT": "0"})
 
 
+USE = "use sqlite:////path/to/bridge.db or postgresql://user:password@host/database"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("BRIDGE_LOOPS_RATE_LIMIT", "abc", "'abc' is not valid: must be a positive whole number"),
+        ("BRIDGE_LOOPS_RATE_LIMIT", "-3", "'-3' is not valid: must be a positive whole number"),
+        ("BRIDGE_LEASE_SECONDS", "nan", "'nan' is not valid: must be a positive number, such"),
+        ("BRIDGE_LEASE_SECONDS", "soon", "'soon' is not valid: must be a positive number, such"),
+        (
+            "BRIDGE_DATABASE_URL",
+            "bridge.db",
+            f"'bridge.db' is not valid: is not a database URL: {USE}",
+        ),
+        (
+            "BRIDGE_DATABASE_URL",
+            "mysql://app:hunter2@db/bridge",
+            "'mysql://app:***@db/bridge' is not valid: names mysql, which the bridge does not "
+            f"run on: {USE}",
+        ),
+        (
+            "BRIDGE_DATABASE_URL",
+            "postgresql+psycopg2://app:hunter2@db/bridge",
+            "'postgresql+psycopg2://app:***@db/bridge' is not valid: names "
+            "postgresql+psycopg2, which the bridge does not run on",
+        ),
+    ],
+)
+def test_a_value_that_cannot_work_is_refused_saying_what_works(variable, value, said):
+    with pytest.raises(SettingsError) as refused:
+        load({variable: value})
+    assert str(refused.value).startswith(f"{variable}={said}")
+    assert "hunter2" not in str(refused.value)  # a password in a URL is never repeated
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////var/lib/loops-bridge/bridge.db",
+        "postgres://app@db/bridge",
+        "postgresql+psycopg://app@db/bridge",
+    ],
+)
+def test_the_database_urls_the_bridge_runs_on_are_taken(url):
+    assert load({"BRIDGE_DATABASE_URL": url}).database_url == url
+
+
 def test_proxies_and_host_names_are_read_as_lists_and_checked_at_start():
     assert (load({}).trusted_proxies, load({}).allowed_hosts) == ("", "")
     settings = load(

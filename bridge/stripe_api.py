@@ -67,11 +67,14 @@ _PERMISSION = re.compile(r"Having the '(rak_\w+)' permission")
 _ACCOUNT = re.compile(r"on account '(acct_\w+)'")
 
 
+HINTED_LENGTH = 16  # a shorter key is shown as "…" alone, and is no Stripe key
+
+
 def key_hint(key: str) -> str:
     """``rk_test_…a1b2``: the key's kind and mode, and its last 4 characters."""
     match = re.match(r"(?:sk|rk|pk)_(?:test|live)_", key)
     prefix = match.group(0) if match else ""
-    return f"{prefix}…{key[-4:]}" if len(key) >= 16 else "…"
+    return f"{prefix}…{key[-4:]}" if len(key) >= HINTED_LENGTH else "…"
 
 
 def _mode(key: str) -> bool | None:
@@ -147,6 +150,9 @@ class StripeAPI:
         max_waits: int = 6,
     ) -> None:
         self._hint = key_hint(api_key)
+        self._kind = {"rk_": "restricted", "sk_": "secret"}.get(api_key[:3], "other")
+        self._short_length = len(api_key)
+        self._short = len(api_key) < HINTED_LENGTH  # too short to be one: cut when copied
         self._livemode = _mode(api_key)
         self._base_url = base_url.rstrip("/")
         self._sleep = sleep
@@ -167,9 +173,15 @@ class StripeAPI:
         """Try the key: the account it belongs to, and whether it may read customers and
         events. A refused key or a missing permission is a problem in the answer; Stripe out of
         reach, or busy past every wait, raises :class:`StripeAPIError`."""
-        key = self._hint
-        kind = {"rk_": "restricted", "sk_": "secret"}.get(key[:3], "other")
+        key, kind = self._hint, self._kind
         warnings: list[str] = []
+        if self._short:
+            problem = (
+                f"The key is {self._short_length} characters long, too short to be a Stripe "
+                "API key (they are about 100): it looks cut short when it was copied. Copy it "
+                "again from Stripe's dashboard: Developers → API keys."
+            )
+            return KeyCheck(key, kind, self._livemode, None, None, (), (problem,), ())
         if kind == "other":
             problem = (
                 f"The key {key} is not a Stripe secret or restricted API key. Paste a restricted "

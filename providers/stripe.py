@@ -843,10 +843,15 @@ class StripeProvider:
     def secret_problem(self, secret: str) -> str | None:
         if secret.startswith("whsec_") and len(secret) >= 16:
             return None
-        return (
-            "That does not look like a Stripe signing secret: it starts with whsec_. "
-            "In Stripe: Developers → Webhooks → your endpoint → Signing secret → Reveal."
-        )
+        where = "In Stripe: Developers → Webhooks → your endpoint → Signing secret → Reveal."
+        if not secret.strip():
+            return f"No signing secret was given: paste the endpoint's whsec_… secret. {where}"
+        if secret.startswith("whsec_"):
+            return (
+                f"That signing secret is {len(secret)} characters long, too short to be "
+                f"Stripe's (about 38): it looks cut short when it was copied. {where}"
+            )
+        return f"That is not a Stripe signing secret, which starts with whsec_. {where}"
 
     def verify(self, body: bytes, headers: Mapping[str, str], secrets: Sequence[str]) -> None:
         # Blank secrets cannot sign anything; the stripe library would refuse them anyway.

@@ -618,3 +618,20 @@ def test_samples_have_fresh_event_ids():
 def test_sample_of_unknown_type_is_an_error():
     with pytest.raises(ValueError, match="no sample"):
         provider.sample("quote.created", "a@example.com", SECRET)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("", "No signing secret was given: paste the endpoint's whsec_… secret."),
+        ("whsec_x", "That signing secret is 7 characters long, too short to be Stripe's"),
+        ("sk_test_51abcdefghijklmnopqrstuvwxyz", "That is not a Stripe signing secret, which"),
+    ],
+)
+def test_a_signing_secret_that_cannot_be_stripes_is_refused_saying_why(given, said):
+    problem = providers.get("stripe").secret_problem(given)
+    assert problem is not None and problem.startswith(said)
+    assert problem.endswith(
+        "In Stripe: Developers → Webhooks → your endpoint → Signing secret → Reveal."
+    )
+    assert providers.get("stripe").secret_problem("whsec_" + "a" * 32) is None

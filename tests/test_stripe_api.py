@@ -240,6 +240,17 @@ def test_a_publishable_key_is_refused_without_asking_stripe(
     assert standin.calls() == []
 
 
+def test_a_key_cut_short_when_copied_is_refused_saying_so(standin: StripeStandin, url: str) -> None:
+    check = api("rk_test_bogus", url).check()
+    assert not check.ok
+    assert check.problems == (
+        "The key is 13 characters long, too short to be a Stripe API key (they are about 100): "
+        "it looks cut short when it was copied. Copy it again from Stripe's dashboard: "
+        "Developers → API keys.",
+    )
+    assert standin.calls() == []
+
+
 def test_stripe_out_of_reach_names_the_url_and_the_setting() -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     client = api(RESTRICTED_KEY, nowhere)

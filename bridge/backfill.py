@@ -130,11 +130,12 @@ def _endpoint(session: Session, endpoint_id: str) -> Endpoint:
     if endpoint.provider != "stripe":
         raise Invalid(
             f"Endpoint {endpoint_id} receives {endpoint.provider} webhooks: only a Stripe "
-            "endpoint can import customers (from Stripe's API)."
+            "endpoint reads Stripe's API (to import customers, or recover missed events)."
         )
     if not endpoint.stripe_api_key:
         raise Invalid(
-            f"Endpoint {endpoint_id} has no Stripe API key to read its customers with: add "
+            f"Endpoint {endpoint_id} has no Stripe API key to read Stripe's customers and "
+            "events with: add "
             f"one first with `loops-bridge endpoints set-stripe-key {endpoint_id} -` (a "
             "restricted key with Customers and Events read is enough)."
         )

@@ -53,6 +53,7 @@ import logging
 import os
 import random
 import secrets
+import shlex
 import socket
 import time
 from collections import Counter
@@ -491,8 +492,9 @@ class Worker:
             reason = (
                 f"paused: Loops refused the API key of account {job.account_name!r} "
                 f"({answer.message}). If the key was revoked, replace it under Loops accounts "
-                f"in the admin; the bridge checks the key every {self._intervals.key_probe:g} s "
-                "and resumes by itself"
+                "in the admin, or with `loops-bridge accounts set "
+                f"{shlex.quote(job.account_name)} --api-key -`; the bridge checks the key every "
+                f"{self._intervals.key_probe:g} s and resumes by itself"
             )
             return self._again(job, reason, answer, 0.0)
         if answer.verdict is Verdict.RETRY_AFTER:

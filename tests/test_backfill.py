@@ -174,9 +174,15 @@ def test_an_import_needs_a_stripe_endpoint_with_a_key(bridge, stripe):
     refused = bridge.cli("backfill", endpoint_id, check=False)
     assert refused.returncode == 2
     assert f"endpoints set-stripe-key {endpoint_id} -" in refused.stderr
+    # recover needs the same key, for Stripe's events: the message fits both.
+    for command in (["backfill"], ["recover", "--since", "1h"]):
+        refused = bridge.cli(command[0], endpoint_id, *command[1:], check=False)
+        assert "has no Stripe API key to read Stripe's customers and events with" in refused.stderr
     clerk = bridge.endpoint("user.created", provider="clerk", name="Clerk")
     refused = bridge.cli("backfill", clerk, check=False)
-    assert "only a Stripe endpoint can import customers" in refused.stderr
+    assert "only a Stripe endpoint reads Stripe's API (to import customers, or recover" in (
+        refused.stderr
+    )
 
 
 def test_the_key_is_checked_stored_encrypted_and_shown_as_a_hint(bridge, stripe):

@@ -332,6 +332,7 @@ def test_a_refused_key_pauses_the_account_until_loops_takes_it_again(tmp_path, c
             r.startswith("paused: Loops refused the API key of account 'acme'") for r in tried
         )
         assert "resumes by itself" in tried[0]
+        assert "or with `loops-bridge accounts set acme --api-key -`;" in tried[0]
         # One probe of the key at a time, a key interval apart.
         assert min(gaps(h.loops_calls())) >= probes.key_probe * 0.9
         assert "paused: Loops refused the API key" in caplog.text  # logged, without the key

@@ -8,7 +8,8 @@
                          | delete ID --yes | add-secret ID SECRET | remove-secret ID SECRET
                          | set-stripe-key ID KEY|- | remove-stripe-key ID
     loops-bridge backfill ID [--dry-run] | recover ID --since TIME   (Stripe's API)
-    loops-bridge deliveries list [--status S] | show ID | retry ID | send-again ID --yes
+    loops-bridge deliveries list [--status S] [--endpoint ID] [--limit N] | show ID | retry ID
+                          | send-again ID --yes
     loops-bridge settings
     loops-bridge migrate | rotate-secret-key
 
@@ -50,7 +51,7 @@ from bridge import (
     registry,
     vault,
 )
-from bridge.models import STATUSES, Delivery, Endpoint, LoopsCall
+from bridge.models import ID_RANGE, STATUSES, Delivery, Endpoint, LoopsCall
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
 log = logging.getLogger("bridge")
@@ -230,18 +231,20 @@ def _parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="newest first")
     listing.add_argument("--status", choices=STATUSES)
     listing.add_argument("--endpoint", help="endpoint id")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--limit", type=_positive_int, default=50, help="the newest N deliveries (default: 50)"
+    )
     _json_flag(listing)
     show = sub.add_parser("show", help="one delivery with every Loops call made for it")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=_positive_int, help="delivery id")
     _json_flag(show)
     retry = sub.add_parser("retry", help="queue a failed or dead delivery again, now")
-    retry.add_argument("id", type=int)
+    retry.add_argument("id", type=_positive_int, help="delivery id")
     _json_flag(retry)
     again = sub.add_parser(
         "send-again", help="send a delivered event to Loops again, with a new idempotency key"
     )
-    again.add_argument("id", type=int)
+    again.add_argument("id", type=_positive_int, help="delivery id")
     _yes_flag(again, "send it: Loops runs the event's workflow again")
     _json_flag(again)
     return parser
@@ -266,6 +269,22 @@ def _no_check_flag(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="save the key without asking Loops whether it takes it (offline set-up)",
     )
+
+
+def _positive_int(text: str) -> int:
+    """A delivery id or a --limit: a whole number from 1 to the largest id a database holds
+    (:data:`bridge.models.ID_RANGE`). Anything else is refused before the database is asked:
+    no row has such an id, and SQLite or PostgreSQL would fail on the number, not answer."""
+    largest = ID_RANGE[-1]
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= largest:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a whole number from 1 to {largest:,}"
+        )
+    return number
 
 
 def _secret_arg(value: str) -> str:
@@ -774,10 +793,18 @@ def _describe(view: registry.EndpointView, settings: Settings) -> str:
         "none yet: waiting for the signing secret "
         f"(loops-bridge endpoints add-secret {view.id} whsec_...)"
     )
+    state = (
+        "paused: webhooks are taken and stored, nothing is sent to Loops until "
+        f"`loops-bridge endpoints resume {view.id}`"
+        if view.paused
+        else "active"
+    )
     return "\n".join(
         [
-            f"{view.name}  [{view.provider} → Loops account {view.account}]",
+            f"{view.name}  [{view.provider} → Loops account {view.account}]"
+            + ("  PAUSED" if view.paused else ""),
             f"  id:             {view.id}",
+            f"  state:          {state}",
             f"  URL:            {settings.endpoint_url(view.id)}",
             f"  events:         {', '.join(view.event_types)}",
             f"  user group:     {view.user_group or '-'}",
@@ -908,6 +935,7 @@ def _deliveries(args: argparse.Namespace, _: Settings, engine: Engine) -> int:
         if args.status:
             query = query.where(Delivery.status == args.status)
         if args.endpoint:
+            registry.endpoint_view(engine, args.endpoint)  # an unknown id is said, not "none"
             query = query.where(Delivery.endpoint_id == args.endpoint)
         rows = [_delivery_dict(d, names.get(d.endpoint_id, "?")) for d in session.exec(query)]
     text = "\n".join(

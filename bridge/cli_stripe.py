@@ -68,8 +68,15 @@ def set_key(
     args: argparse.Namespace, settings: Settings, engine: Engine, key: str, show: Printer
 ) -> int:
     if args.action == "remove-stripe-key":
-        registry.set_stripe_key(engine, args.id, None)
-        show(args, {"id": args.id, "stripe_api_key": None}, "Removed the Stripe API key.")
+        had = registry.endpoint_view(engine, args.id).stripe_key_hint
+        registry.set_stripe_key(engine, args.id, None)  # a non-Stripe endpoint is refused
+        text = (
+            f"Removed the Stripe API key {had}: the bridge no longer calls Stripe for this "
+            "endpoint. Delete the key in Stripe too (Developers → API keys)."
+            if had
+            else f"Endpoint {args.id} has no Stripe API key: there was nothing to remove."
+        )
+        show(args, {"id": args.id, "stripe_api_key": None, "removed": bool(had)}, text)
         return 0
     key = key.strip()
     registry.endpoint_view(engine, args.id)  # an unknown id is named before Stripe is asked

@@ -40,6 +40,10 @@ from sqlmodel import Field, SQLModel
 
 from bridge.vault import EncryptedString
 
+# Every id column is an SQL INTEGER, and PostgreSQL's holds no more than this: a number
+# outside it is no row's id (and a query naming it would fail, not find nothing).
+ID_RANGE = range(-(2**31), 2**31)
+
 QUEUED, DELIVERED, IGNORED, FAILED, DEAD = "queued", "delivered", "ignored", "failed", "dead"
 ON_DELETE = ("unsubscribe", "delete", "ignore")  # what a deletion does to the Loops contact
 STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED, DEAD)

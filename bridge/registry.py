@@ -451,9 +451,11 @@ class EndpointForm:
                     "Give one Loops event for every type (--loops-event) or one per type "
                     "(--loops-events TYPE=EVENT,...), not both."
                 )
-            chosen = {t.strip() for t in self.event_types}
+            # Checked against the types once they are valid: an unknown or missing type is
+            # the one problem to fix, not a mapping it makes look wrong.
+            chosen = {t.strip() for t in self.event_types if t.strip()}
             stray = sorted(set(self.loops_events) - chosen)
-            if stray:
+            if stray and not found.keys() & {"provider", "event_types"}:
                 found["loops_events"] = (
                     f"Loops events are mapped for event type(s) the endpoint does not accept: "
                     f"{', '.join(stray)}. Accepted: {', '.join(sorted(chosen)) or 'none'}."

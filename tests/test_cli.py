@@ -491,3 +491,107 @@ def test_a_key_typed_at_a_terminal_is_not_shown(tmp_path):
     assert typed not in shown and typed[-12:] not in shown  # not echoed, only its hint
     (listed,) = cli(settings_env(tmp_path), "accounts", "list", "--json")
     assert listed["api_key"] == registry.mask(typed)
+
+
+def test_delivery_ids_and_limits_out_of_a_databases_range_are_refused_plainly(offline):
+    endpoint = offline.endpoint()
+    older = stored_delivery(offline.engine, endpoint, status="delivered")
+    newest = stored_delivery(offline.engine, endpoint, status="failed")
+    huge = "99999999999999999999999"  # past what SQLite or PostgreSQL can hold
+    for args in (
+        ("deliveries", "show", huge),
+        ("deliveries", "retry", huge),
+        ("deliveries", "send-again", huge, "--yes"),
+        ("deliveries", "show", str(2**31)),  # past PostgreSQL's INTEGER: no row has it
+        ("deliveries", "list", "--limit", huge),
+        ("deliveries", "list", "--limit", "0"),  # not "No deliveries yet."
+        ("deliveries", "list", "--limit", "-5"),  # not every delivery
+    ):
+        done = offline.cli(*args, check=False)
+        assert done.returncode == 2 and done.stdout == "", args
+        assert "is not a whole number from 1 to 2,147,483,647" in done.stderr, args
+        assert "Traceback" not in done.stderr
+    missing = offline.cli("deliveries", "show", str(2**31 - 1), check=False)
+    assert missing.returncode == 2 and "No delivery 2147483647;" in missing.stderr
+    assert [d["id"] for d in offline.cli("deliveries", "list", "--limit", "1", "--json")] == [
+        newest
+    ]
+    assert len(offline.cli("deliveries", "list", "--limit", "2", "--json")) == 2
+    assert offline.cli("deliveries", "show", str(older), "--json")["status"] == "delivered"
+
+
+def test_deliveries_of_an_endpoint_that_does_not_exist_are_not_said_to_be_none(offline):
+    endpoint = offline.endpoint()
+    stored_delivery(offline.engine, endpoint)
+    unknown = offline.cli("deliveries", "list", "--endpoint", "ep_nope", check=False)
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert "No endpoint with id 'ep_nope'; see loops-bridge endpoints list." in unknown.stderr
+    assert len(offline.cli("deliveries", "list", "--endpoint", endpoint, "--json")) == 1
+    none = offline.cli("deliveries", "list", "--endpoint", endpoint, "--status", "dead")
+    assert none.stdout == f"No dead deliveries for endpoint {endpoint}.\n"
+
+
+def test_a_paused_endpoint_is_said_to_be_paused_in_show_and_list(tmp_path):
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    create = ["endpoints", "create", "--account", "acme", "--events", "invoice.paid", "--json"]
+    paused = cli(env, *create, "--name", "Held")["id"]
+    active = cli(env, *create, "--name", "Going")["id"]
+    cli(env, "endpoints", "pause", paused)
+
+    shown = cli(env, "endpoints", "show", paused).stdout
+    assert shown.splitlines()[0].endswith("  PAUSED")
+    assert (
+        "  state:          paused: webhooks are taken and stored, nothing is sent to Loops "
+        f"until `loops-bridge endpoints resume {paused}`"
+    ) in shown
+    held, going = cli(env, "endpoints", "list").stdout.split("\n\n")
+    assert held.startswith("Held  [stripe → Loops account acme]  PAUSED")
+    assert "  state:          paused: " in held
+    assert "PAUSED" not in going and "  state:          active" in going
+    assert active in going
+
+    cli(env, "endpoints", "resume", paused)
+    shown = cli(env, "endpoints", "show", paused).stdout
+    assert "PAUSED" not in shown and "  state:          active" in shown
+
+
+def test_removing_a_stripe_key_says_when_there_was_none(tmp_path):
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    endpoint = cli(env, "endpoints", "create", "--name", "Live", "--account", "acme",
+                   "--events", "invoice.paid", "--json")["id"]  # fmt: skip
+    none = cli(env, "endpoints", "remove-stripe-key", endpoint)
+    assert (
+        none.stdout == f"Endpoint {endpoint} has no Stripe API key: there was nothing to remove.\n"
+    )
+    assert cli(env, "endpoints", "remove-stripe-key", endpoint, "--json")["removed"] is False
+
+    key = "rk_test_cliRemovedKey0000aa11"
+    cli(env, "endpoints", "set-stripe-key", endpoint, "-", "--no-check", stdin=key)
+    removed = cli(env, "endpoints", "remove-stripe-key", endpoint).stdout
+    assert removed.startswith("Removed the Stripe API key rk_test_…aa11: ")
+    assert "Delete the key in Stripe too" in removed
+    assert cli(env, "endpoints", "show", endpoint, "--json")["stripe_api_key"] is None
+    again = cli(env, "endpoints", "remove-stripe-key", endpoint, "--json")
+    assert again == {"id": endpoint, "stripe_api_key": None, "removed": False}
+
+
+def test_an_unknown_event_type_is_the_only_problem_named(tmp_path):
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    endpoint = cli(
+        env, "endpoints", "create", "--name", "Live", "--account", "acme",
+        "--events", "customer.created,invoice.paid,invoice.payment_failed",
+        "--loops-events", "invoice.paid=paid,invoice.payment_failed=failed", "--json",
+    )["id"]  # fmt: skip
+    edit = ["endpoints", "edit", endpoint, "--events", "customer.created,bogus.event"]
+    done = cli(env, *edit, check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: Stripe event type(s) not supported: bogus.event. ")
+    assert "mapped" not in done.stderr and "Accepted" not in done.stderr
+    assert cli(env, "endpoints", "show", endpoint, "--json")["event_types"] == [
+        "customer.created",
+        "invoice.paid",
+        "invoice.payment_failed",
+    ]

@@ -9,6 +9,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from bridge.models import ID_RANGE
 from bridge.visible import visible
 
 __all__ = [
@@ -26,8 +27,6 @@ __all__ = [
 ]
 
 COUNT_CAP = 100_000  # a count stops here, so that a page costs the same however busy
-# Every id column is an SQL INTEGER, and PostgreSQL's holds no more than this.
-ID_RANGE = range(-(2**31), 2**31)
 
 
 def shown(value: Any) -> Any:

@@ -746,8 +746,13 @@ def _endpoint(args: argparse.Namespace, settings: Settings, engine: Engine) -> i
             else "Resumed: its queued deliveries go to Loops now."
         )
     if args.action == "edit":
-        registry.update_endpoint(engine, view.id, _edited(args, view))
+        form = _edited(args, view)
+        registry.update_endpoint(engine, view.id, form)
         done = "Saved."
+        if dropped := sorted(set(view.loops_events) - set(form.loops_events or {})):
+            if args.loops_events is None:  # they went with their event types
+                listed = ", ".join(f"{t} → {view.loops_events[t]}" for t in dropped)
+                done += f" The Loops events of the types it no longer accepts are gone: {listed}."
     view = registry.endpoint_view(engine, view.id)
     text = _describe(view, settings) + (f"\n\n{done}" if done else "")
     _print(args, view.as_dict(settings.endpoint_url(view.id)), text)
@@ -761,13 +766,16 @@ def _edited(args: argparse.Namespace, view: registry.EndpointView) -> registry.E
         value = getattr(args, option)
         return current if value is None else value
 
+    event_types = given("events", ",".join(view.event_types)).split(",")
     per_type = view.loops_events if args.loops_events is None else _mapping(args.loops_events)
+    if args.loops_events is None:  # a type no longer accepted takes its Loops event with it
+        per_type = {t: name for t, name in per_type.items() if t in event_types}
     lists = given("mailing_lists", ",".join(view.mailing_lists))
     return registry.EndpointForm(
         name=given("name", view.name),
         account=given("account", view.account),
         provider=view.provider,
-        event_types=given("events", ",".join(view.event_types)).split(","),
+        event_types=event_types,
         user_group=given("user_group", view.user_group),
         loops_event=given("loops_event", view.loops_event),
         sync_names=given("sync_names", view.sync_names),

@@ -595,3 +595,27 @@ def test_an_unknown_event_type_is_the_only_problem_named(tmp_path):
         "invoice.paid",
         "invoice.payment_failed",
     ]
+
+
+def test_narrowing_an_endpoints_types_takes_their_loops_events_with_them(tmp_path):
+    env = settings_env(tmp_path)
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    endpoint = cli(
+        env, "endpoints", "create", "--name", "Live", "--account", "acme",
+        "--events", "customer.created,invoice.paid,invoice.payment_failed",
+        "--loops-events", "invoice.paid=paid,invoice.payment_failed=failed", "--json",
+    )["id"]  # fmt: skip
+    done = cli(env, "endpoints", "edit", endpoint, "--events", "customer.created,invoice.paid")
+    assert done.stdout.rstrip().endswith(
+        "Saved. The Loops events of the types it no longer accepts are gone: "
+        "invoice.payment_failed → failed."
+    )
+    shown = cli(env, "endpoints", "show", endpoint, "--json")
+    assert shown["event_types"] == ["customer.created", "invoice.paid"]
+    assert shown["loops_events"] == {"invoice.paid": "paid"}
+    # Given together, the mapping is taken as given: a type it names must be accepted.
+    refused = cli(
+        env, "endpoints", "edit", endpoint, "--events", "customer.created",
+        "--loops-events", "invoice.paid=paid", check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "invoice.paid" in refused.stderr

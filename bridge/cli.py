@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -568,7 +569,9 @@ def _accounts(args: argparse.Namespace, settings: Settings, engine: Engine) -> i
         return _set_account(args, settings, engine)
     if args.action == "test":
         account = _account_named(engine, args.name)
-        refusal = asyncio.run(loops.key_refusal(account.api_key, settings.loops_api_url))
+        refusal = asyncio.run(
+            loops.key_refusal(account.api_key, settings.loops_api_url, unchecked=None)
+        )
         hint = registry.mask(account.api_key)
         data = {"name": account.name, "api_key": hint, "ok": refusal is None, "reason": refusal}
         _print(args, data, refusal or f"Loops takes the key of {account.name!r} ({hint}).")
@@ -581,18 +584,37 @@ def _accounts(args: argparse.Namespace, settings: Settings, engine: Engine) -> i
         name = registry.delete_account(engine, account.id)  # type: ignore[arg-type]
         _print(args, {"name": name, "removed": True}, f"Removed Loops account {name!r}.")
         return 0
+    from bridge.admin.accounts import read_accounts  # as the admin reads them
+
+    now = time.time()
     rows = [
         {
-            "id": c.id,
-            "name": c.name,
-            "api_key": registry.mask(c.api_key),
-            "rate_limit": c.rate_limit,
+            "id": a.id,
+            "name": a.name,
+            "api_key": a.key_hint,
+            "rate_limit": a.own_rate_limit,
+            "state": a.state(now),
+            "problem": a.problem if a.problem_kind else None,
+            "since": outcomes.iso(a.problem_since) if a.problem_kind and a.problem_since else None,
+            "held_until": outcomes.iso(a.held_until) if a.held_until else None,
+            "queued": a.queued,
         }
-        for c in registry.list_accounts(engine)
+        for a in read_accounts(engine)
     ]
-    text = "\n".join(f"{r['name']}\tkey {r['api_key']}" for r in rows) or "No Loops accounts yet."
+    text = "\n".join(_account_line(r) for r in rows) or "No Loops accounts yet."
     _print(args, rows, text)
     return 0
+
+
+def _account_line(row: dict) -> str:
+    """``acme  key loops…1234  key refused since 2026-12-03T10:42:07Z: 401 …  12 queued``."""
+    state = {
+        "key": f"key refused since {row['since']}: {row['problem']}",
+        "outage": f"Loops unreachable since {row['since']}: {row['problem']}",
+        "held": f"rate-limited until {row['held_until']}",
+    }.get(row["state"], "healthy")
+    queued = f"{row['queued']:,} queued" if row["queued"] else "nothing queued"
+    return f"{row['name']}\tkey {row['api_key']}\t{state}\t{queued}"
 
 
 def _set_account(args: argparse.Namespace, settings: Settings, engine: Engine) -> int:

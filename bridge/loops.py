@@ -236,13 +236,14 @@ async def key_refusal(
     api_key: str,
     base_url: str,
     transport: httpx.AsyncBaseTransport | None = None,
-    unchecked: str = "save it without checking",
+    unchecked: str | None = "save it without checking",
 ) -> str | None:
     """Why ``api_key`` is not to be saved, in words for the person adding it, after asking
     Loops (``GET /api-key``); None when Loops took it. The admin's forms and the CLI refuse a
     key on it: one Loops refuses (401, 403), and one that could not be checked (no answer,
     5xx, 429, anything else), which may still be saved without checking, for an offline
-    set-up: ``unchecked`` says how, where the person is (the form's box, the CLI's flag).
+    set-up: ``unchecked`` says how, where the person is (the form's box, the CLI's flag);
+    None for a key already saved.
     Nothing it says repeats the key."""
     client = LoopsClient(base_url, transport=transport)
     try:
@@ -254,7 +255,8 @@ async def key_refusal(
     if answer.verdict is Verdict.KEY_REFUSED:  # 401, 403, or no header could carry it
         said = "Loops refused this API key" if answer.status_code else "This key cannot be sent"
         return f"{said} ({answer.message}). Copy it again from Loops: Settings → API."
+    instead = f", or {unchecked}" if unchecked else ""
     return (
         f"The key could not be checked with Loops ({answer.message}). Try again once Loops "
-        f"answers, or {unchecked}."
+        f"answers{instead}."
     )

@@ -14,11 +14,13 @@ from collections.abc import Iterator
 import pytest
 
 from bridge import db, registry, sandbox
-from tests.harness import Served, settings_env, stripe_event
+from tests.harness import Harness, Served, settings_env, stripe_event
 from tests.harness import run_cli as cli
-from tests.helpers import stored_delivery
+from tests.helpers import fixture_bytes, stored_delivery
+from tests.servers import free_port
 
 KEY = "loops_live_key_9f8e7d6c5b4a"
+STATE_SECRET = "whsec_cliAccountStateSecretZZZZZZZZZZ"
 INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
 SECRET = "whsec_cliTestSecretDDDDDDDDDDDDDDDD"
 
@@ -619,3 +621,28 @@ def test_narrowing_an_endpoints_types_takes_their_loops_events_with_them(tmp_pat
         "--loops-events", "invoice.paid=paid", check=False,
     )  # fmt: skip
     assert refused.returncode == 2 and "invoice.paid" in refused.stderr
+
+
+def test_accounts_list_says_how_each_account_is_doing(tmp_path):
+    with Harness(tmp_path) as h:
+        endpoint = h.endpoint("customer.created", secret=STATE_SECRET)
+        listed = h.cli("accounts", "list").stdout
+        assert listed.split("\t")[2:] == ["healthy", "nothing queued\n"]
+        h.fault(status=401)  # Loops refuses the account's key
+        h.webhook(endpoint, fixture_bytes("constructed/customer.created.event.json"), STATE_SECRET)
+        h.until(lambda: h.deliveries()[0]["reason"], what="the refused key to be recorded")
+        (row,) = h.cli("accounts", "list", "--json")
+        assert (row["state"], row["queued"]) == ("key", 1)
+        assert row["since"].endswith("Z") and row["problem"].startswith("Loops answered 401")
+        line = h.cli("accounts", "list").stdout
+        assert f"\tkey refused since {row['since']}: Loops answered 401" in line
+        assert line.endswith("\t1 queued\n")
+
+
+def test_testing_a_saved_key_while_loops_is_out_of_reach_says_to_try_again(tmp_path):
+    env = settings_env(tmp_path, BRIDGE_LOOPS_API_URL=f"http://127.0.0.1:{free_port()}/api/v1")
+    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
+    tested = cli(env, "accounts", "test", "acme", check=False)
+    assert tested.returncode == 1
+    assert tested.stdout.startswith("The key could not be checked with Loops (")
+    assert tested.stdout.rstrip().endswith("Try again once Loops answers.")  # it is saved

@@ -60,7 +60,7 @@ from starlette.routing import Route
 from bridge import metrics, outcomes, webhooks
 from bridge.inbox import redact
 from bridge.lookups import Lookups
-from bridge.models import Account, LoopsEvent, LoopsWebhookSecret
+from bridge.models import Account, Contact, LoopsEvent, LoopsWebhookSecret
 from providers import Rejected
 from providers.fields import MAX_ID_CHARS, BodyReasons, is_name, load_object
 from providers.standard_webhooks import Scheme, is_secret
@@ -188,6 +188,27 @@ def parse(body: bytes) -> dict[str, Any]:
     }
 
 
+CONTACT_DELETED = "contact.deleted"
+
+
+def _forget_contact(
+    conn: sa.Connection, account_id: int, user_id: str | None, email: str | None
+) -> None:
+    """Someone deleted the contact in Loops: the bridge no longer counts it as there, so the
+    next event about it creates it whole (source, user group, mailing lists), as a new
+    contact, rather than through an event's upsert without them. A deletion the bridge made
+    stays kept (``deleted_at``): it still keeps older events out."""
+    identities = [i for i in (user_id, email) if i]  # how queue.py keys contacts
+    if identities:
+        conn.execute(
+            sa.delete(Contact).where(
+                Contact.account_id == account_id,  # type: ignore[arg-type]
+                Contact.identity.in_(identities),  # type: ignore[attr-defined]
+                Contact.deleted_at.is_(None),  # type: ignore[union-attr]
+            )
+        )
+
+
 # --- The route. ---
 
 
@@ -253,6 +274,8 @@ class Receiver:
             if new_id is None:  # Loops sent it again
                 return conn.execute(self._existing, row).scalar_one(), False
             _link(conn, new_id)
+            if columns["event_name"] == CONTACT_DELETED:
+                _forget_contact(conn, account_id, columns["user_id"], columns["email"])
         return new_id, True
 
     def record_refusal(self, account_id: int, status: int, reason: str) -> None:

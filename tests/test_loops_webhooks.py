@@ -23,7 +23,7 @@ from bridge.loops_webhooks import TOKEN
 from bridge.models import LoopsEvent
 from bridge.queue import Queue
 from tests.harness import Harness
-from tests.helpers import Page, stored_delivery, stored_endpoint, words
+from tests.helpers import Page, fixture_bytes, stored_delivery, stored_endpoint, words
 from tests.test_metrics import added, counted
 
 SECRET = "whsec_loopsWebhooksTestSecretAAAAAAAAAAAAAAAAAAAA"
@@ -535,3 +535,46 @@ def test_retention_deletes_old_bodies_and_keeps_the_events(h):
         ("email.clicked", False),
     ]
     assert rows[0]["email_id"] == CAMPAIGN_EMAIL[0]  # the timeline entry stays whole
+
+
+def test_a_contact_deleted_in_loops_is_created_whole_by_its_next_event(tmp_path):
+    """Someone deleted the contact in Loops: its next event creates it as a new contact
+    (source, user group, mailing lists), not through the event's upsert without them."""
+    stripe_secret = "whsec_loopsDeletedContactStripeSecretDD"
+    with Harness(tmp_path) as h:
+        endpoint = h.endpoint(
+            "customer.created,invoice.paid",
+            secret=stripe_secret,
+            user_group="customers",
+            mailing_lists=["cm_billing"],
+            loops_events={"invoice.paid": "successfulPayment"},
+        )
+        path = set_up(h)
+        created = h.webhook(
+            endpoint, fixture_bytes("constructed/customer.created.event.json"), stripe_secret
+        ).json()
+        h.settled(1)
+        (contact,) = h.loops_get("contacts")
+        email = contact["email"]
+        gone = h.run(
+            h.loops.post(
+                "/api/v1/contacts/delete",
+                json={"email": email},
+                headers={"Authorization": "Bearer loops_key_acme_1234"},
+            )
+        )
+        assert gone.status_code == 200 and h.loops_get("contacts") == []
+        deleted = json.loads(fixture("contact.deleted"))
+        deleted["contactIdentity"].update(email=email, userId=None)
+        body = json.dumps(deleted).encode()
+        assert post(h, path, body, signed(body)).status_code == 200
+
+        paid = h.webhook(
+            endpoint, fixture_bytes("captured-test-mode/invoice.paid.event.json"), stripe_secret
+        ).json()
+        (row,) = [r for r in h.settled(2) if r["id"] == paid["id"]]
+        assert row["reason"] == "contact created; event successfulPayment sent"
+        (contact,) = h.loops_get("contacts")
+        assert (contact["source"], contact["userGroup"]) == ("Stripe webhook", "customers")
+        assert contact["mailingLists"] == {"cm_billing": True}
+        assert created["status"] == "queued"

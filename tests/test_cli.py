@@ -579,14 +579,20 @@ def test_removing_a_stripe_key_says_when_there_was_none(tmp_path):
     assert again == {"id": endpoint, "stripe_api_key": None, "removed": False}
 
 
-def test_an_unknown_event_type_is_the_only_problem_named(tmp_path):
-    env = settings_env(tmp_path)
+def three_types_two_loops_events(env: dict[str, str]) -> str:
+    """An endpoint accepting customer.created and two invoice types, each invoice type
+    with a Loops event; its id."""
     cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
-    endpoint = cli(
+    return cli(
         env, "endpoints", "create", "--name", "Live", "--account", "acme",
         "--events", "customer.created,invoice.paid,invoice.payment_failed",
         "--loops-events", "invoice.paid=paid,invoice.payment_failed=failed", "--json",
     )["id"]  # fmt: skip
+
+
+def test_an_unknown_event_type_is_the_only_problem_named(tmp_path):
+    env = settings_env(tmp_path)
+    endpoint = three_types_two_loops_events(env)
     edit = ["endpoints", "edit", endpoint, "--events", "customer.created,bogus.event"]
     done = cli(env, *edit, check=False)
     assert done.returncode == 2
@@ -601,12 +607,7 @@ def test_an_unknown_event_type_is_the_only_problem_named(tmp_path):
 
 def test_narrowing_an_endpoints_types_takes_their_loops_events_with_them(tmp_path):
     env = settings_env(tmp_path)
-    cli(env, "accounts", "add", "--name", "acme", "--api-key", KEY, "--no-check")
-    endpoint = cli(
-        env, "endpoints", "create", "--name", "Live", "--account", "acme",
-        "--events", "customer.created,invoice.paid,invoice.payment_failed",
-        "--loops-events", "invoice.paid=paid,invoice.payment_failed=failed", "--json",
-    )["id"]  # fmt: skip
+    endpoint = three_types_two_loops_events(env)
     done = cli(env, "endpoints", "edit", endpoint, "--events", "customer.created,invoice.paid")
     assert done.stdout.rstrip().endswith(
         "Saved. The Loops events of the types it no longer accepts are gone: "

@@ -181,6 +181,7 @@ def _known(conn: sa.Connection, account_id: int, customers: list[dict]) -> set[s
             sa.select(Contact.identity).where(
                 Contact.account_id == account_id,
                 Contact.identity.in_(emails),  # type: ignore[attr-defined]
+                Contact.deleted_at.is_(None),  # type: ignore[union-attr]  # a kept deletion: gone
             )
         ).scalars()
     )
@@ -203,7 +204,10 @@ def _row(endpoint_id: str, customer: dict, now: float) -> dict:
         "endpoint_id": endpoint_id,
         "event_id": event_id,
         "event_type": EVENT_TYPE,
-        "occurred_at": created,
+        # What Stripe said when it was read, not when the customer was made: a deletion of
+        # the same address since (a customer.deleted delivered meanwhile) keeps it out, and
+        # an older one (of another customer with that address) does not.
+        "occurred_at": int(now),
         "email": customer["email"],
         "user_id": None,
         "deletion": False,

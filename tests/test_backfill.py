@@ -100,6 +100,29 @@ def test_contacts_loops_or_the_bridge_already_has_are_left_as_they_are(bridge, s
     assert [e["eventName"] for e in bridge.loops_get("events")] == ["newStripeCustomer"]
 
 
+def test_an_address_a_deleted_customer_shared_is_imported_for_the_customer_still_there(
+    bridge, stripe
+):
+    """Two Stripe customers had one address; one was deleted (Loops had no such contact),
+    the other is still a customer: the import creates its contact. The deletion is kept
+    against events older than it, not against what Stripe says now."""
+    (active,) = stripe_standin.customers(1)
+    stripe.add([active])
+    endpoint_id = endpoint(bridge, on_delete="delete")
+    bridge.cli("endpoints", "edit", endpoint_id, "--events", "customer.created,customer.deleted")
+    twin = {**stripe_standin.customer(7, email=active["email"]), "deleted": True}
+    deleted = stripe_standin.event("customer.deleted", twin, created=active["created"] + 60)
+    answer = bridge.webhook(endpoint_id, json.dumps(deleted).encode(), SECRET).json()
+    (row,) = bridge.settled(1)
+    assert (row["id"], row["reason"]) == (answer["id"], "nothing to delete in Loops")
+
+    done = bridge.cli("backfill", endpoint_id, "--json")
+    assert (done["imported"], done["already_in_loops"]) == (1, 0)
+    imported = [r for r in bridge.settled(2) if r["event_id"].startswith("import:")]
+    assert [r["reason"] for r in imported] == ["contact created"]
+    assert [c["email"] for c in bridge.loops_get("contacts")] == [active["email"]]
+
+
 def test_stopped_midway_it_continues_where_it_stopped_and_imports_nothing_twice(bridge, stripe):
     stripe.add(stripe_standin.customers(250))
     endpoint_id = endpoint(bridge)

@@ -32,8 +32,9 @@ machine.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import select, update
@@ -56,6 +57,7 @@ __all__ = [
     "note_limit",
     "rate_in_use",
     "record",
+    "renew_probes",
     "reserve",
 ]
 
@@ -138,6 +140,17 @@ def claim_probe(conn: sa.Connection, account_id: int, now: float, lease: float) 
     conn.execute(
         update(AccountState).where(_STATE.account_id == account_id).values(held_until=now + lease)
     )
+
+
+def renew_probes(conn: sa.Connection, account_ids: Collection[int], until: Any) -> None:
+    """The probes of these accounts are still running (a Stripe lookup can outlast a lease):
+    their accounts stay held with them, so that no second probe starts beside them."""
+    if account_ids:
+        conn.execute(
+            update(AccountState)
+            .where(_STATE.account_id.in_(account_ids), _STATE.problem_kind.is_not(None))
+            .values(held_until=until)
+        )
 
 
 def record(

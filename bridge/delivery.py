@@ -166,7 +166,9 @@ class Worker:
                     now = time.monotonic()
                     if now - renewed >= self._settings.lease_seconds / 3:
                         renewed = now
-                        await anyio.to_thread.run_sync(self._queue.renew, list(self._running))
+                        await anyio.to_thread.run_sync(
+                            self._queue.renew, [job for job, _ in self._running.values()]
+                        )
                     if now - pruned >= _PRUNE_EVERY:
                         pruned = now
                         await self._prune()

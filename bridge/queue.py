@@ -331,16 +331,22 @@ class Queue:
         own, reported = values.pop("rate_limit"), values.pop("loops_limit")
         return Job(**values, rate_limit=accounts.rate_in_use(own, self._default_rate, reported))
 
-    def renew(self, ids: Iterable[int]) -> None:
-        """Extend this worker's lease on the deliveries it is still working on."""
-        ids = list(ids)
-        if ids:
+    def renew(self, jobs: Iterable[Job]) -> None:
+        """Extend this worker's lease on the deliveries it is still working on, and the hold
+        of each account whose probe is among them."""
+        jobs = list(jobs)
+        if jobs:
             with self._engine.begin() as conn:
                 conn.execute(
                     update(Delivery)
-                    .where(Delivery.id.in_(ids), Delivery.claimed_by == self._worker)  # type: ignore[union-attr]
+                    .where(
+                        Delivery.id.in_([job.id for job in jobs]),  # type: ignore[union-attr]
+                        Delivery.claimed_by == self._worker,
+                    )
                     .values(lease_until=self._now + self._lease)
                 )
+                probes = {job.account_id for job in jobs if job.account_problem}
+                accounts.renew_probes(conn, probes, self._now + self._lease)
 
     def release_all(self) -> int:
         """Give back every claim of this worker (shutdown); how many there were."""

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bridge import accounts, db, registry
+from bridge.loops import Verdict
 from bridge.models import DELIVERED, FAILED, IGNORED, QUEUED, Delivery
 from bridge.queue import Progress, Queue, Settled
 
@@ -171,9 +172,29 @@ def test_renewing_keeps_a_claim_from_lapsing(engine):
     busy = worker(engine, "busy", lease=-1.0)
     (job,) = claim(busy)
     # Renewed with a lease that has not run out, the claim is not taken up.
-    Queue(engine, "busy", 30.0, 10).renew([job.id])
+    Queue(engine, "busy", 30.0, 10).renew([job])
     assert claim(worker(engine, "other")) == []
     assert row(engine, delivery).claimed_by == "busy"
+
+
+def test_renewing_a_probe_keeps_a_second_probe_from_starting_beside_it(engine):
+    """An account whose key Loops refused is probed by one delivery at a time. A probe that
+    outlasts its lease (a slow Stripe lookup) keeps the account held while it is renewed."""
+    endpoint_id = endpoint(engine)
+    queue(engine, endpoint_id, "ada@example.com", "bob@example.com")
+    (account,) = registry.list_accounts(engine)
+    with engine.begin() as conn:
+        accounts.ensure(conn, account.id)
+        accounts.record(
+            conn, account.id, verdict=Verdict.KEY_REFUSED, message="Loops answered 401",
+            api_key=account.api_key, current_key=lambda: account.api_key, was_probe=False,
+            intervals=accounts.Intervals(key_probe=0.0),
+        )  # fmt: skip
+    probing = worker(engine, "probing", lease=-1.0)  # its lease, and the hold, run out
+    (probe,) = claim(probing)
+    assert probe.account_problem == "key"
+    Queue(engine, "probing", 30.0, 10).renew([probe])
+    assert claim(worker(engine, "other")) == []  # no second probe while the first runs
 
 
 def test_shutdown_gives_back_every_claim_at_once(engine):

@@ -202,6 +202,35 @@ def test_retry_a_failed_delivery(page, live: Live):
     assert len(live.sandbox("contacts")) == 1
 
 
+def test_a_queued_delivery_page_follows_it_but_not_while_a_section_is_open(page, live: Live):
+    registry.add_account(live.engine, "acme", API_KEY)
+    endpoint = registry.create_endpoint(
+        live.engine,
+        name="e",
+        account="acme",
+        provider="stripe",
+        event_types=["invoice.paid"],
+        signing_secret=SECRET,
+    )
+    live.fault(status=503)  # Loops down: the delivery stays queued
+    sign_in(page)
+    page.goto(f"/admin/endpoints/{endpoint}/test")
+    page.get_by_label("Email address").fill("jenny@example.com")
+    page.clock.install()  # the page's timers run only as the test moves this clock
+    page.get_by_role("button", name="Send test event").click()
+    page.locator("h1 .status-queued").wait_for()
+    with page.expect_event("load"):  # left alone, it reloads itself
+        page.clock.run_for(2_500)
+
+    section = page.locator("details").first
+    section.locator("summary").click()  # someone reads what the bridge read from the event
+    page.clock.run_for(10_000)
+    assert section.evaluate("details => details.open")  # still open: no reload took it away
+    section.locator("summary").click()  # done reading: the page follows the delivery again
+    with page.expect_event("load"):
+        page.clock.run_for(2_500)
+
+
 @pytest.mark.parametrize("width", [375, 1280], ids=["phone", "laptop"])
 def test_pages_fit_the_screen(page, live: Live, width):
     added = registry.add_account(live.engine, "acme", "k_1234567890")

@@ -66,3 +66,26 @@ for (const element of document.querySelectorAll("[data-hidden-with-script]")) el
 // becomes the endpoint's, so that reloading it shows the endpoint, not a second POST.
 const pageUrl = document.querySelector("[data-page-url]");
 if (pageUrl) history.replaceState(null, "", pageUrl.dataset.pageUrl);
+
+// A page that follows something under way (a queued delivery, an import) reloads itself
+// every few seconds, unless the person is using it: a field focused or changed, a section
+// opened or closed, text selected. It reloads once they are done (the field put back, the
+// section as it was, nothing selected): the page as it came cannot hold their work.
+const follows = document.querySelector("[data-refresh]");
+if (follows) {
+  const sections = new Map([...document.querySelectorAll("details")].map((d) => [d, d.open]));
+  const changed = (field) =>
+    field.matches("select")
+      ? [...field.options].some((option) => option.selected !== option.defaultSelected)
+      : field.matches("[type=checkbox], [type=radio]")
+        ? field.checked !== field.defaultChecked
+        : field.type !== "hidden" && field.value !== field.defaultValue;
+  const busy = () =>
+    document.activeElement?.matches("input, textarea, select") ||
+    [...document.querySelectorAll("input, textarea, select")].some(changed) ||
+    [...sections].some(([section, open]) => section.open !== open) ||
+    String(window.getSelection()).trim() !== "";
+  setInterval(() => {
+    if (!busy()) location.replace(follows.dataset.refreshUrl);
+  }, Number(follows.dataset.refresh) * 1000);
+}

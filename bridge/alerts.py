@@ -251,8 +251,14 @@ class Notifier:
         else:
             smtp = smtplib.SMTP(url.hostname or "", url.port or 587, timeout=SEND_TIMEOUT)
         with smtp:
+            smtp.ehlo()  # what the server offers: has_extn knows nothing before it
             if url.scheme == "smtp" and smtp.has_extn("starttls"):
                 smtp.starttls(context=tls)
+            elif url.scheme == "smtp" and url.username:
+                raise smtplib.SMTPNotSupportedError(
+                    "the server offered no STARTTLS, so the password was not sent in clear "
+                    "text: give BRIDGE_SMTP_URL a server that offers it, or an smtps:// URL"
+                )
             if url.username:
                 smtp.login(unquote(url.username), unquote(url.password or ""))
             smtp.send_message(message)

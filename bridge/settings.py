@@ -219,8 +219,8 @@ DECLARED: tuple[Declared, ...] = (
     Declared(
         "BRIDGE_SMTP_URL",
         "",
-        "The mail server for alerts: smtp://user:password@host:587 (STARTTLS when offered) or "
-        "smtps://user:password@host:465. Its password is never shown.",
+        "The mail server for alerts: smtp://user:password@host:587 (STARTTLS, required when "
+        "a password is given) or smtps://user:password@host:465. Its password is never shown.",
         lambda value: _url(value, ("smtp", "smtps")),
         secret=True,
     ),

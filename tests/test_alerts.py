@@ -5,6 +5,7 @@ inbox recording refused requests."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections.abc import Iterator
@@ -143,6 +144,24 @@ def test_a_spike_of_refused_requests_is_told_and_a_failed_send_is_tried_again(tm
         (alert,) = h.run(alerts.check(h.engine, notifier(chat), time.time()))
         assert alert.subject == "The endpoint 'Stripe live' is refusing webhooks"
         assert "signing secret" in chat.texts[0] and f"/admin/endpoints/{endpoint}" in chat.texts[0]
+
+
+def test_a_password_is_never_sent_to_a_mail_server_without_starttls(mailbox):
+    """An SMTP server that offers no STARTTLS (or a network that strips it from the
+    server's greeting): the alert is not sent, rather than the password in clear text."""
+    box, port = mailbox  # aiosmtpd without a TLS context offers no STARTTLS
+    password = "Sup3rSecretSmtpPassw0rd"
+    leaks.environment({"BRIDGE_SMTP_URL": f"smtp://alerts:{password}@127.0.0.1:{port}"})
+    mailer = alerts.Notifier(
+        email_to="ops@example.com", smtp_url=f"smtp://alerts:{password}@127.0.0.1:{port}"
+    )
+    with pytest.raises(alerts.AlertNotSent) as refused:
+        asyncio.run(mailer.send(alerts.Alert("key", "subject", "text", "/admin/")))
+    assert str(refused.value) == (
+        f"e-mail through 127.0.0.1:{port}: the server offered no STARTTLS, so the password was "
+        "not sent in clear text: give BRIDGE_SMTP_URL a server that offers it, or an smtps:// URL"
+    )
+    assert box.messages == [] and password not in str(refused.value)
 
 
 def test_the_settings_name_the_channels_and_where_the_links_point():

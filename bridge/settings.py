@@ -320,7 +320,17 @@ class Settings:
         return f"{self.public_url.rstrip('/')}/webhooks/{endpoint_id}"
 
 
-_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")  # a URL's password, never repeated
+def _shown(raw: str) -> str:
+    """A refused value as an error repeats it: a URL without its password, and anything
+    that might hold one but is not a URL SQLAlchemy reads, not at all."""
+    if "@" not in raw and ":" not in raw.partition("://")[2]:
+        return repr(raw)
+    if raw.count("@") > 1:  # a password holding "@" unescaped: where it ends is a guess
+        return "(not shown)"
+    try:
+        return repr(make_url(raw).render_as_string(hide_password=True))
+    except ArgumentError:
+        return "(not shown)"
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -332,6 +342,6 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[item.env.removeprefix("BRIDGE_").lower()] = item.cast(raw)
         except ValueError as exc:
-            shown = "(not shown)" if item.secret else repr(_PASSWORD.sub(r"\1***@", raw))
+            shown = "(not shown)" if item.secret else _shown(raw)
             raise SettingsError(f"{item.env}={shown} is not valid: {exc}") from None
     return Settings(**values)

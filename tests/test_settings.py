@@ -72,6 +72,22 @@ def test_a_value_that_cannot_work_is_refused_saying_what_works(variable, value, 
 
 
 @pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("postgresql+psycopg2://app:Zq9/hunter2@db/x", "'postgresql+psycopg2://app:***@db/x'"),
+        ("postgres:/app:hunter2@db/bridge", "(not shown)"),  # a scheme mistyped
+        ("app:hunter2@db:5432/bridge", "(not shown)"),  # no scheme at all
+        ("mysql://app:p@hunter2@db/bridge", "(not shown)"),  # an "@" in the password
+    ],
+)
+def test_a_refused_database_url_never_shows_its_password(value, shown):
+    with pytest.raises(SettingsError) as refused:
+        load({"BRIDGE_DATABASE_URL": value})
+    assert str(refused.value).startswith(f"BRIDGE_DATABASE_URL={shown} is not valid: ")
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "sqlite:////var/lib/loops-bridge/bridge.db",

@@ -50,11 +50,15 @@ def config(app: Any, settings: Settings, port: int, **options: Any) -> uvicorn.C
 
 class SlowClientGuard(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol, with a deadline and a size limit for each request's
-    headers: past either, a 408 or 431 answer and the connection closed."""
+    headers: past either, a 408 or 431 answer and the connection closed. A request answered
+    before its body came whole (a 404 for an unknown webhook id, a 401 from the admin, a
+    405) gets as long again for the rest of its body, then the connection is closed: no
+    route reads it, so nothing else would end a body sent a byte at a time."""
 
     header_seconds = HEADER_SECONDS
     max_header_bytes = MAX_HEADER_BYTES
     _deadline: asyncio.TimerHandle | None = None
+    _unread_body: asyncio.TimerHandle | None = None
     _header_bytes = 0  # received since the request began, its headers still incomplete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -77,9 +81,24 @@ class SlowClientGuard(HttpToolsProtocol):
             if self._header_bytes > self.max_header_bytes:
                 self._refuse(431, f"The request headers are over {self.max_header_bytes} bytes.")
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+            self._unread_body = self.loop.call_later(self.header_seconds, self.transport.close)
+
+    def on_message_complete(self) -> None:
+        self._forget_unread_body()
+        super().on_message_complete()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
+        self._forget_unread_body()
         super().connection_lost(exc)
+
+    def _forget_unread_body(self) -> None:
+        if self._unread_body is not None:
+            self._unread_body.cancel()
+            self._unread_body = None
 
     def _await_headers(self) -> None:
         self._header_bytes = 0

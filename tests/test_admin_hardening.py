@@ -195,5 +195,30 @@ def test_slow_clients_are_cut_off(quick: int):
             assert slow.recv(1000) == b""
         except ConnectionResetError:
             pass
+    # One answered before its body came (signed out: 401), sending the rest a byte every
+    # 0.1 s, is closed once the answer is out and the deadline has passed.
+    with socket.create_connection(("127.0.0.1", quick), timeout=10) as trickle:
+        trickle.sendall(
+            b"POST /admin/accounts HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
+        )
+        answer, sent = b"", 0
+        while True:
+            if select.select([trickle], [], [], 0.1)[0]:
+                try:
+                    piece = trickle.recv(1000)
+                except ConnectionResetError:
+                    piece = b""
+                if not piece:
+                    break  # closed
+                answer += piece
+            else:
+                try:
+                    trickle.sendall(b"x")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                sent += 1
+                assert sent < 500, "the server waited for the body for over 50 s"
+        assert answer.startswith((b"HTTP/1.1 401", b"HTTP/1.1 303")), answer
     # A request that is not slow is answered.
     assert httpx.get(f"http://127.0.0.1:{quick}/admin/login").status_code == 200

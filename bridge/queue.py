@@ -93,8 +93,13 @@ class Job:
         import, which must not fire a workflow for every existing customer."""
         if self.backfill:
             return None
-        per_type = json.loads(self.loops_events) if self.loops_events else {}
-        return per_type.get(self.event_type) or self.loops_event
+        return loops_event_for(self.event_type, self.loops_events, self.loops_event)
+
+
+def loops_event_for(event_type: str, per_type: str | None, every_type: str | None) -> str | None:
+    """The Loops event an endpoint sends for ``event_type``: its own (``per_type``, the
+    endpoint's JSON mapping), else the one for every type."""
+    return (json.loads(per_type) if per_type else {}).get(event_type) or every_type
 
 
 def _identity(user_id: str | None, email: str | None, lookup: str | None = None) -> str:

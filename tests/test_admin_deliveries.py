@@ -102,7 +102,7 @@ def test_test_event_reaches_loops_and_its_page_shows_every_call(harness: Harness
     assert f"Test invoice.paid event for jo@example.com sent through {PUBLIC_URL}" in first_look
 
     shown = html.unescape(wait_for_status(harness, delivery_id, "delivered"))
-    assert 'data-refresh' not in shown
+    assert "data-refresh" not in shown
     assert "POST /contacts/create → 200 in" in shown
     assert "POST /events/send → 200 in" in shown
     assert '"eventName": "successfulPayment"' in shown  # the request body, pretty
@@ -459,9 +459,10 @@ def test_send_again_fires_the_loops_event_with_a_new_key(harness: Harness):
     delivery_id = send(harness, endpoint, "invoice.paid", "twice@example.com")["id"]
     shown = wait_for_status(harness, delivery_id, "delivered")
     assert f'action="/admin/deliveries/{delivery_id}/send-again"' in shown
-    assert 'data-confirm="Send this event to Loops again? It goes with a new idempotency key' in (
-        shown
-    )
+    assert (
+        'data-confirm="Send this event to Loops again? Its Loops event successfulPayment goes '
+        "with a new idempotency key"
+    ) in shown
     assert "Retry now" not in shown
 
     assert "earlier-outcomes" not in harness.page(f"/admin/deliveries/{delivery_id}").by_id
@@ -765,3 +766,35 @@ def test_payloads_are_shown_as_indented_json_or_as_the_text_they_are():
     assert pretty(b'{"id":"evt_1","data":[1]}') == '{\n  "id": "evt_1",\n  "data": [\n    1\n  ]\n}'
     assert pretty(b"not json \xff") == "not json \ufffd"
     assert pretty(None) == ""
+
+
+def test_a_deliverys_page_says_what_sending_it_again_does_and_why_no_email_follows(harness):
+    harness.sign_in()
+    endpoint = harness.endpoint(
+        "invoice.paid,customer.created",
+        secret=SECRET,
+        loops_events={"invoice.paid": "successfulPayment"},
+    )
+    paid = send(harness, endpoint, "invoice.paid", "ada@example.com")["id"]
+    created = send(harness, endpoint, "customer.created", "bob@example.com")["id"]
+    harness.settled(2)
+    harness.fault(status=400, count=1)
+    refused = send(harness, endpoint, "invoice.paid", "cy@example.com")["id"]
+    wait_for_status(harness, refused, "failed")
+    shown = {d: harness.page(f"/admin/deliveries/{d}") for d in (paid, created, refused)}
+
+    assert words(shown[paid]["send-again-does"]["text"]) == (
+        "sends the Loops event successfulPayment again, with a new idempotency key: its "
+        "workflow runs again"
+    )
+    assert words(shown[created]["send-again-does"]["text"]) == (
+        "updates the contact in Loops again; the endpoint sends no Loops event for "
+        "customer.created, so no workflow runs"
+    )
+    assert words(shown[created]["outcome-none"]["text"]) == (
+        "The endpoint sends no Loops event for customer.created: no loop email can follow it."
+    )
+    assert words(shown[refused]["outcome-none"]["text"]) == (
+        "Loops did not take its event successfulPayment (see its calls below): no loop email "
+        "can follow it."
+    )

@@ -63,6 +63,7 @@ from bridge.models import (
     Endpoint,
     LoopsCall,
 )
+from bridge.queue import loops_event_for
 
 __all__ = ["PAGE_SIZE", "Filters", "Page", "list_deliveries"]
 
@@ -303,6 +304,7 @@ class Detail:
     calls: Calls
     details: providers.Details | None  # names and Loops properties read from the payload
     outcome: Outcome
+    loops_event: str | None  # what its endpoint sends to Loops for it (none for a deletion)
 
 
 def _detail(engine: Engine, delivery_id: int) -> Detail | None:
@@ -327,6 +329,11 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
             calls=read_calls(session, delivery_id),
             details=_read_details(endpoint, delivery.payload),
             outcome=_outcome(session.connection(), delivery_id),
+            loops_event=(
+                loops_event_for(delivery.event_type, endpoint.loops_events, endpoint.loops_event)
+                if endpoint and not delivery.deletion and not delivery.backfill
+                else None
+            ),
         )
 
 

@@ -89,3 +89,7 @@ if (follows) {
     if (!busy()) location.replace(follows.dataset.refreshUrl);
   }, Number(follows.dataset.refresh) * 1000);
 }
+
+// A form sent back with mistakes: the first field to fix has the focus, so the keyboard and
+// a screen reader start there (the summary above it is read out as an alert).
+document.querySelector('[aria-invalid="true"]:not([hidden] *)')?.focus();

@@ -99,7 +99,7 @@ def test_the_week_charts_draw_and_fit_a_phone(page, live: Live):  # noqa: F811
     assert len(funnel["rects"]) == 6 and funnel["rects"][0] > 50  # the events received
     assert all(width > 0 for width in funnel["rects"][:5]) and funnel["rects"][5] == 0
     # The bounced bar in red (--bad), the others not.
-    assert funnel["fills"][4] == "rgb(201, 42, 42)" != funnel["fills"][0]
+    assert funnel["fills"][4] == "rgb(176, 37, 37)" != funnel["fills"][0]
     assert "bounced" in page.locator("#funnel-1 .alarm").inner_text()
     assert drawn[2]["line"] > 200  # the Loops calls per hour
     assert int(page.locator("#hours-deliveries").inner_text()) == 2 * len(HOURS_AGO)

@@ -291,7 +291,7 @@ def test_search_finds_an_address_part_of_one_or_an_event_id(offline: Harness):
     # Part of an address is looked for in a page's worth of the log at a time, and says so.
     shown = offline.page("/admin/deliveries?search=rare.io")
     assert words(shown["partial"]["text"]) == (
-        "No delivery has the address or event id “rare.io”: this page looked for addresses "
+        "No delivery has the address, user id or event id “rare.io”: this page looked for addresses "
         f"containing it through {SCAN_LIMIT:,} deliveries and found none. “Older” searches on "
         "from there."
     )
@@ -798,3 +798,24 @@ def test_a_deliverys_page_says_what_sending_it_again_does_and_why_no_email_follo
         "Loops did not take its event successfulPayment (see its calls below): no loop email "
         "can follow it."
     )
+
+
+def test_a_users_deliveries_are_found_by_their_user_id_and_shown_without_an_email(offline):
+    """A Clerk user.deleted carries only the user's id: the log shows it in place of the
+    email, its page names it, and searching for it finds every delivery of that user."""
+    endpoint = offline.endpoint("user.created,user.deleted", provider="clerk", name="Clerk")
+    user = "user_29w83sxmDNGwOuEthce5gg56FcC"
+    created = stored_delivery(
+        offline.engine, endpoint, event_type="user.created", email="ex@example.org", user_id=user
+    )
+    deleted = stored_delivery(
+        offline.engine, endpoint, event_type="user.deleted", email=None, user_id=user
+    )
+    stored_delivery(offline.engine, endpoint, event_type="user.created", user_id="user_other")
+
+    ids, _, _ = listed(offline, f"/admin/deliveries?search={user}")
+    assert ids == [deleted, created]
+    log = offline.page(f"/admin/deliveries?search={user}").source
+    assert f'class="mono" title="the user id: no email came with this event">{user}</a>' in log
+    shown = offline.page(f"/admin/deliveries/{deleted}")
+    assert shown["user-id"]["text"] == user

@@ -14,7 +14,8 @@ says so, and it can no longer be sent again. Retrying or sending one again keeps
 to before (``earlier_outcomes``, written by ``bridge.registry``); its page lists those
 outcomes beside the current one.
 
-The search box takes an email address (any case), an event id (Stripe's ``evt_...``), or part
+The search box takes an email address (any case), an event id (Stripe's ``evt_...``), a
+platform's user id (Clerk's ``user_...``), or part
 of an address: the start of one, a name, a domain. An address or an event id that some
 delivery has is looked up in an index; other text is matched against the addresses of the
 rows a page reads (see below), as ``LIKE '%text%'``, which no index can answer.
@@ -103,7 +104,7 @@ class Filters:
     ) -> tuple[list[ColumnElement[bool]], list[ColumnElement[bool]], str]:
         """The conditions an index answers, one per filter given, the usually rarest first;
         those that can only be checked on rows read; and what the search matched: ``address``,
-        ``event``, ``part`` (of an address) or ``""`` (no search)."""
+        ``event``, ``user``, ``part`` (of an address) or ``""`` (no search)."""
         indexed: list[ColumnElement[bool]] = []
         checked: list[ColumnElement[bool]] = []
         matched = ""
@@ -136,7 +137,8 @@ class Filters:
 
 def _search(db: Db, text: str) -> tuple[str, ColumnElement[bool]]:
     """What the search ``text`` matches, and the condition: the address, in any case, when a
-    delivery has it; else the event id, when one has it; else part of an address."""
+    delivery has it; else the event id, when one has it; else the platform's user id, when
+    one has it; else part of an address."""
     email = func.lower(col(Delivery.email))
     address = email == func.lower(text)  # lower() on both sides, by the database: see the index
     if db.execute(select(_ID).where(address).limit(1)).first():
@@ -148,6 +150,9 @@ def _search(db: Db, text: str) -> tuple[str, ColumnElement[bool]]:
     )
     if db.execute(select(_ID).where(event).limit(1)).first():
         return "event", event
+    user = col(Delivery.user_id) == text  # Clerk's or Supabase's: a deletion has no email
+    if db.execute(select(_ID).where(user).limit(1)).first():
+        return "user", user
     escaped = text.replace("/", "//").replace("%", "/%").replace("_", "/_")
     return "part", email.like(func.lower(f"%{escaped}%"), escape="/")
 
@@ -161,6 +166,7 @@ class Row:
     email: str | None
     endpoint_id: str
     reason: str | None
+    user_id: str | None  # shown where there is no email (a Clerk or Supabase deletion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +187,7 @@ _ROW = (
     col(Delivery.email),
     col(Delivery.endpoint_id),
     col(Delivery.reason),
+    col(Delivery.user_id),
 )
 
 

@@ -37,6 +37,7 @@ events a second per account.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -364,9 +365,30 @@ def timeline(engine: Engine, email: str, account_id: int | None = None) -> list[
                 account = values.pop("account_id")
                 if values["id"] not in seen:
                     entries.append(_report_entry(Reported(**values), account))
-    order = {"delivery": 0, "call": 1, "loops": 2}
-    entries.sort(key=lambda e: (e.at, order[e.kind]))
+    entries.sort(key=_in_order)
     return entries
+
+
+# Loops' times are whole seconds, the bridge's are not: within one second, what happened
+# happened in this order (a provider event, the bridge's calls, the email sent, what became
+# of it, and what that did to the contact), whatever the fractions say.
+_KINDS = {"delivery": 0, "call": 1, "loops": 2}
+_LOOPS_ORDER = {
+    **dict.fromkeys(SENT_EVENTS, 0),
+    "email.delivered": 1,
+    "email.opened": 2,
+    "email.clicked": 3,
+    "email.softBounced": 4,
+    "email.hardBounced": 4,
+    "email.spamReported": 5,
+    "email.unsubscribed": 6,
+    "email.resubscribed": 7,
+}
+
+
+def _in_order(entry: Entry) -> tuple[int, int, int, float]:
+    then = _LOOPS_ORDER.get(entry.what, 8) if entry.kind == "loops" else 0
+    return (math.floor(entry.at), _KINDS[entry.kind], then, entry.at)
 
 
 def _report_entry(report: Reported, account_id: int) -> Entry:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -286,6 +287,26 @@ def test_the_timeline_holds_deliveries_calls_and_reports_in_order(harness):
     assert [e.at for e in entries] == sorted(e.at for e in entries)
     assert outcomes.timeline(harness.engine, JO, acme + 100) == []
     assert outcomes.timeline(harness.engine, "nobody@example.com") == []
+
+
+def test_within_one_second_the_timeline_follows_cause_and_effect(harness):
+    """Loops' times are whole seconds: an email sent, bounced and its contact unsubscribed
+    in the second of the bridge's call read as after the call, in that order."""
+    endpoint = invoice_endpoint(harness)
+    delivery = paid(harness, endpoint, "Jo@Example.com")
+    acme, at = account_id(harness), event_sent_at(harness, delivery)
+    second = math.floor(at)  # before the call's own time, to the fraction
+    report(harness, "contact.unsubscribed", second, account=acme, source=None, subject=None)
+    report(harness, "email.hardBounced", second, account=acme, email_id="em_b")
+    report(harness, "loop.email.sent", second, account=acme, email_id="em_b")
+
+    entries = outcomes.timeline(harness.engine, JO, None)
+    assert [(e.kind, e.what) for e in entries][-4:] == [
+        ("call", "POST /events/send"),
+        ("loops", "loop.email.sent"),
+        ("loops", "email.hardBounced"),
+        ("loops", "contact.unsubscribed"),
+    ]
 
 
 # -- through the real route -------------------------------------------------------------------

@@ -517,7 +517,9 @@ class Worker:
             return Settled(DEAD, reason, None, answer)
         if delay is None:
             delay = backoff(attempts, self._settings.retry_base_seconds)
-        later = f", next try in {delay:.{0 if delay >= 10 else 1}f} s" if delay > 0 else ""
+        # The time, not the wait: the reason is read long after it was written.
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + delay))
+        later = f", next try at {at}" if delay > 0 else ""
         reason = f"{message}; try {attempts} failed{later}"
         return Settled(QUEUED, reason, time.time() + delay, answer)
 

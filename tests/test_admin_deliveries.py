@@ -19,7 +19,7 @@ import pytest
 from sqlmodel import Session
 
 import providers
-from bridge import db, registry
+from bridge import accounts, db, registry
 from bridge.admin.deliveries import SCAN_LIMIT, Filters, list_deliveries
 from bridge.admin.formats import pretty, when
 from bridge.admin.overview import busiest_second
@@ -291,9 +291,9 @@ def test_search_finds_an_address_part_of_one_or_an_event_id(offline: Harness):
     # Part of an address is looked for in a page's worth of the log at a time, and says so.
     shown = offline.page("/admin/deliveries?search=rare.io")
     assert words(shown["partial"]["text"]) == (
-        "No delivery has the address, user id or event id “rare.io”: this page looked for addresses "
-        f"containing it through {SCAN_LIMIT:,} deliveries and found none. “Older” searches on "
-        "from there."
+        "No delivery has the address, user id or event id “rare.io”: this page looked for "
+        f"addresses containing it through {SCAN_LIMIT:,} deliveries and found none. “Older” "
+        "searches on from there."
     )
     _, older, _ = listed(offline, "/admin/deliveries?search=rare.io")
     assert older is not None and "search=rare.io" in older
@@ -819,3 +819,17 @@ def test_a_users_deliveries_are_found_by_their_user_id_and_shown_without_an_emai
     assert f'class="mono" title="the user id: no email came with this event">{user}</a>' in log
     shown = offline.page(f"/admin/deliveries/{deleted}")
     assert shown["user-id"]["text"] == user
+
+
+def test_a_queued_deliverys_next_try_waits_for_its_held_account(offline):
+    """Loops answered the account 429 with a wait of ten minutes: its queued delivery's
+    next try is then, whatever its own schedule says, and the page says why."""
+    endpoint = offline.endpoint(secret=SECRET)
+    delivery = stored_delivery(offline.engine, endpoint)  # due now, by its own schedule
+    (account,) = registry.list_accounts(offline.engine)
+    with offline.engine.begin() as conn:
+        accounts.ensure(conn, account.id)
+        accounts.hold(conn, account.id, 600.0)
+    shown = offline.page(f"/admin/deliveries/{delivery}")
+    said = words(shown["next-try"]["text"])
+    assert said.endswith("(in 10 min): its Loops account is held until then"), said

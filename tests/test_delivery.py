@@ -270,7 +270,7 @@ def test_an_unreachable_loops_keeps_the_delivery_queued_with_the_reason(tmp_path
         shown = h.cli("deliveries", "show", str(answer["id"]), "--json")
     assert shown["status"] == QUEUED
     assert "could not reach Loops" in shown["reason"]
-    assert "next try in" in shown["reason"]
+    assert "next try at" in shown["reason"]
     assert [c["status_code"] for c in shown["loops_calls"]] == [None] * len(shown["loops_calls"])
 
 
@@ -305,7 +305,7 @@ def test_an_outage_holds_the_account_and_a_probe_resumes_every_delivery(tmp_path
         met = h.deliveries()
         assert {d["status"] for d in met} == {QUEUED}
         tried = [d["reason"] for d in met if d["reason"]]
-        assert tried and all("503" in r and "next try in" in r for r in tried)
+        assert tried and all("503" in r and "next try at" in r for r in tried)
         # The account is held: Loops gets one probe at a time, a probe interval apart, not
         # the five deliveries that came in meanwhile (due at once) at the pace of 10/s.
         assert min(gaps(h.loops_calls())) >= 0.8 * probes.outage_probe_max

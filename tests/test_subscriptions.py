@@ -363,7 +363,7 @@ def test_a_refused_stripe_key_is_retried_and_says_what_to_fix(bridge):
     assert row["status"] == QUEUED, row
     assert f"could not look up the email of Stripe customer {jenny}" in row["reason"]
     assert "Stripe refused the API key rk_test_…0001 (401)" in row["reason"]
-    assert "next try in" in row["reason"]
+    assert "next try at" in row["reason"]
     assert h.loops_calls() == []
 
     bridge.stripe.keys[STRIPE_KEY] = revoked  # the key works again: the next try delivers

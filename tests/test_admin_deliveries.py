@@ -833,3 +833,28 @@ def test_a_queued_deliverys_next_try_waits_for_its_held_account(offline):
     shown = offline.page(f"/admin/deliveries/{delivery}")
     said = words(shown["next-try"]["text"])
     assert said.endswith("(in 10 min): its Loops account is held until then"), said
+
+
+def test_imports_are_marked_and_can_be_left_out_of_the_log_or_shown_alone(offline):
+    endpoint = offline.endpoint("customer.created", secret=SECRET)
+    webhook = stored_delivery(offline.engine, endpoint, event_type="customer.created")
+    imported = [
+        stored_delivery(
+            offline.engine,
+            endpoint,
+            event_type="customer.created",
+            event_id=f"import:cus_{n}",
+            backfill=True,
+            email=f"old{n}@example.com",
+        )
+        for n in range(3)
+    ]
+    everything, _, _ = listed(offline, "/admin/deliveries")
+    assert everything == [*reversed(imported), webhook]
+    assert listed(offline, "/admin/deliveries?source=webhooks")[0] == [webhook]
+    assert listed(offline, "/admin/deliveries?source=imports")[0] == list(reversed(imported))
+    log = offline.page("/admin/deliveries").source
+    assert (
+        log.count('title="made by an import of existing customers, not by a webhook">import') == 3
+    )
+    assert listed(offline, "/admin/deliveries?source=bogus")[0] == everything  # unknown: any

@@ -75,6 +75,9 @@ SCAN_LIMIT = 5_000  # index entries a page reads at most through a window (see _
 # --- reading ------------------------------------------------------------------------------
 
 
+SOURCES = ("webhooks", "imports")
+
+
 @dataclass(frozen=True, slots=True)
 class Filters:
     """The list's filters, as read from the query string; empty means "any"."""
@@ -83,21 +86,24 @@ class Filters:
     status: str = ""
     event_type: str = ""
     search: str = ""  # an email address, part of one, or an event id
+    source: str = ""  # "webhooks" or "imports" (an import's, of existing customers)
 
     @classmethod
     def read(cls, params: Mapping[str, str]) -> Filters:
         status = params.get("status", "").strip()
+        source = params.get("source", "").strip()
         return cls(
             endpoint=params.get("endpoint", "").strip(),
             status=status if status in STATUSES else "",
             event_type=params.get("event_type", "").strip(),
             # ?email= is what the search was called before it took more than an address.
             search=(params.get("search") or params.get("email", "")).strip(),
+            source=source if source in SOURCES else "",
         )
 
     @property
     def active(self) -> bool:
-        return any((self.endpoint, self.status, self.event_type, self.search))
+        return any((self.endpoint, self.status, self.event_type, self.search, self.source))
 
     def conditions(
         self, db: Db
@@ -117,6 +123,8 @@ class Filters:
             indexed.append(col(Delivery.endpoint_id) == self.endpoint)
         if self.status:
             indexed.append(col(Delivery.status) == self.status)
+        if self.source:  # no index of its own: checked on the rows a page reads
+            checked.append(col(Delivery.backfill).is_(self.source == "imports"))
         return indexed, checked, matched
 
     def url(self, **page: int) -> str:
@@ -128,6 +136,7 @@ class Filters:
                 ("status", self.status),
                 ("event_type", self.event_type),
                 ("search", self.search),
+                ("source", self.source),
             )
             if value
         }
@@ -167,6 +176,7 @@ class Row:
     endpoint_id: str
     reason: str | None
     user_id: str | None  # shown where there is no email (a Clerk or Supabase deletion)
+    backfill: bool  # made by an import of existing customers, not by a webhook
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +198,7 @@ _ROW = (
     col(Delivery.endpoint_id),
     col(Delivery.reason),
     col(Delivery.user_id),
+    col(Delivery.backfill),
 )
 
 

@@ -1009,3 +1009,22 @@ def test_a_provider_without_its_own_page_gets_general_set_up_steps(
     )
     form = offline.page(f"/admin/endpoints/{endpoint_id}/edit")
     assert form[row(STRIPE, "invoice.paid")[1]]["placeholder"] == "Loops event (optional)"
+
+
+def test_the_secrets_are_described_as_each_platform_uses_them(offline):
+    supabase = offline.endpoint(
+        "INSERT", provider="supabase", name="Users", secret="supabaseSecretsWording-0123456789"
+    )
+    stripe = offline.endpoint(secret="whsec_secretsWordingStripeSecret0123456")
+    said = {
+        name: words(offline.page(f"/admin/endpoints/{endpoint}")["secrets-hint"]["text"])
+        for name, endpoint in (("supabase", supabase), ("stripe", stripe))
+    }
+    assert said["supabase"] == (
+        "A webhook is accepted when its header carries any of these. Only the last four "
+        "characters are shown; a secret is never shown again."
+    )
+    assert said["stripe"] == (
+        "A webhook is accepted when it is signed with any of these. Only the kind (whsec_) "
+        "and the last four characters are shown; a secret is never shown again."
+    )

@@ -289,6 +289,8 @@ class Worker:
                 said = f"{type(exc).__name__}: {said}"
             reason = f"the stored event cannot be read, so nothing can be sent to Loops: {said}"
             return Settled(FAILED, reason)
+        if details.renews and job.stripe_api_key:  # its looked-up copy is out of date now
+            self._customers.pop((job.stripe_api_key, details.renews), None)
         if customer is not None:  # the event had no names of its own: the customer's
             first_name, last_name = split_name(customer.name)
             details = dataclasses.replace(details, first_name=first_name, last_name=last_name)

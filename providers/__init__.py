@@ -121,6 +121,9 @@ class Details:
     last_name: str | None = None
     properties: dict[str, str | int | float | bool] = field(default_factory=dict)
     lookup: str | None = None  # the customer to look up, as Event.lookup of the same body
+    # The customer this event shows as it is now (a Stripe customer.updated): a copy of it
+    # looked up before is out of date from here on.
+    renews: str | None = None
 
 
 class Provider(Protocol):

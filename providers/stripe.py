@@ -922,6 +922,7 @@ class StripeProvider:
             first_name=first_name,
             last_name=last_name,
             lookup=_lookup(obj, _email(obj)),
+            renews=_id(obj.get("id")) if obj.get("object") == "customer" else None,
             properties=loops_properties(
                 {
                     "stripeEventId": event["id"],

@@ -381,6 +381,7 @@ class Read:
     last_name: str | None
     properties: dict
     lookup: str | None = None  # the customer whose email is looked up at delivery
+    renews: str | None = None  # the customer whose looked-up copy it makes out of date
 
 
 def read_with(provider: Any, body: bytes, headers: Mapping[str, str] | None = None) -> Read:

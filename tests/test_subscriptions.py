@@ -46,6 +46,7 @@ LOOPS_EVENTS = {
     "customer.subscription.deleted": "subscriptionEnded",
     "customer.subscription.trial_will_end": "trialEnding",
     "invoice.upcoming": "invoiceComing",
+    "customer.updated": "customerChanged",
 }
 CREATED = 1_714_549_400  # 2024-05-01T07:43:20Z: when the test subscriptions start
 MONTH = 1682288167 - 1679609767  # the documented subscription's period: 31 days
@@ -290,6 +291,29 @@ def test_a_lookup_retried_after_a_loops_error_still_names_the_contact(bridge):
         "Jenny",
         "Rosen",
     )
+
+
+def test_a_customer_updated_makes_the_next_lookup_ask_stripe_again(bridge):
+    """A customer's email changed: its customer.updated reaches the bridge, and the next
+    subscription event goes to the new address, not to the one looked up minutes ago."""
+    h = bridge.h
+    endpoint_id = endpoint(h, ["customer.subscription.updated", "customer.updated"])
+    jenny = customer(bridge, 1, email="jenny@old.example")
+    body = subscription_event("customer.subscription.updated", jenny, index=1)
+    assert settled(h, h.webhook(endpoint_id, body, SECRET).json())["status"] == DELIVERED
+    moved = stripe_standin.customer(1, email="jenny@new.example")
+    bridge.stripe.add([moved])  # Stripe has the new address...
+    changed = json.dumps(stripe_standin.event("customer.updated", moved)).encode()
+    assert settled(h, h.webhook(endpoint_id, changed, SECRET).json())["status"] == DELIVERED
+    later = subscription_event("customer.subscription.updated", jenny, index=2)
+    assert settled(h, h.webhook(endpoint_id, later, SECRET).json())["status"] == DELIVERED
+
+    assert lookups(bridge, jenny) == [200, 200]  # ...and is asked again after the update
+    assert [(e["email"], e["eventName"]) for e in h.loops_get("events")] == [
+        ("jenny@old.example", "subscriptionChanged"),
+        ("jenny@new.example", "customerChanged"),
+        ("jenny@new.example", "subscriptionChanged"),
+    ]
 
 
 def test_an_upcoming_invoice_without_an_email_is_delivered_to_its_customers_email(bridge):

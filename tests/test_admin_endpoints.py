@@ -1028,3 +1028,12 @@ def test_the_secrets_are_described_as_each_platform_uses_them(offline):
         "A webhook is accepted when it is signed with any of these. Only the kind (whsec_) "
         "and the last four characters are shown; a secret is never shown again."
     )
+
+
+def test_pausing_says_what_it_means_once(offline):
+    endpoint = offline.endpoint(secret="whsec_pausedOnceSecret0123456789abcd")
+    paused = offline.form(f"/admin/endpoints/{endpoint}/pause")
+    assert paused.status_code == 303
+    shown = offline.page(paused.headers["location"]).source
+    assert "Paused." in shown
+    assert shown.count("still accepted and kept; nothing goes to Loops until you") == 1

@@ -398,7 +398,7 @@ async def pause(request: Request, endpoint_id: str) -> Response:
         request,
         endpoint_id,
         True,
-        "Paused. Webhooks are still accepted and kept; nothing goes to Loops until you resume.",
+        "Paused.",  # the page's own notice says what that means, right under it
     )
 
 

@@ -149,7 +149,8 @@ def renew_probes(conn: sa.Connection, account_ids: Collection[int], until: Any) 
         conn.execute(
             update(AccountState)
             .where(_STATE.account_id.in_(account_ids), _STATE.problem_kind.is_not(None))
-            .values(held_until=until)
+            # Never shorter: a new problem's hold may end later than this probe's lease.
+            .values(held_until=sa.case((_STATE.held_until > until, _STATE.held_until), else_=until))
         )
 
 

@@ -788,7 +788,7 @@ def _edited(args: argparse.Namespace, view: registry.EndpointView) -> registry.E
         value = getattr(args, option)
         return current if value is None else value
 
-    event_types = given("events", ",".join(view.event_types)).split(",")
+    event_types = [t.strip() for t in given("events", ",".join(view.event_types)).split(",")]
     per_type = view.loops_events if args.loops_events is None else _mapping(args.loops_events)
     if args.loops_events is None:  # a type no longer accepted takes its Loops event with it
         per_type = {t: name for t, name in per_type.items() if t in event_types}

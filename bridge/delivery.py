@@ -345,6 +345,7 @@ class Worker:
             else:
                 return self._failure(job, answer)
             progress.names_sent = progress.names_sent or bool(names)
+            progress.contact_known = True  # Loops makes the contact an event is sent for
         elif names or (job.user_id and not created and "email" in identity):
             answer = await self._call(
                 job, progress, self._client.update_contact, {**identity, **names}
@@ -529,6 +530,6 @@ class Worker:
 def _deleted_since(job: Job, deleted_at: int) -> str:
     return (
         f"not sent: a deletion of {iso(deleted_at)} took this contact out of Loops, and this "
-        f"event, of {iso(job.occurred_at)}, is no newer (it arrived late): sending it would "
-        "create the contact again"
+        f"event, of {iso(job.occurred_at)}, is no newer (it arrived late, or was sent again): "
+        "sending it would create the contact again"
     )

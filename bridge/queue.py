@@ -417,7 +417,14 @@ class Queue:
             _insert(conn)(Contact)
             .values(account_id=job.account_id, identity=job.contact_key[1], created_at=time.time())
             .on_conflict_do_update(
-                index_elements=["account_id", "identity"], set_={"deleted_at": None}
+                index_elements=["account_id", "identity"],
+                set_={"deleted_at": None},
+                # A deletion newer than this event (settled meanwhile, by a delivery that ran
+                # beside it under another key) stays kept.
+                where=sa.or_(
+                    Contact.deleted_at.is_(None),  # type: ignore[union-attr]
+                    Contact.deleted_at < job.occurred_at,  # type: ignore[operator]
+                ),
             )
         )
         for column, sent in (

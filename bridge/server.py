@@ -82,8 +82,9 @@ class SlowClientGuard(HttpToolsProtocol):
                 self._refuse(431, f"The request headers are over {self.max_header_bytes} bytes.")
 
     def on_response_complete(self) -> None:
+        answered = self.cycle  # super() may start the next pipelined request's cycle
         super().on_response_complete()
-        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+        if answered is not None and answered.more_body and not self.transport.is_closing():
             self._unread_body = self.loop.call_later(self.header_seconds, self.transport.close)
 
     def on_message_complete(self) -> None:

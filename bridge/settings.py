@@ -118,7 +118,7 @@ def _database_url(value: str) -> str:
     use = "use sqlite:////path/to/bridge.db or postgresql://user:password@host/database"
     try:
         url = make_url(value)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ValueError(f"is not a database URL: {use}") from None
     backend, _, driver = url.drivername.partition("+")  # as written: no dialect loaded
     if backend == "sqlite" and driver in ("", "pysqlite"):
@@ -322,15 +322,19 @@ class Settings:
 
 def _shown(raw: str) -> str:
     """A refused value as an error repeats it: a URL without its password, and anything
-    that might hold one but is not a URL SQLAlchemy reads, not at all."""
-    if "@" not in raw and ":" not in raw.partition("://")[2]:
-        return repr(raw)
-    if raw.count("@") > 1:  # a password holding "@" unescaped: where it ends is a guess
+    that might hold one but is not plainly a URL with its password in the usual place (a
+    libpq string, a password in the query, an unescaped "@"), not at all."""
+    if "://" not in raw:  # a number, a word, host:port; a libpq string or user:pw@host not
+        return "(not shown)" if any(sign in raw for sign in "@= ") else repr(raw)
+    if raw.count("@") > 1:
         return "(not shown)"
     try:
-        return repr(make_url(raw).render_as_string(hide_password=True))
-    except ArgumentError:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
         return "(not shown)"
+    if any("pass" in key.lower() or "secret" in key.lower() for key in url.query):
+        return "(not shown)"
+    return repr(url.render_as_string(hide_password=True))
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -79,6 +80,7 @@ class Vault:
         self.path = path  # the key file, if the keys came from one
         self._fernet = MultiFernet([Fernet(k) for k in self.keys])
         self._seen = _stamp(path)
+        self._following = threading.Lock()
         # Each read of an account or a secret decrypts it: the delivery worker reads API keys
         # on every claim. A token never changes meaning, so its plaintext can be remembered.
         self._plain = lru_cache(maxsize=4096)(self._decrypt)
@@ -101,19 +103,23 @@ class Vault:
         """Take up the keys of a key file that changed since it was read: a
         ``rotate-secret-key`` run while this process runs. The file's keys come first (its
         newest encrypts), and the ones this process had still decrypt."""
-        if self.path is None or (stamp := _stamp(self.path)) == self._seen:
+        if self.path is None or _stamp(self.path) == self._seen:
             return
-        self._seen = stamp
-        try:
-            found = _read_key_file(self.path)
-        except VaultError as exc:  # mid-write, or unreadable: keep the keys held
-            log.warning("%s", exc)
-            return
-        if found is None or found.keys == self.keys[: len(found.keys)]:
-            return
-        self.keys = (*found.keys, *(k for k in self.keys if k not in found.keys))
-        self._fernet = MultiFernet([Fernet(k) for k in self.keys])
-        log.info("took up the new secret key from %s", self.path.absolute())
+        with self._following:  # one thread reads the file; the others wait for its keys
+            stamp = _stamp(self.path)
+            if stamp == self._seen:
+                return
+            try:
+                found = _read_key_file(self.path)
+            except VaultError as exc:  # unreadable: keep the keys held, read it next time
+                log.warning("%s", exc)
+                return
+            if found is not None and found.keys != self.keys[: len(found.keys)]:
+                keys = (*found.keys, *(k for k in self.keys if k not in found.keys))
+                self._fernet = MultiFernet([Fernet(k) for k in keys])
+                self.keys = keys
+                log.info("took up the new secret key from %s", self.path.absolute())
+            self._seen = stamp  # only once its keys are in use
 
     def _decrypt(self, token: str) -> str:
         self._follow_key_file()

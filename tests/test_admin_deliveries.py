@@ -858,3 +858,17 @@ def test_imports_are_marked_and_can_be_left_out_of_the_log_or_shown_alone(offlin
         log.count('title="made by an import of existing customers, not by a webhook">import') == 3
     )
     assert listed(offline, "/admin/deliveries?source=bogus")[0] == everything  # unknown: any
+
+
+def test_sending_a_deletion_again_is_confirmed_and_says_what_it_does(offline):
+    endpoint = offline.endpoint("customer.deleted", secret=SECRET, on_delete="delete")
+    deletion = stored_delivery(
+        offline.engine, endpoint, event_type="customer.deleted", deletion=True, status="delivered"
+    )
+    shown = offline.page(f"/admin/deliveries/{deletion}")
+    assert words(shown["send-again-does"]["text"]) == (
+        "deletes the contact in Loops again, even if it came back since"
+    )
+    assert 'data-confirm="Send this deletion to Loops again? The contact is deleted' in (
+        shown.source
+    )

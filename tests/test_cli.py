@@ -608,7 +608,7 @@ def test_an_unknown_event_type_is_the_only_problem_named(tmp_path):
 def test_narrowing_an_endpoints_types_takes_their_loops_events_with_them(tmp_path):
     env = settings_env(tmp_path)
     endpoint = three_types_two_loops_events(env)
-    done = cli(env, "endpoints", "edit", endpoint, "--events", "customer.created,invoice.paid")
+    done = cli(env, "endpoints", "edit", endpoint, "--events", "customer.created, invoice.paid")
     assert done.stdout.rstrip().endswith(
         "Saved. The Loops events of the types it no longer accepts are gone: "
         "invoice.payment_failed → failed."

@@ -186,8 +186,8 @@ def test_a_clerk_user_deleted_on_an_endpoint_that_deletes_removes_the_contact(ei
         kept_out = from_clerk(harness, endpoint, clerk(late), f"msg_late_{late}")
         assert delivered(harness, kept_out, IGNORED)["reason"] == (
             "not sent: a deletion of 2024-05-28T08:00:00Z took this contact out of Loops, and "
-            f"this event, of {at}, is no newer (it arrived late): sending it would create the "
-            "contact again"
+            f"this event, of {at}, is no newer (it arrived late, or was sent again): sending it "
+            "would create the contact again"
         )
     assert harness.loops_get("contacts") == []
     assert calls(harness)[-1] == ("POST", "/contacts/delete")  # nothing since
@@ -476,3 +476,23 @@ def test_a_late_older_clerk_event_leaves_a_changed_email_and_names_alone(either_
     delivered(harness, from_clerk(harness, endpoint, body, "msg_third"))
     (contact,) = harness.loops_get("contacts")
     assert contact["email"] == "example.third@example.com"
+
+
+def test_an_endpoint_sending_loops_events_also_keeps_a_changed_email(harness):
+    """Sent as a Loops event (which updates the contact in Loops), the newer email and
+    names are dated too, so the late older event still leaves them alone."""
+    endpoint = harness.endpoint(
+        CLERK_USER_TYPES, provider="clerk", secret=CLERK_SECRET, loops_event="userChanged"
+    )
+    delivered(harness, from_clerk(harness, endpoint, clerk("user.created", at=1_700_000_000), "a"))
+    delivered(harness, from_clerk(harness, endpoint, clerk("user.updated", at=1_700_000_100), "b"))
+    # The first user.created again, resent by Svix under a new message id.
+    again = clerk("user.created", at=1_700_000_000)
+    late = delivered(harness, from_clerk(harness, endpoint, again, "c"))
+    assert late["reason"] == (
+        "names left alone: a newer event had set them; email left alone: a newer event had "
+        "set it; event userChanged sent"
+    )
+    (contact,) = harness.loops_get("contacts")
+    assert (contact["email"], contact["firstName"]) == ("example.renamed@example.com", "Renamed")
+    assert harness.loops_calls()[-1]["body"].keys() == {"userId", "eventName", "eventProperties"}

@@ -195,6 +195,12 @@ def test_renewing_a_probe_keeps_a_second_probe_from_starting_beside_it(engine):
     assert probe.account_problem == "key"
     Queue(engine, "probing", 30.0, 10).renew([probe])
     assert claim(worker(engine, "other")) == []  # no second probe while the first runs
+    with engine.begin() as conn:  # a 429 meanwhile holds the account for ten minutes
+        accounts.hold(conn, account.id, 600.0)
+        held = conn.execute(sa.text("SELECT held_until FROM account_states")).scalar_one()
+    Queue(engine, "probing", 30.0, 10).renew([probe])
+    with engine.connect() as conn:  # the probe's renewal does not cut that short
+        assert conn.execute(sa.text("SELECT held_until FROM account_states")).scalar_one() == held
 
 
 def test_shutdown_gives_back_every_claim_at_once(engine):

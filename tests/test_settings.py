@@ -78,6 +78,9 @@ def test_a_value_that_cannot_work_is_refused_saying_what_works(variable, value, 
         ("postgres:/app:hunter2@db/bridge", "(not shown)"),  # a scheme mistyped
         ("app:hunter2@db:5432/bridge", "(not shown)"),  # no scheme at all
         ("mysql://app:p@hunter2@db/bridge", "(not shown)"),  # an "@" in the password
+        ("host=db password=hunter2 dbname=bridge", "(not shown)"),  # libpq's form
+        ("postgresql+psycopg2://app@db/x?password=hunter2", "(not shown)"),
+        ("postgresql://app:hunter2@db:port/x", "(not shown)"),  # a port that is no number
     ],
 )
 def test_a_refused_database_url_never_shows_its_password(value, shown):

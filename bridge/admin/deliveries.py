@@ -323,6 +323,7 @@ class Detail:
     details: providers.Details | None  # names and Loops properties read from the payload
     outcome: Outcome
     loops_event: str | None  # what its endpoint sends to Loops for it (none for a deletion)
+    on_delete: str  # what its endpoint does with a deletion: delete, unsubscribe or ignore
 
 
 def _detail(engine: Engine, delivery_id: int) -> Detail | None:
@@ -352,6 +353,7 @@ def _detail(engine: Engine, delivery_id: int) -> Detail | None:
                 if endpoint and not delivery.deletion and not delivery.backfill
                 else None
             ),
+            on_delete=endpoint.on_delete if endpoint else "ignore",
         )
 
 

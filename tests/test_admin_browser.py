@@ -196,16 +196,21 @@ def test_set_up_and_watch_a_test_event_arrive(page, live: Live):
     assert [e["eventName"] for e in live.sandbox("events")] == ["successfulPayment"]
 
 
-def test_retry_a_failed_delivery(page, live: Live):
+def stripe_endpoint(live: Live, event_type: str) -> str:
+    """A Stripe endpoint for ``event_type``, of the account acme made here; its id."""
     registry.add_account(live.engine, "acme", API_KEY)
-    endpoint = registry.create_endpoint(
+    return registry.create_endpoint(
         live.engine,
         name="e",
         account="acme",
         provider="stripe",
-        event_types=["customer.created"],
+        event_types=[event_type],
         signing_secret=SECRET,
     )
+
+
+def test_retry_a_failed_delivery(page, live: Live):
+    endpoint = stripe_endpoint(live, "customer.created")
     live.fault(status=400, count=1)
     sign_in(page)
     page.goto(f"/admin/endpoints/{endpoint}/test")
@@ -220,15 +225,7 @@ def test_retry_a_failed_delivery(page, live: Live):
 
 
 def test_a_queued_delivery_page_follows_it_but_not_while_a_section_is_open(page, live: Live):
-    registry.add_account(live.engine, "acme", API_KEY)
-    endpoint = registry.create_endpoint(
-        live.engine,
-        name="e",
-        account="acme",
-        provider="stripe",
-        event_types=["invoice.paid"],
-        signing_secret=SECRET,
-    )
+    endpoint = stripe_endpoint(live, "invoice.paid")
     live.fault(status=503)  # Loops down: the delivery stays queued
     sign_in(page)
     page.goto(f"/admin/endpoints/{endpoint}/test")

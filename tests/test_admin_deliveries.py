@@ -858,6 +858,11 @@ def test_imports_are_marked_and_can_be_left_out_of_the_log_or_shown_alone(offlin
         log.count('title="made by an import of existing customers, not by a webhook">import') == 3
     )
     assert listed(offline, "/admin/deliveries?source=bogus")[0] == everything  # unknown: any
+    shown = offline.page("/admin/deliveries?source=bogus&status=sent")
+    assert words(shown["ignored-filters"]["text"]) == (
+        "Not a filter here, so every one is shown: status “sent” (statuses: "
+        f"{', '.join(STATUSES)}); source “bogus” (sources: webhooks, imports)."
+    )
 
 
 def test_sending_a_deletion_again_is_confirmed_and_says_what_it_does(offline):

@@ -500,7 +500,19 @@ async def index(request: Request) -> Response:
         statuses=STATUSES,
         event_types=_KNOWN_TYPES,
         when=when,
+        ignored=_ignored_filters(request.query_params),
     )
+
+
+def _ignored_filters(params: Mapping[str, str]) -> list[str]:
+    """The filters of the URL that name nothing there is (a status or a source of another
+    version, a typo): the page says it shows every one instead."""
+    ignored = []
+    if (status := params.get("status", "").strip()) and status not in STATUSES:
+        ignored.append(f"status “{status[:40]}” (statuses: {', '.join(STATUSES)})")
+    if (source := params.get("source", "").strip()) and source not in SOURCES:
+        ignored.append(f"source “{source[:40]}” (sources: {', '.join(SOURCES)})")
+    return ignored
 
 
 async def show(request: Request) -> Response:

@@ -216,6 +216,7 @@ class LoopsEvent(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("account_id", "webhook_id", name="uq_loops_event_webhook"),
         Index("ix_loops_events_contact", "account_id", "email", "event_time"),
+        Index("ix_loops_events_user", "account_id", "user_id", "event_time"),  # its timeline
         Index("ix_loops_events_email_id", "account_id", "email_id"),
         Index("ix_loops_events_received", "event_name", "received_at"),
     )

@@ -274,13 +274,20 @@ class Entry:
     report: Reported | None = None
 
 
-def timeline(engine: Engine, email: str, account_id: int | None = None) -> list[Entry]:
-    """What the bridge sent for the contact with ``email`` (any case): its deliveries and the
-    Loops calls Loops took (answered 2xx), and everything
-    Loops reported about it, oldest first: deliveries, their Loops calls, Loops' events. Only
-    in one Loops account when ``account_id`` is given. The latest ``TIMELINE_LIMIT`` of
-    each kind."""
-    address = email.strip().lower()
+def timeline(engine: Engine, who: str, account_id: int | None = None) -> list[Entry]:
+    """What the bridge sent for the contact ``who``, an email address (any case) or else the
+    platform's user id (Clerk's, Supabase's): its deliveries and the Loops calls Loops took
+    (answered 2xx), and everything Loops reported about it, oldest first: deliveries, their
+    Loops calls, Loops' events. Only in one Loops account when ``account_id`` is given. The
+    latest ``TIMELINE_LIMIT`` of each kind."""
+    address = who.strip().lower()
+    by_email = "@" in address
+    delivered_to = (
+        sa.func.lower(col(Delivery.email)) == address
+        if by_email
+        else col(Delivery.user_id) == who.strip()
+    )
+    reported_of = _E.email == address if by_email else _E.user_id == who.strip()
     entries: list[Entry] = []
     with engine.connect() as conn:
         deliveries = sa.select(
@@ -291,7 +298,7 @@ def timeline(engine: Engine, email: str, account_id: int | None = None) -> list[
             col(Delivery.reason),
             col(Endpoint.account_id),
         ).join(Endpoint, col(Endpoint.id) == col(Delivery.endpoint_id))
-        deliveries = deliveries.where(sa.func.lower(col(Delivery.email)) == address)
+        deliveries = deliveries.where(delivered_to)
         if account_id is not None:
             deliveries = deliveries.where(col(Endpoint.account_id) == account_id)
         rows = conn.execute(deliveries.order_by(col(Delivery.id).desc()).limit(TIMELINE_LIMIT))
@@ -343,7 +350,7 @@ def timeline(engine: Engine, email: str, account_id: int | None = None) -> list[
         accounts = [account_id] if account_id is not None else sa.select(col(Account.id))
         found = conn.execute(
             sa.select(*_REPORTED, _E.account_id)
-            .where(_E.account_id.in_(accounts), _E.email == address)
+            .where(_E.account_id.in_(accounts), reported_of)
             .order_by(_E.event_time.desc(), _E.id.desc())
             .limit(TIMELINE_LIMIT)
         )

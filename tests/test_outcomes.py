@@ -309,6 +309,37 @@ def test_within_one_second_the_timeline_follows_cause_and_effect(harness):
     ]
 
 
+def test_a_users_timeline_is_found_by_their_user_id_deletion_included(harness):
+    """A Clerk user's user.deleted carries no email: by the user id, the timeline holds it
+    with the rest, and what Loops reported about the user."""
+    endpoint = harness.endpoint(
+        "user.created,user.deleted", provider="clerk", secret=CLERK_SECRET, on_delete="delete"
+    )
+    user = "user_29w83sxmDNGwOuEthce5gg56FcC"  # the Clerk fixtures' user
+    for name, msg in (("user.created", "msg_c"), ("user.deleted", "msg_d")):
+        body = open_fixture(f"clerk/{name}.json")
+        headers = svix_headers(body, CLERK_SECRET, None, msg)
+        answer = harness.run(
+            harness.client.post(f"/webhooks/{endpoint}", content=body, headers=headers)
+        )
+        delivered(harness, answer.json())
+    acme = account_id(harness)
+    report(harness, "contact.deleted", time.time() + 1, account=acme, email=None, user_id=user)
+
+    entries = outcomes.timeline(harness.engine, user, acme)
+    assert [(e.kind, e.what) for e in entries if e.kind != "call"] == [
+        ("delivery", "user.created"),
+        ("delivery", "user.deleted"),
+        ("loops", "contact.deleted"),
+    ]
+    harness.sign_in()
+    shown = harness.page(f"/admin/contacts?user_id={user}")
+    assert shown["contact-email"]["text"] == user
+    deletion = harness.deliveries(event_type="user.deleted")[0]["id"]
+    link = harness.page(f"/admin/deliveries/{deletion}")["user-timeline"]
+    assert link["href"] == f"/admin/contacts?user_id={user}&account={acme}"
+
+
 # -- through the real route -------------------------------------------------------------------
 
 

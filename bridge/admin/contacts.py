@@ -38,7 +38,9 @@ def _accounts(engine: Engine) -> dict[int, str]:
 
 async def contact(request: Request) -> Response:
     admin = Admin.of(request)
-    email = request.query_params.get("email", "").strip()[:EMAIL_LIMIT]
+    # An email address, or a platform's user id (?user_id=, or typed in the same box).
+    params = request.query_params
+    email = (params.get("email") or params.get("user_id") or "").strip()[:EMAIL_LIMIT]
     account_id = row_id(request.query_params.get("account"))
     accounts = await admin.run(_accounts, admin.engine)
     if account_id not in accounts:

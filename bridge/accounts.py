@@ -38,8 +38,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from bridge import db
 from bridge.db import now as database_now
 from bridge.loops import Verdict
 from bridge.models import QUEUED, AccountState, Delivery, Endpoint
@@ -98,8 +98,9 @@ def next_probe(
 
 def ensure(conn: sa.Connection, account_id: int) -> None:
     """The account's state row, made on first use."""
-    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
-    conn.execute(insert(AccountState).values(account_id=account_id).on_conflict_do_nothing())
+    conn.execute(
+        db.insert(conn, AccountState).values(account_id=account_id).on_conflict_do_nothing()
+    )
 
 
 def reserve(conn: sa.Connection, account_id: int, count: int, interval: float, lead: float):  # type: ignore[no-untyped-def]

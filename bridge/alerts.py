@@ -34,10 +34,9 @@ from urllib.parse import unquote, urlsplit
 import anyio.to_thread
 import httpx
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from bridge import accounts
+from bridge import accounts, db
 from bridge.models import (
     DEAD,
     FAILED,
@@ -59,7 +58,6 @@ OUTAGE_AFTER = 600.0  # a short outage ends by itself; one this long is worth a 
 REJECTIONS_SPIKE = 10
 REJECTIONS_WINDOW = 600.0
 SEND_TIMEOUT = 10.0
-_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +298,7 @@ def _claim(engine: Engine, alert: Alert, now: float) -> bool:
     table = AlertSent.__table__  # type: ignore[attr-defined]
     with engine.begin() as conn:
         inserted = conn.execute(
-            _INSERT[engine.dialect.name](table)
+            db.insert(engine, table)
             .values(key=alert.key, sent_at=now, subject=alert.subject)
             .on_conflict_do_nothing(index_elements=["key"])
         )

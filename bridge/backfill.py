@@ -36,11 +36,10 @@ from dataclasses import dataclass
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from bridge import accounts
+from bridge import accounts, db
 from bridge.delivery import ALREADY_IN_LOOPS
 from bridge.models import (
     DEAD,
@@ -61,7 +60,6 @@ from bridge.stripe_api import KeyCheck, StripeAPI, StripeAPIError
 __all__ = ["Run", "Status", "cancel", "check_key", "estimate", "run", "status"]
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
-_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 EVENT_TYPE = "customer.created"  # what each import creates the contact as
 RUNNING, DONE, CANCELLED, INTERRUPTED = "running", "done", "cancelled", "interrupted"
 ALIVE_SECONDS = 120.0  # a running import that wrote no page for this long has died
@@ -273,7 +271,7 @@ def run(
     or a cancel from the admin. ``on_page`` sees the counts after each page is written."""
     cursor, resumed, runner = _begin(engine, endpoint_id, clock())
     insert = (
-        _INSERT[engine.dialect.name](DELIVERIES)
+        db.insert(engine, DELIVERIES)
         .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
         .returning(DELIVERIES.c.id)
     )

@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -48,6 +49,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import ColumnElement, Connection, Float, event, inspect, literal_column, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -65,8 +67,10 @@ __all__ = [
     "alembic_config",
     "connect",
     "head",
+    "insert",
     "is_current",
     "now",
+    "problem",
     "revision",
     "upgrade",
 ]
@@ -332,3 +336,20 @@ def now(dialect: str) -> ColumnElement[float]:
     """The database's clock in unix seconds, for use in a query: one clock for every worker
     on every machine (leases, holds, the pace)."""
     return literal_column(_NOW[dialect], Float)
+
+
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def insert(bind: Engine | Connection, table: Any) -> Any:
+    """``INSERT`` into ``table`` in ``bind``'s dialect: the one with ``ON CONFLICT``
+    (``on_conflict_do_nothing``, ``on_conflict_do_update``)."""
+    return _INSERTS[bind.dialect.name](table)
+
+
+def problem(exc: BaseException) -> str:
+    """What went wrong with the database, for a log line: the driver's error and the first
+    line of its message (never the statement, whose parameters are hidden anyway), or the
+    error itself when it is not the driver's (a key that does not open a secret)."""
+    cause = getattr(exc, "orig", None) or exc
+    return f"{type(cause).__name__}: {str(cause).strip().partition(chr(10))[0]}"

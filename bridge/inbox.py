@@ -52,12 +52,11 @@ from dataclasses import dataclass
 import anyio.to_thread
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 import providers
-from bridge import metrics
+from bridge import db, metrics
 from bridge.lookups import Lookups
 from bridge.models import (
     IGNORED,
@@ -75,7 +74,6 @@ log = logging.getLogger("bridge.inbox")
 
 DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 UNSUPPORTED = UnsupportedEvent.__table__  # type: ignore[attr-defined]
-_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 CHECKPOINT_BYTES = 1_000_000  # of webhook bodies: about 1.5 MB of WAL, a third of SQLite's own
 
 Key = tuple[str, str]  # (endpoint_id, event_id): one delivery per event per endpoint
@@ -121,7 +119,7 @@ class Inbox:
         self._route_failure_logged: dict[str, float] = {}  # endpoint id -> when, monotonic
         self._on_queued = on_queued
         self._insert = (
-            _INSERT[engine.dialect.name](DELIVERIES)
+            db.insert(engine, DELIVERIES)
             .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
             .returning(DELIVERIES.c.id, DELIVERIES.c.endpoint_id, DELIVERIES.c.event_id)
         )
@@ -136,7 +134,7 @@ class Inbox:
         try:
             return await self._routes.get(endpoint_id)
         except Exception as exc:
-            problem = str(getattr(exc, "orig", None) or exc).strip().partition("\n")[0]
+            problem = db.problem(exc)
             now = time.monotonic()
             if self._route_failure_logged.get(endpoint_id, 0.0) <= now - 10:  # each 10 s
                 if len(self._route_failure_logged) > 10_000:  # ids made up by a flood
@@ -144,9 +142,8 @@ class Inbox:
                 self._route_failure_logged[endpoint_id] = now
                 log.error(
                     "could not read endpoint %s, so its webhooks are answered 503 and the "
-                    "sender retries them: %s: %s",
+                    "sender retries them: %s",
                     endpoint_id,
-                    type(exc).__name__,
                     problem,
                 )
             raise StorageUnavailable(problem) from exc
@@ -280,8 +277,7 @@ class Inbox:
         try:
             stored = self._insert_batch([firsts[key] for key in sorted(firsts)])
         except Exception as exc:  # storage down: every waiting request answers 503
-            first_line = str(exc).strip().partition("\n")[0]
-            problem = f"{type(exc).__name__}: {first_line}"
+            problem = db.problem(exc)
             log.error(
                 "could not store %d webhook(s); they were answered 503, so the sender retries "
                 "them: %s",
@@ -319,7 +315,7 @@ class Inbox:
 
     def _count_unsupported(self, endpoint_id: str, event: providers.Event) -> None:
         now = time.time()
-        insert = _INSERT[self._engine.dialect.name](UNSUPPORTED).values(
+        insert = db.insert(self._engine, UNSUPPORTED).values(
             endpoint_id=endpoint_id, event_type=event.type, count=1, first_at=now, last_at=now
         )
         with self._engine.begin() as conn:

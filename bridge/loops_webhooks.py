@@ -49,7 +49,6 @@ from typing import Any
 
 import anyio.to_thread
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from starlette.background import BackgroundTask
 from starlette.endpoints import HTTPEndpoint
@@ -57,7 +56,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bridge import metrics, outcomes, webhooks
+from bridge import db, metrics, outcomes, webhooks
 from bridge.inbox import redact
 from bridge.lookups import Lookups
 from bridge.models import Account, Contact, LoopsEvent, LoopsWebhookSecret
@@ -230,9 +229,8 @@ class Receiver:
         self._accounts = Lookups(self._load, ttl)
         self.refusals = webhooks.Refusals()
         table = LoopsEvent.__table__  # type: ignore[attr-defined]
-        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[engine.dialect.name]
         self._insert = (
-            insert(table)
+            db.insert(engine, table)
             .on_conflict_do_nothing(index_elements=["account_id", "webhook_id"])
             .returning(table.c.id)
         )
@@ -312,10 +310,11 @@ async def receive(request: Request) -> Response:
     token: str = request.path_params["token"]
     try:
         account = await receiver.account(token) if TOKEN.fullmatch(token) else None
-    except Exception as exc:  # named by the driver's error alone: never the statement's text
+    except Exception as exc:
         log.error(
-            "Loops webhook: could not read the account of a token: %s",
-            getattr(exc, "orig", None) or type(exc).__name__,
+            "Loops webhook: could not read the account of a token, so it was answered 503 "
+            "and Loops retries it: %s",
+            db.problem(exc),
         )
         return webhooks.JSONAnswer(_UNAVAILABLE, 503)
     if account is None:

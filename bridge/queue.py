@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from bridge import accounts
+from bridge import accounts, db
 from bridge.db import now as database_now
 from bridge.loops import Answer
 from bridge.models import (
@@ -414,17 +413,14 @@ class Queue:
         email it was sent are dated, the last by the provider's event time winning."""
         where = (Contact.account_id == job.account_id, Contact.identity == job.contact_key[1])
         conn.execute(
-            _insert(conn)(Contact)
+            db.insert(conn, Contact)
             .values(account_id=job.account_id, identity=job.contact_key[1], created_at=time.time())
             .on_conflict_do_update(
                 index_elements=["account_id", "identity"],
                 set_={"deleted_at": None},
                 # A deletion newer than this event (settled meanwhile, by a delivery that ran
                 # beside it under another key) stays kept.
-                where=sa.or_(
-                    Contact.deleted_at.is_(None),  # type: ignore[union-attr]
-                    Contact.deleted_at < job.occurred_at,  # type: ignore[operator]
-                ),
+                where=_no_deletion_since(job),
             )
         )
         for column, sent in (
@@ -443,7 +439,7 @@ class Queue:
         its row stays, dated, so that an event no newer is not sent (:class:`Known`)."""
         values = {"deleted_at": job.occurred_at, "names_at": None, "email_at": None}
         conn.execute(
-            _insert(conn)(Contact)
+            db.insert(conn, Contact)
             .values(
                 account_id=job.account_id,
                 identity=job.contact_key[1],
@@ -453,7 +449,7 @@ class Queue:
             .on_conflict_do_update(
                 index_elements=["account_id", "identity"],
                 set_=values,
-                where=sa.or_(Contact.deleted_at.is_(None), Contact.deleted_at < job.occurred_at),  # type: ignore[union-attr, operator]
+                where=_no_deletion_since(job),
             )
         )
 
@@ -510,8 +506,9 @@ class Queue:
         return pruned
 
 
-def _insert(conn: sa.Connection):  # type: ignore[no-untyped-def]
-    return {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[conn.dialect.name]
+def _no_deletion_since(job: Job) -> sa.ColumnElement[bool]:
+    """The contact's row keeps no deletion as new as ``job``'s event."""
+    return sa.or_(Contact.deleted_at.is_(None), Contact.deleted_at < job.occurred_at)  # type: ignore[union-attr, operator]
 
 
 def _call_row(delivery_id: int, answer: Answer) -> dict:

@@ -151,8 +151,7 @@ class StripeAPI:
     ) -> None:
         self._hint = key_hint(api_key)
         self._kind = {"rk_": "restricted", "sk_": "secret"}.get(api_key[:3], "other")
-        self._short_length = len(api_key)
-        self._short = len(api_key) < HINTED_LENGTH  # too short to be one: cut when copied
+        self._length = len(api_key)  # under HINTED_LENGTH: cut short when it was copied
         self._livemode = _mode(api_key)
         self._base_url = base_url.rstrip("/")
         self._sleep = sleep
@@ -175,9 +174,9 @@ class StripeAPI:
         reach, or busy past every wait, raises :class:`StripeAPIError`."""
         key, kind = self._hint, self._kind
         warnings: list[str] = []
-        if self._short:
+        if self._length < HINTED_LENGTH:
             problem = (
-                f"The key is {self._short_length} characters long, too short to be a Stripe "
+                f"The key is {self._length} characters long, too short to be a Stripe "
                 "API key (they are about 100): it looks cut short when it was copied. Copy it "
                 "again from Stripe's dashboard: Developers → API keys."
             )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import stat
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from alembic import command
@@ -44,6 +45,7 @@ KEY = "loops_key_vaultTest_7a6b5c4d3e"
 SECRET = "whsec_vaultTestSecretGGGGGGGGGGGGGGGG"
 SECOND = "whsec_vaultSecondSecretHHHHHHHHHHHHHH"
 THIRD = "whsec_vaultThirdSecretJJJJJJJJJJJJJJJJ"
+LOOPS_SECRET = "whsec_dmF1bHRMb29wc1dlYmhvb2tTZWNyZXQwMDE="
 PLAIN = (KEY, SECRET, SECOND)
 INVOICE_PAID = "captured-test-mode/invoice.paid.event.json"
 CREATED = (
@@ -264,17 +266,26 @@ def test_a_running_bridge_whose_key_was_rotated_away_says_why_it_answers_503(tmp
     first = vault.new_key()
     env = settings_env(tmp_path, BRIDGE_SECRET_KEY=first)
     endpoint_id = add_account_and_endpoint(env)
+    cli(env, "accounts", "loops-webhook", "acme", "add-secret", "-", stdin=LOOPS_SECRET)
     with Harness(tmp_path, **env) as running:
+        loops_path = urlsplit(registry.loops_webhook_url(running.engine, running.settings, "acme"))
         cli(env, "rotate-secret-key")  # prints a new key, which this bridge does not have
         answer = running.webhook(endpoint_id, fixture_bytes(INVOICE_PAID), SECRET)
+        from_loops = running.run(running.client.post(loops_path.path, content=b"{}"))
     assert answer.status_code == 503, answer.text
     assert answer.json() == {"status": "unavailable", "reason": "storage unavailable; retry later"}
-    logged = [r.getMessage() for r in caplog.records if r.name == "bridge.inbox"]
+    assert from_loops.status_code == 503, from_loops.text
+    why = (
+        "VaultError: A stored Loops API key or signing secret does not open with the key from "
+        "BRIDGE_SECRET_KEY. Stop serve and worker, and start them again: start-up says which "
+        "key the database needs."
+    )
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert logged == [
         f"could not read endpoint {endpoint_id}, so its webhooks are answered 503 and the "
-        "sender retries them: VaultError: A stored Loops API key or signing secret does not "
-        "open with the key from BRIDGE_SECRET_KEY. Stop serve and worker, and start them "
-        "again: start-up says which key the database needs."
+        f"sender retries them: {why}",
+        "Loops webhook: could not read the account of a token, so it was answered 503 and "
+        f"Loops retries it: {why}",
     ]
 
 

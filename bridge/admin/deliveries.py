@@ -87,18 +87,28 @@ class Filters:
     event_type: str = ""
     search: str = ""  # an email address, part of one, or an event id
     source: str = ""  # "webhooks" or "imports" (an import's, of existing customers)
+    # What the URL asked that names nothing there is (a typo, an older version's link): the
+    # page says so, and filters on the rest.
+    ignored: tuple[str, ...] = ()
 
     @classmethod
     def read(cls, params: Mapping[str, str]) -> Filters:
-        status = params.get("status", "").strip()
-        source = params.get("source", "").strip()
+        chosen, ignored = {}, []
+        for name, names, known in (
+            ("status", "statuses", STATUSES),
+            ("source", "sources", SOURCES),
+        ):
+            value = params.get(name, "").strip()
+            chosen[name] = value if value in known else ""
+            if value and value not in known:
+                ignored.append(f"{name} “{value[:40]}” ({names}: {', '.join(known)})")
         return cls(
             endpoint=params.get("endpoint", "").strip(),
-            status=status if status in STATUSES else "",
             event_type=params.get("event_type", "").strip(),
             # ?email= is what the search was called before it took more than an address.
             search=(params.get("search") or params.get("email", "")).strip(),
-            source=source if source in SOURCES else "",
+            ignored=tuple(ignored),
+            **chosen,
         )
 
     @property
@@ -500,19 +510,7 @@ async def index(request: Request) -> Response:
         statuses=STATUSES,
         event_types=_KNOWN_TYPES,
         when=when,
-        ignored=_ignored_filters(request.query_params),
     )
-
-
-def _ignored_filters(params: Mapping[str, str]) -> list[str]:
-    """The filters of the URL that name nothing there is (a status or a source of another
-    version, a typo): the page says it shows every one instead."""
-    ignored = []
-    if (status := params.get("status", "").strip()) and status not in STATUSES:
-        ignored.append(f"status “{status[:40]}” (statuses: {', '.join(STATUSES)})")
-    if (source := params.get("source", "").strip()) and source not in SOURCES:
-        ignored.append(f"source “{source[:40]}” (sources: {', '.join(SOURCES)})")
-    return ignored
 
 
 async def show(request: Request) -> Response:

@@ -52,7 +52,7 @@ from bridge import (
     registry,
     vault,
 )
-from bridge.models import ID_RANGE, STATUSES, Delivery, Endpoint, LoopsCall
+from bridge.models import ID_RANGE, STATUSES, Delivery, Endpoint, LoopsCall, row_id
 from bridge.settings import DECLARED, Settings, SettingsError, load
 
 log = logging.getLogger("bridge")
@@ -274,16 +274,12 @@ def _no_check_flag(parser: argparse.ArgumentParser) -> None:
 
 def _positive_int(text: str) -> int:
     """A delivery id or a --limit: a whole number from 1 to the largest id a database holds
-    (:data:`bridge.models.ID_RANGE`). Anything else is refused before the database is asked:
+    (:func:`bridge.models.row_id`). Anything else is refused before the database is asked:
     no row has such an id, and SQLite or PostgreSQL would fail on the number, not answer."""
-    largest = ID_RANGE[-1]
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= largest:
+    number = row_id(text)
+    if not number:
         raise argparse.ArgumentTypeError(
-            f"{text[:40]!r} is not a whole number from 1 to {largest:,}"
+            f"{text[:40]!r} is not a whole number from 1 to {ID_RANGE[-1]:,}"
         )
     return number
 

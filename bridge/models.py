@@ -44,6 +44,16 @@ from bridge.vault import EncryptedString
 # outside it is no row's id (and a query naming it would fail, not find nothing).
 ID_RANGE = range(-(2**31), 2**31)
 
+
+def row_id(value: str | None) -> int | None:
+    """The id a URL's path or a command names; None when it is not one an id column can
+    hold (not ASCII digits, or past :data:`ID_RANGE`): no row has it."""
+    if not (value and len(value) <= 10 and value.isascii() and value.isdigit()):
+        return None
+    number = int(value)
+    return number if number in ID_RANGE else None
+
+
 QUEUED, DELIVERED, IGNORED, FAILED, DEAD = "queued", "delivered", "ignored", "failed", "dead"
 ON_DELETE = ("unsubscribe", "delete", "ignore")  # what a deletion does to the Loops contact
 STATUSES = (QUEUED, DELIVERED, IGNORED, FAILED, DEAD)

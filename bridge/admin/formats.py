@@ -9,7 +9,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from bridge.models import ID_RANGE
+from bridge.models import ID_RANGE, row_id
 from bridge.visible import visible
 
 __all__ = [
@@ -98,12 +98,3 @@ def int_or_none(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-def row_id(value: str | None) -> int | None:
-    """The id a URL's path names; None when it is not one an id column can hold (not ASCII
-    digits, or past :data:`ID_RANGE`): no row has it."""
-    if not (value and len(value) <= 10 and value.isascii() and value.isdigit()):
-        return None
-    number = int(value)
-    return number if number in ID_RANGE else None

@@ -56,7 +56,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 import providers
-from bridge import db, metrics
+from bridge import db, logs, metrics
 from bridge.lookups import Lookups
 from bridge.models import (
     IGNORED,
@@ -116,7 +116,7 @@ class Inbox:
     ) -> None:
         self._engine = engine
         self._routes = Lookups(self._load_route, route_ttl)
-        self._route_failure_logged: dict[str, float] = {}  # endpoint id -> when, monotonic
+        self._failures = logs.Share(1)  # lines a second per endpoint that cannot be read
         self._on_queued = on_queued
         self._insert = (
             db.insert(engine, DELIVERIES)
@@ -135,16 +135,13 @@ class Inbox:
             return await self._routes.get(endpoint_id)
         except Exception as exc:
             problem = db.problem(exc)
-            now = time.monotonic()
-            if self._route_failure_logged.get(endpoint_id, 0.0) <= now - 10:  # each 10 s
-                if len(self._route_failure_logged) > 10_000:  # ids made up by a flood
-                    self._route_failure_logged.clear()
-                self._route_failure_logged[endpoint_id] = now
+            if (unlogged := self._failures.to_log(endpoint_id)) is not None:
                 log.error(
                     "could not read endpoint %s, so its webhooks are answered 503 and the "
-                    "sender retries them: %s",
+                    "sender retries them: %s%s",
                     endpoint_id,
                     problem,
+                    logs.unlogged(unlogged),
                 )
             raise StorageUnavailable(problem) from exc
 

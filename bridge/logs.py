@@ -30,11 +30,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from bridge.visible import visible
 
-__all__ = ["FIELDS", "TEXT_FORMAT", "JSONFormatter", "TextFormatter", "configure"]
+__all__ = ["FIELDS", "TEXT_FORMAT", "JSONFormatter", "Share", "TextFormatter", "configure"]
 
 FIELDS = ("delivery_id", "endpoint_id", "account", "event_id", "status")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -97,3 +99,41 @@ def configure(log_format: str = "text") -> None:
         logger.propagate = True
     logging.getLogger("httpx").setLevel(logging.WARNING)  # each Loops call is logged by us
     logging.getLogger("alembic").setLevel(logging.WARNING)  # `migrate` says what it did
+
+
+class Share:
+    """How many lines of one kind are logged per key (an endpoint, a Loops account): at most
+    ``per_second`` a second each, so a flood of refused or failing requests cannot flood the
+    log; the next line logged says how many were not. Past :data:`Share.KEYS` keys (ids made
+    up by a flood) it starts again."""
+
+    KEYS = 10_000
+
+    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        # Per key: [second, lines logged in it, lines not logged since].
+        self._windows: dict[str | int, list[int]] = {}
+
+    def to_log(self, key: str | int) -> int | None:
+        """Whether to log this one: None if ``key`` has had its share this second (it is only
+        counted), else how many went unlogged before it."""
+        second = int(self._clock())
+        window = self._windows.get(key)
+        if window is None or window[0] != second:
+            if len(self._windows) >= self.KEYS:
+                self._windows.clear()
+            self._windows[key] = [second, 1, 0]
+            return window[2] if window else 0
+        if window[1] < self.per_second:
+            window[1] += 1
+            unlogged, window[2] = window[2], 0
+            return unlogged
+        window[2] += 1
+        return None
+
+
+def unlogged(count: int) -> str:
+    """What the line logged after ``count`` unlogged ones adds: `` (3 more before this one,
+    not logged)``."""
+    return f" ({count} more before this one, not logged)" if count else ""

@@ -56,7 +56,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bridge import db, metrics, outcomes, webhooks
+from bridge import db, logs, metrics, outcomes, webhooks
 from bridge.inbox import redact
 from bridge.lookups import Lookups
 from bridge.models import Account, Contact, LoopsEvent, LoopsWebhookSecret
@@ -227,7 +227,8 @@ class Receiver:
         self.engine = engine
         self.max_body_bytes = max_body_bytes
         self._accounts = Lookups(self._load, ttl)
-        self.refusals = webhooks.Refusals()
+        self.refusals = logs.Share(webhooks.REFUSALS_RECORDED_PER_SECOND)
+        self.failures = logs.Share(1)  # lines a second saying an account could not be read
         table = LoopsEvent.__table__  # type: ignore[attr-defined]
         self._insert = (
             db.insert(engine, table)
@@ -311,11 +312,13 @@ async def receive(request: Request) -> Response:
     try:
         account = await receiver.account(token) if TOKEN.fullmatch(token) else None
     except Exception as exc:
-        log.error(
-            "Loops webhook: could not read the account of a token, so it was answered 503 "
-            "and Loops retries it: %s",
-            db.problem(exc),
-        )
+        if (unlogged := receiver.failures.to_log("")) is not None:  # one share for the route
+            log.error(
+                "Loops webhook: could not read the account of a token, so it was answered 503 "
+                "and Loops retries it: %s%s",
+                db.problem(exc),
+                logs.unlogged(unlogged),
+            )
         return webhooks.JSONAnswer(_UNAVAILABLE, 503)
     if account is None:
         return webhooks.JSONAnswer(_NOT_FOUND[1], _NOT_FOUND[0])
@@ -325,7 +328,7 @@ async def receive(request: Request) -> Response:
         return Response(status_code=400)
     if (
         answer["status"] == "rejected"
-        and (unlogged := receiver.refusals.to_record(account.id)) is not None
+        and (unlogged := receiver.refusals.to_log(account.id)) is not None
     ):
         also = f" ({unlogged} more refused before this one, not logged)" if unlogged else ""
         log.info(

@@ -27,8 +27,9 @@ Answers, as JSON ``{"status": ..., "id" / "reason": ...}``:
 
 Never a 500. Each answer to a POST is counted in ``loops_bridge_webhooks_total``
 (:mod:`bridge.metrics`). A refusal for a known endpoint is logged and kept for the admin at
-most :data:`REFUSALS_RECORDED_PER_SECOND` times a second per endpoint, so a flood of refused
-requests costs no more than that in log lines and database writes.
+most :data:`REFUSALS_RECORDED_PER_SECOND` times a second per endpoint
+(:class:`bridge.logs.Share`), so a flood of refused requests costs no more than that in log
+lines and database writes.
 
 The app puts a :class:`Receiver` in ``app.state.webhooks``: the inbox, the body limit, and
 the count of refusals recorded per endpoint. :func:`read_body` (the 408, 413, 415, 431 and
@@ -40,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from typing import Any
 
 import anyio.to_thread
@@ -53,7 +53,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import providers
-from bridge import metrics
+from bridge import logs, metrics
 from bridge.inbox import Inbox, StorageUnavailable
 
 __all__ = [
@@ -63,7 +63,6 @@ __all__ = [
     "ROUTE",
     "JSONAnswer",
     "Receiver",
-    "Refusals",
     "Refused",
     "read_body",
     "receive_webhook",
@@ -103,32 +102,7 @@ class Receiver:
     def __init__(self, inbox: Inbox, max_body_bytes: int) -> None:
         self.inbox = inbox
         self.max_body_bytes = max_body_bytes
-        self.refusals = Refusals()
-
-
-class Refusals:
-    """How many refusals are logged and kept, per endpoint (or Loops account): at most
-    :data:`REFUSALS_RECORDED_PER_SECOND` a second each. Only known endpoints and accounts
-    are counted, so the table never grows past them."""
-
-    def __init__(self) -> None:
-        # Per key: [second, refusals recorded in it, refusals not recorded since].
-        self._windows: dict[str | int, list[int]] = {}
-
-    def to_record(self, key: str | int) -> int | None:
-        """Whether to log and keep this refusal: None if ``key`` has had its share this
-        second (it is only counted), else how many went unrecorded before it."""
-        second = int(time.monotonic())
-        window = self._windows.get(key)
-        if window is None or window[0] != second:
-            self._windows[key] = [second, 1, 0]
-            return window[2] if window else 0
-        if window[1] < REFUSALS_RECORDED_PER_SECOND:
-            window[1] += 1
-            unrecorded, window[2] = window[2], 0
-            return unrecorded
-        window[2] += 1
-        return None
+        self.refusals = logs.Share(REFUSALS_RECORDED_PER_SECOND)
 
 
 class JSONAnswer(Response):
@@ -159,7 +133,7 @@ async def receive_webhook(request: Request) -> Response:
         return Response(status_code=400)
     metrics.webhook_answered(_OUTCOME_BY_CODE.get(status) or answer["status"])
     refused = answer["status"] == "rejected" and status != 404
-    unrecorded = receiver.refusals.to_record(endpoint_id) if refused else None
+    unrecorded = receiver.refusals.to_log(endpoint_id) if refused else None
     if unrecorded is None:
         return JSONAnswer(answer, status)
     record = BackgroundTask(
